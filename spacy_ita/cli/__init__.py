@@ -1,0 +1,12 @@
+"""Command line interface: `python -m spacy_ita COMMAND --help`."""
+import typer
+
+app = typer.Typer(
+    name="spacy_ita",
+    help="spacy-ita: multimodal NER with Image-Text Alignments",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# Each module registers its commands on `app`.
+from . import convert  # noqa: E402,F401

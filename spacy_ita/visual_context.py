@@ -1,0 +1,122 @@
+"""The visual context of a post: the image turned into text (ITA's alignment).
+
+`VisualContext` is what the `ita_context` component writes and what `ita_ner`
+reads. It is registered with srsly's msgpack encoders (also through entry
+points), so `Doc._.visual_context` survives `Doc.to_bytes`, `DocBin` and
+`doc.copy()` even in a process that never imported `spacy_ita`.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from spacy.tokens import Doc
+
+FIELDS = ("captions", "object_tags", "ocr_text")
+DEFAULT_ORDER = FIELDS
+_MSGPACK_KEY = "__spacy_ita_visual_context__"
+
+
+@dataclass
+class VisualContext:
+    """Text describing a post's image: object tags, captions and OCR lines."""
+
+    object_tags: List[str] = field(default_factory=list)
+    captions: List[str] = field(default_factory=list)
+    ocr_text: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError(
+                    f"VisualContext.{name} must be a list of strings, "
+                    f"got {type(value).__name__}: {value!r:.80}"
+                )
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise TypeError(
+                        f"VisualContext.{name}[{i}] must be a string, "
+                        f"got {type(item).__name__}: {item!r:.80}"
+                    )
+            setattr(self, name, list(value))
+
+    def is_empty(self) -> bool:
+        return not any(text.strip() for name in FIELDS for text in getattr(self, name))
+
+    def render(
+        self,
+        order: Sequence[str] = DEFAULT_ORDER,
+        item_separator: str = " ",
+        field_separator: str = " ",
+    ) -> str:
+        """Join the context into the string appended to the sentence.
+
+        order names the fields to include (default: captions, object tags, OCR);
+        items within a field are joined by item_separator, fields by
+        field_separator. Empty items and fields are skipped.
+        """
+        unknown = [name for name in order if name not in FIELDS]
+        if unknown:
+            raise ValueError(f"Unknown visual context field(s) {unknown}; expected {FIELDS}")
+        parts = []
+        for name in order:
+            items = [text.strip() for text in getattr(self, name) if text.strip()]
+            if items:
+                parts.append(item_separator.join(items))
+        return field_separator.join(parts)
+
+    def to_dict(self) -> Dict[str, List[str]]:
+        return {name: list(getattr(self, name)) for name in FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "VisualContext":
+        if not isinstance(data, dict):
+            raise TypeError(f"Expected a dict for VisualContext, got {type(data).__name__}")
+        unknown = set(data) - set(FIELDS)
+        if unknown:
+            raise ValueError(
+                f"Unknown visual context field(s) {sorted(unknown)}; expected {FIELDS}"
+            )
+        return cls(**{name: data.get(name, []) for name in FIELDS})
+
+
+def get_visual_context(doc: Doc, doc_index: Optional[int] = None) -> Optional[VisualContext]:
+    """Read and validate `doc._.visual_context`; a dict is accepted and converted.
+
+    Raises TypeError/ValueError naming the doc when the value is malformed, so
+    bad input never surfaces as an error deep inside the model.
+    """
+    value = doc._.visual_context
+    if value is None or isinstance(value, VisualContext):
+        return value
+    where = f"doc {doc_index}" if doc_index is not None else "doc"
+    where = f"{where} ({doc.text[:40]!r})"
+    if isinstance(value, dict):
+        try:
+            return VisualContext.from_dict(value)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"Invalid Doc._.visual_context on {where}: {err}") from None
+    raise TypeError(
+        f"Doc._.visual_context on {where} must be a spacy_ita.VisualContext, a dict "
+        f"or None, got {type(value).__name__}"
+    )
+
+
+def encode_visual_context(obj: Any, chain: Optional[Callable] = None) -> Any:
+    """srsly msgpack encoder hook for VisualContext."""
+    if isinstance(obj, VisualContext):
+        return {_MSGPACK_KEY: obj.to_dict()}
+    return obj if chain is None else chain(obj)
+
+
+def decode_visual_context(obj: Any, chain: Optional[Callable] = None) -> Any:
+    """srsly msgpack decoder hook for VisualContext."""
+    if isinstance(obj, dict) and _MSGPACK_KEY in obj:
+        return VisualContext.from_dict(obj[_MSGPACK_KEY])
+    return obj if chain is None else chain(obj)
+
+
+def install_extensions() -> None:
+    """Register Doc._.image, Doc._.image_id and Doc._.visual_context (idempotent)."""
+    for name in ("image", "image_id", "visual_context", "image_error"):
+        if not Doc.has_extension(name):
+            Doc.set_extension(name, default=None)
