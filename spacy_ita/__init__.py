@@ -4,4 +4,8 @@ from .visual_context import VisualContext, install_extensions
 
 install_extensions()
 
-__all__ = ["VisualContext", "__version__"]
+from . import encoders, losses  # noqa: E402,F401  (registered functions)
+from .ita_ner import ItaNer, make_ita_ner  # noqa: E402
+from .ita_tagger import build_ita_tagger  # noqa: E402
+
+__all__ = ["VisualContext", "ItaNer", "make_ita_ner", "build_ita_tagger", "__version__"]

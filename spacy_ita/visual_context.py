@@ -1,13 +1,14 @@
 """The visual context of a post: the image turned into text (ITA's alignment).
 
 `VisualContext` is what the `ita_context` component writes and what `ita_ner`
-reads. It is registered with srsly's msgpack encoders (also through entry
-points), so `Doc._.visual_context` survives `Doc.to_bytes`, `DocBin` and
-`doc.copy()` even in a process that never imported `spacy_ita`.
+reads. Importing `spacy_ita` registers it with srsly's msgpack hooks, so
+`Doc._.visual_context` survives `Doc.to_bytes`, `DocBin` and `doc.copy()`.
+(Not through srsly entry points: those load while spaCy itself is importing.)
 """
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import srsly
 from spacy.tokens import Doc
 
 FIELDS = ("captions", "object_tags", "ocr_text")
@@ -88,6 +89,9 @@ def get_visual_context(doc: Doc, doc_index: Optional[int] = None) -> Optional[Vi
     value = doc._.visual_context
     if value is None or isinstance(value, VisualContext):
         return value
+    if isinstance(value, dict) and _MSGPACK_KEY in value:
+        # Deserialised in a process that had not imported spacy_ita yet.
+        value = value[_MSGPACK_KEY]
     where = f"doc {doc_index}" if doc_index is not None else "doc"
     where = f"{where} ({doc.text[:40]!r})"
     if isinstance(value, dict):
@@ -116,7 +120,9 @@ def decode_visual_context(obj: Any, chain: Optional[Callable] = None) -> Any:
 
 
 def install_extensions() -> None:
-    """Register Doc._.image, Doc._.image_id and Doc._.visual_context (idempotent)."""
+    """Register the Doc extensions and msgpack hooks (idempotent)."""
+    srsly.msgpack_encoders.register("spacy_ita_visual_context", func=encode_visual_context)
+    srsly.msgpack_decoders.register("spacy_ita_visual_context", func=decode_visual_context)
     for name in ("image", "image_id", "visual_context", "image_error"):
         if not Doc.has_extension(name):
             Doc.set_extension(name, default=None)

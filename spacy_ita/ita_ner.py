@@ -1,0 +1,345 @@
+"""The `ita_ner` component: a transformer-CRF entity tagger that reads visual context.
+
+Training runs two views of each post through one transformer: the sentence
+alone (text-only) and the sentence followed by its visual context
+(cross-modal), combining their CRF losses with Cross-View Alignment (see
+`losses.ItaLoss`). At inference one view per doc is used: cross-modal when the
+doc has visual context, text-only when it has none (`view = "auto"`).
+"""
+import warnings
+from dataclasses import dataclass
+from itertools import islice
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples, validate_get_examples
+from thinc.api import Config, Model, set_dropout_rate, torch2xp, xp2torch
+from thinc.types import Floats2d
+
+from .crf import pad_sequences
+from .ita_tagger import TaggerInput, get_module
+from .losses import ItaLoss
+from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
+from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
+
+VIEWS = ("auto", "cross", "text")
+
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy-ita.ItaTagger.v1"
+pooling = "first"
+dropout = 0.1
+max_length = 512
+window_overlap = 128
+
+[model.name]
+@misc = "spacy-ita.bundled_encoder.v1"
+"""
+DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
+
+
+@Language.factory(
+    "ita_ner",
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "tag_scheme": "BIO",
+        "view": "auto",
+        "use_context": True,
+        "context_order": list(DEFAULT_ORDER),
+        "context_separator": " ",
+        "loss": {"@losses": "spacy-ita.ita_loss.v1"},
+        "scorer": {"@scorers": "spacy.ner_scorer.v1"},
+    },
+    default_score_weights={
+        "ents_f": 1.0,
+        "ents_p": 0.0,
+        "ents_r": 0.0,
+        "ents_per_type": None,
+    },
+)
+def make_ita_ner(
+    nlp: Language,
+    name: str,
+    model: Model,
+    tag_scheme: str,
+    view: str,
+    use_context: bool,
+    context_order: List[str],
+    context_separator: str,
+    loss: ItaLoss,
+    scorer: Optional[Callable],
+) -> "ItaNer":
+    """Create an ita_ner component.
+
+    tag_scheme: "BIO" or "BILUO". view: "auto", "cross" or "text" at inference.
+    use_context: False trains and runs a text-only baseline that ignores context.
+    context_order / context_separator: how Doc._.visual_context becomes text.
+    """
+    return ItaNer(
+        nlp.vocab,
+        model,
+        name,
+        tag_scheme=tag_scheme,
+        view=view,
+        use_context=use_context,
+        context_order=context_order,
+        context_separator=context_separator,
+        loss=loss,
+        scorer=scorer,
+    )
+
+
+@dataclass
+class ViewScores:
+    """Emission scores of one forward pass and which docs each row belongs to."""
+
+    text_rows: List[int]
+    cross_rows: List[int]
+    scores: List[Floats2d]
+
+
+class ItaNer(TrainablePipe):
+    """Named entities from a transformer-CRF over the text plus its visual context."""
+
+    def __init__(
+        self,
+        vocab,
+        model: Model,
+        name: str = "ita_ner",
+        *,
+        tag_scheme: str = "BIO",
+        view: str = "auto",
+        use_context: bool = True,
+        context_order: Sequence[str] = DEFAULT_ORDER,
+        context_separator: str = " ",
+        loss: Optional[ItaLoss] = None,
+        scorer: Optional[Callable] = None,
+    ):
+        check_scheme(tag_scheme)
+        unknown = [field for field in context_order if field not in FIELDS]
+        if unknown:
+            raise ValueError(f"Unknown context_order field(s) {unknown}; expected {FIELDS}")
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.tag_scheme = tag_scheme
+        self.view = view
+        self.use_context = use_context
+        self.context_order = list(context_order)
+        self.context_separator = context_separator
+        self.loss = loss if loss is not None else ItaLoss()
+        self.scorer = scorer
+        self.cfg = {"labels": []}
+        self._warned_image_without_context = False
+
+    @property
+    def view(self) -> str:
+        return self._view
+
+    @view.setter
+    def view(self, value: str) -> None:
+        if value not in VIEWS:
+            raise ValueError(f"Unknown ita_ner view {value!r}; expected one of {VIEWS}")
+        self._view = value
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def label_data(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def tags(self) -> List[str]:
+        return make_tags(self.labels, self.tag_scheme)
+
+    def add_label(self, label: str) -> int:
+        if not isinstance(label, str) or not label or "-" in label[:1]:
+            raise ValueError(f"Invalid entity label {label!r}")
+        if label in self.labels:
+            return 0
+        if self.model.layers[0].shims[0]._model is not None:
+            raise ValueError(
+                f"Cannot add label {label!r} to an initialised ita_ner: its CRF is "
+                "sized for the existing labels. Re-initialise with all labels."
+            )
+        self.cfg["labels"].append(label)
+        self.vocab.strings.add(label)
+        return 1
+
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Collect the entity labels from the examples (or take `labels`) and
+        load the pretrained encoder with a CRF sized for them."""
+        validate_get_examples(get_examples, "ItaNer.initialize")
+        if labels is None:
+            labels = sorted(
+                {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
+            )
+        self.cfg["labels"] = []
+        for label in labels:
+            self.add_label(label)
+        if not self.labels:
+            raise ValueError(
+                "ita_ner found no entity labels: the training examples have no "
+                "entities and no labels were given to initialize."
+            )
+        self.model.set_dim("nO", len(self.tags))
+        self.model.attrs["allowed_moves"] = [
+            move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
+        ]
+        sample = [(eg.predicted, None) for eg in islice(get_examples(), 8)]
+        self.model.initialize(X=sample)
+
+    def _context(self, doc: Doc, index: int) -> Optional[str]:
+        """The rendered visual context of a doc, or None when it has none."""
+        context = get_visual_context(doc, index)
+        if context is None:
+            if (
+                doc._.image is not None
+                and doc._.image_error is None
+                and not self._warned_image_without_context
+            ):
+                warnings.warn(
+                    f"Doc {index} has Doc._.image but no Doc._.visual_context, so "
+                    f"{self.name} ignores the image. Add the ita_context component "
+                    f"before {self.name} to turn images into context."
+                )
+                self._warned_image_without_context = True
+            return None
+        text = context.render(self.context_order, " ", self.context_separator)
+        return text or None
+
+    def _inference_inputs(self, docs: Sequence[Doc]) -> List[TaggerInput]:
+        if not self.use_context or self.view == "text":
+            return [(doc, None) for doc in docs]
+        return [(doc, self._context(doc, i)) for i, doc in enumerate(docs)]
+
+    def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
+        """Tag indices per token, by constrained Viterbi over one view per doc."""
+        docs = list(docs)
+        if not any(len(doc) for doc in docs):
+            return [[] for _ in docs]
+        scores = self.model.predict(self._inference_inputs(docs))
+        emissions, mask = pad_sequences([xp2torch(s) for s in scores])
+        with torch.no_grad():
+            return get_module(self.model).crf.decode(emissions, mask)
+
+    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
+        tags = self.tags
+        for doc, ids in zip(docs, tag_ids):
+            spans = tags_to_spans(doc, [tags[i] for i in ids], self.tag_scheme)
+            doc.set_ents(spans, default="outside")
+
+    def _training_views(
+        self, docs: Sequence[Doc]
+    ) -> Tuple[List[Optional[str]], List[int], List[int]]:
+        """Which docs go through the text-only and the cross-modal view.
+
+        A doc without context has identical views, so it is encoded once and
+        its text-only scores stand in for its cross-modal ones.
+        """
+        contexts = (
+            [self._context(doc, i) for i, doc in enumerate(docs)]
+            if self.use_context
+            else [None] * len(docs)
+        )
+        cross_rows = [i for i, context in enumerate(contexts) if context is not None]
+        if not self.use_context or self.loss.needs_text_view:
+            text_rows = list(range(len(docs)))
+        else:
+            text_rows = [i for i, context in enumerate(contexts) if context is None]
+        return contexts, text_rows, cross_rows
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd=None,
+        losses=None,
+    ):
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        examples = [eg for eg in examples if len(eg.predicted)]
+        validate_examples(examples, "ItaNer.update")
+        if not examples:
+            return losses
+        set_dropout_rate(self.model, drop)
+        docs = [eg.predicted for eg in examples]
+        contexts, text_rows, cross_rows = self._training_views(docs)
+        inputs = [(docs[i], None) for i in text_rows] + [
+            (docs[i], contexts[i]) for i in cross_rows
+        ]
+        scores, backprop = self.model.begin_update(inputs)
+        loss, d_scores = self.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+        backprop(d_scores)
+        if sgd is not None:
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def get_loss(self, examples: Sequence[Example], scores: ViewScores):
+        """ITA's loss over a batch (mean per doc) and its gradient per score row."""
+        n_docs = len(examples)
+        rows = [xp2torch(s, requires_grad=True) for s in scores.scores]
+        n_text = len(scores.text_rows)
+        text_by_doc = dict(zip(scores.text_rows, rows[:n_text]))
+        cross_by_doc = dict(zip(scores.cross_rows, rows[n_text:]))
+        gold, mask = self._gold_masks(examples)
+        text = None
+        if self.loss.needs_text_view or not self.use_context:
+            text, _ = pad_sequences([text_by_doc[i] for i in range(n_docs)])
+        cross = None
+        if self.use_context:
+            cross, _ = pad_sequences(
+                [cross_by_doc.get(i, text_by_doc.get(i)) for i in range(n_docs)]
+            )
+        crf = get_module(self.model).crf
+        if self.use_context:
+            terms = self.loss(crf, mask, gold, text, cross)
+        else:
+            terms = {"text": crf.nll(text, mask, gold).sum()}
+        total = sum(terms.values()) / n_docs
+        total.backward()
+        d_scores = [
+            torch2xp(row.grad) if row.grad is not None else self.model.ops.alloc2f(*row.shape)
+            for row in rows
+        ]
+        return total.item(), d_scores
+
+    def _gold_masks(self, examples: Sequence[Example]):
+        """Boolean (doc, token, tag) masks of the gold tags; all True where unknown."""
+        tag_index = {tag: i for i, tag in enumerate(self.tags)}
+        n_tags = len(tag_index)
+        masks = []
+        for doc_index, eg in enumerate(examples):
+            tags = gold_tags(eg, self.tag_scheme)
+            mask = torch.ones(len(tags), n_tags, dtype=torch.bool)
+            for token_index, tag in enumerate(tags):
+                if tag is None:
+                    continue
+                if tag not in tag_index:
+                    raise ValueError(
+                        f"Training example {doc_index} ({eg.reference.text[:40]!r}) has "
+                        f"entity tag {tag!r}, but {self.name} was initialised with labels "
+                        f"{list(self.labels)}. Initialise on data that has every label."
+                    )
+                mask[token_index] = False
+                mask[token_index, tag_index[tag]] = True
+            masks.append(mask)
+        padded, lengths_mask = pad_sequences(masks)
+        # Padding positions: every tag allowed, so they add nothing to the NLL.
+        padded[~lengths_mask] = True
+        return padded, lengths_mask
+

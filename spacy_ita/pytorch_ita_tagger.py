@@ -1,0 +1,115 @@
+"""The PyTorch side of the tagger: encoder -> token pooling -> emissions, plus the CRF.
+
+The module also carries the Hugging Face tokenizer (a plain attribute, not a
+parameter) so that one object holds everything needed to serialise and rebuild
+the model without a network.
+"""
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Optional
+
+import srsly
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from .crf import LinearChainCRF
+
+
+class ItaTaggerModule(nn.Module):
+    """Per-token emission scores from a transformer; the CRF scores tag sequences."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        n_tags: int,
+        dropout: float,
+        allowed_moves: Optional[tuple] = None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.dropout = nn.Dropout(dropout)
+        self.emission = nn.Linear(encoder.config.hidden_size, n_tags)
+        self.crf = LinearChainCRF(n_tags, *(allowed_moves or ()))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor],
+        pool_source: torch.Tensor,
+        pool_target: torch.Tensor,
+        pool_weight: torch.Tensor,
+        n_tokens: int,
+    ) -> torch.Tensor:
+        """Emissions `(n_tokens, n_tags)` for all spaCy tokens of the batch.
+
+        Token vectors are weighted sums of wordpiece vectors: pool_source indexes
+        the flattened `(sequence * position)` outputs, pool_target the token, and
+        pool_weight averages over subwords (mean pooling) and over the
+        overlapping windows of long sentences.
+        """
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        tokens = flat.new_zeros((n_tokens, flat.shape[-1]))
+        tokens = tokens.index_add(0, pool_target, flat[pool_source] * pool_weight[:, None])
+        return self.emission(self.dropout(tokens))
+
+
+def serialize_module(module: ItaTaggerModule) -> bytes:
+    """Encoder config, tokenizer files and all weights, in one msgpack blob."""
+    with tempfile.TemporaryDirectory() as tmp:
+        module.tokenizer.save_pretrained(tmp)
+        tokenizer_files = {
+            path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()
+        }
+    weights = BytesIO()
+    torch.save(module.state_dict(), weights)
+    return srsly.msgpack_dumps(
+        {
+            "encoder_config": module.encoder.config.to_dict(),
+            "tokenizer": tokenizer_files,
+            "n_tags": module.emission.out_features,
+            "state": weights.getvalue(),
+        }
+    )
+
+
+def deserialize_module(
+    data: bytes, dropout: float, device: torch.device
+) -> ItaTaggerModule:
+    """Rebuild the module from `serialize_module` output, offline.
+
+    Weights are read with `weights_only=True`: a pipeline directory is data,
+    and must not be able to run code when loaded.
+    """
+    try:
+        msg = srsly.msgpack_loads(data)
+        encoder_config = msg["encoder_config"]
+        tokenizer_files = msg["tokenizer"]
+        n_tags = msg["n_tags"]
+        state_bytes = msg["state"]
+    except Exception as err:
+        raise ValueError(
+            f"The ita_ner model weights are unreadable (truncated or not an ita_ner "
+            f"model file): {err}"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        srsly.write_json(Path(tmp) / "config.json", encoder_config)
+        config = AutoConfig.from_pretrained(tmp)
+        for name, content in tokenizer_files.items():
+            (Path(tmp) / name).write_bytes(content)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    module = ItaTaggerModule(AutoModel.from_config(config), tokenizer, n_tags, dropout)
+    try:
+        state = torch.load(BytesIO(state_bytes), map_location=device, weights_only=True)
+        module.load_state_dict(state)
+    except Exception as err:
+        raise ValueError(f"Could not load the ita_ner model weights: {err}") from None
+    return module.to(device)
