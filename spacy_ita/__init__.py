@@ -1,11 +1,26 @@
-"""spacy-ita: multimodal NER for spaCy with Image-Text Alignments (Wang et al., NAACL 2022)."""
+"""spacy-ita: multimodal NER for spaCy with Image-Text Alignments (Wang et al., NAACL 2022).
+
+Importing the package installs the Doc extensions; the torch-based components
+load lazily (spaCy finds them through entry points), so that `import spacy_ita`
+and the CLI stay fast.
+"""
 from .about import __version__
 from .visual_context import VisualContext, install_extensions
 
 install_extensions()
 
-from . import encoders, losses  # noqa: E402,F401  (registered functions)
-from .ita_ner import ItaNer, make_ita_ner  # noqa: E402
-from .ita_tagger import build_ita_tagger  # noqa: E402
+_LAZY = {
+    "ItaNer": "ita_ner",
+    "make_ita_ner": "ita_ner",
+    "build_ita_tagger": "ita_tagger",
+}
 
-__all__ = ["VisualContext", "ItaNer", "make_ita_ner", "build_ita_tagger", "__version__"]
+__all__ = ["VisualContext", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'spacy_ita' has no attribute {name!r}")

@@ -8,5 +8,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+@app.callback()
+def main() -> None:
+    """spacy-ita: multimodal NER with Image-Text Alignments."""
+
+
 # Each module registers its commands on `app`.
 from . import convert  # noqa: E402,F401

@@ -1,0 +1,264 @@
+"""Read and write the MNER text format (Twitter-2015/2017) as spaCy Docs.
+
+A file holds posts: an `IMGID:<id>` line, one `token<TAB>tag` line per token
+and a blank line. Tags may be BIO, BIOES or BILOU over any label set; an
+orphan `I-X` opens an entity, as conlleval and seqeval score it. A file with no
+IMGID lines at all is read as plain two-column CoNLL (no image ids).
+"""
+import re
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.vocab import Vocab
+
+from .visual_context import VisualContext
+
+IMGID_PREFIX = "IMGID:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+_TAG_RE = re.compile(r"^([BIESLU])-(\S+)$")
+_CAPTION_RE = re.compile(r"^\s*([^\s:]+)\s*:(.*)$")
+
+PathLike = Union[str, Path]
+Spans = List[Tuple[int, int, str]]
+
+
+def strip_image_extension(image_id: str) -> str:
+    """`123.jpg` -> `123`, so captions and posts match with or without extension."""
+    stem, dot, ext = image_id.rpartition(".")
+    if dot and stem and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+        return stem
+    return image_id
+
+
+def token_error(token: str) -> Optional[str]:
+    """Why `token` can't be a token line of the format, or None if it can.
+
+    A token with whitespace inside would be split differently when spaCy
+    re-tokenizes the Doc's text, and is usually a sign of a broken file. A token
+    made only of whitespace (Twitter-2015 has a lone U+00A0) is kept: spaCy
+    represents it as a space token. Line breaks and tabs can never be stored.
+    """
+    if not token:
+        return "empty token"
+    if any(char in token for char in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"):
+        return f"token {token!r} contains a tab or line break"
+    if not token.isspace() and any(char.isspace() for char in token):
+        return (
+            f"token {token!r} contains whitespace; a token must not contain "
+            "whitespace (split it into one token per line, or join its parts)"
+        )
+    return None
+
+
+def bio_to_spans(tags: Iterable[Tuple[str, str]]) -> Spans:
+    """(prefix, label) per token -> (start, end, label) entity spans.
+
+    Prefixes are "O", B/I/E/S (BIOES) or their BILOU aliases L/U. An I- or E-
+    that doesn't continue an open entity of the same label opens one
+    (conlleval convention); E-, S- and their aliases close the entity.
+    """
+    spans: Spans = []
+    start: Optional[int] = None
+    label = ""
+    i = -1
+    for i, (prefix, tag_label) in enumerate(tags):
+        continues = start is not None and prefix in "IEL" and tag_label == label
+        if not continues:
+            if start is not None:
+                spans.append((start, i, label))
+            start, label = (None, "") if prefix == "O" else (i, tag_label)
+        if start is not None and prefix in "ESLU":
+            spans.append((start, i + 1, label))
+            start, label = None, ""
+    if start is not None:
+        spans.append((start, i + 1, label))
+    return spans
+
+
+def read_captions(path: PathLike) -> Dict[str, str]:
+    """Read `<id>.jpg :<caption>` lines (extension optional) into {id: caption}.
+
+    Ids are returned without an image extension. Blank lines are skipped; an
+    empty caption is kept as "" (Twitter-2015's BLIP-2 file has two). A
+    malformed line or a second caption for an id is a ValueError naming file:line.
+    """
+    path = Path(path)
+    captions: Dict[str, str] = {}
+    first_line: Dict[str, int] = {}
+    with path.open(encoding="utf-8-sig") as file_:
+        for lineno, raw in enumerate(file_, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            match = _CAPTION_RE.match(line)
+            if match is None:
+                raise ValueError(
+                    f"{path}:{lineno}: malformed caption line {line[:80]!r}; expected "
+                    "'<image id>[.jpg] :<caption>'"
+                )
+            image_id = strip_image_extension(match.group(1))
+            caption = match.group(2).strip()
+            if image_id in captions:
+                raise ValueError(
+                    f"{path}:{lineno}: duplicate caption for image id {image_id!r} "
+                    f"(first given on line {first_line[image_id]})"
+                )
+            captions[image_id] = caption
+            first_line[image_id] = lineno
+    return captions
+
+
+def _parse_token_line(line: str, where: str) -> Tuple[str, Tuple[str, str]]:
+    """`token<TAB>tag` -> (token, (prefix, label)); ValueError naming `where`."""
+    fields = line.split("\t")
+    if len(fields) != 2:
+        found = "no TAB" if len(fields) == 1 else f"{len(fields) - 1} TABs"
+        raise ValueError(f"{where}: expected 'token<TAB>tag', found {found} in {line[:80]!r}")
+    token, tag = fields
+    problem = token_error(token)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+    if tag == "O":
+        return token, ("O", "")
+    match = _TAG_RE.match(tag)
+    if match is None:
+        raise ValueError(
+            f"{where}: unknown tag {tag!r}; expected 'O' or PREFIX-LABEL with "
+            "PREFIX one of B, I, E, S (BIOES) or L, U (BILOU), e.g. 'B-PER'"
+        )
+    return token, (match.group(1), match.group(2))
+
+
+def _resolve_vocab(nlp_or_vocab: Union[Language, Vocab, None], lang: str) -> Vocab:
+    if nlp_or_vocab is None:
+        return spacy.blank(lang).vocab
+    if isinstance(nlp_or_vocab, Language):
+        return nlp_or_vocab.vocab
+    if isinstance(nlp_or_vocab, Vocab):
+        return nlp_or_vocab
+    raise TypeError(f"Expected a Language, a Vocab or None, got {type(nlp_or_vocab).__name__}")
+
+
+def read_mner(
+    path: PathLike,
+    captions_path: Optional[PathLike] = None,
+    nlp_or_vocab: Union[Language, Vocab, None] = None,
+    *,
+    lang: str = "en",
+) -> Iterator[Doc]:
+    """Stream the posts of an MNER file as Docs, one per post.
+
+    Sets the words (one space between tokens), `doc.ents` (every other token is
+    outside an entity), `Doc._.image_id` and, when captions_path has a caption
+    for the post's image, `Doc._.visual_context = VisualContext(captions=[...])`
+    (an empty caption gives a VisualContext without captions).
+    Without nlp_or_vocab the Docs use the vocab of `spacy.blank(lang)`.
+    Malformed input raises ValueError naming file:line.
+    """
+    path = Path(path)
+    vocab = _resolve_vocab(nlp_or_vocab, lang)
+    captions = read_captions(captions_path) if captions_path is not None else {}
+
+    def make_doc(image_id: Optional[str], words: List[str], tags: List[Tuple[str, str]]) -> Doc:
+        doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
+        ents = [Span(doc, start, end, label=label) for start, end, label in bio_to_spans(tags)]
+        doc.set_ents(ents, default="outside")
+        doc._.image_id = image_id
+        caption = captions.get(strip_image_extension(image_id)) if image_id else None
+        if caption is not None:
+            doc._.visual_context = VisualContext(captions=[caption] if caption else [])
+        return doc
+
+    def no_tokens() -> ValueError:
+        return ValueError(f"{path}:{header_line}: post IMGID:{image_id} has no tokens")
+
+    has_imgid: Optional[bool] = None  # decided by the first non-blank line
+    first_token_line = header_line = 0
+    in_post = False  # after an IMGID line or a token line, before a blank line
+    image_id: Optional[str] = None
+    words: List[str] = []
+    tags: List[Tuple[str, str]] = []
+    with path.open(encoding="utf-8-sig") as file_:
+        for lineno, raw in enumerate(file_, start=1):
+            where = f"{path}:{lineno}"
+            line = raw.rstrip()
+            is_header = line.startswith(IMGID_PREFIX) and "\t" not in line
+            if not line.strip() or is_header:
+                if words:
+                    yield make_doc(image_id, words, tags)
+                elif in_post:
+                    raise no_tokens()
+                in_post, words, tags = False, [], []
+            if not line.strip():
+                continue
+            if is_header:
+                if has_imgid is False:
+                    raise ValueError(
+                        f"{where}: IMGID line in a file whose first post (line "
+                        f"{first_token_line}) has none; either every post starts "
+                        "with an IMGID line or none does"
+                    )
+                image_id = line[len(IMGID_PREFIX):].strip()
+                if not image_id or any(char.isspace() for char in image_id):
+                    raise ValueError(
+                        f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
+                    )
+                has_imgid, in_post, header_line = True, True, lineno
+                continue
+            if has_imgid is None:
+                has_imgid, first_token_line = False, lineno
+            if has_imgid and not in_post:
+                raise ValueError(
+                    f"{where}: token line outside a post; expected an IMGID:<id> line "
+                    "after the blank line (the file's other posts start with one)"
+                )
+            token, tag = _parse_token_line(line, where)
+            in_post = True
+            words.append(token)
+            tags.append(tag)
+    if words:
+        yield make_doc(image_id, words, tags)
+    elif in_post:
+        raise no_tokens()
+
+
+def write_mner(docs: Iterable[Doc], path: PathLike) -> None:
+    """Write Docs in the MNER format with BIO tags (the inverse of read_mner).
+
+    Writes an IMGID line per post when the Docs have `_.image_id`; either all
+    Docs or none must have one. Tokens are checked like read_mner checks them,
+    so whatever this writes reads back the same.
+    """
+    path = Path(path)
+    has_imgid: Optional[bool] = None
+    with path.open("w", encoding="utf-8", newline="\n") as file_:
+        for i, doc in enumerate(docs):
+            image_id = doc._.image_id
+            if has_imgid is None:
+                has_imgid = image_id is not None
+            if has_imgid != (image_id is not None):
+                raise ValueError(
+                    f"Doc {i} {'lacks' if has_imgid else 'has'} an image id while doc 0 "
+                    f"{'has' if has_imgid else 'does not'}; the format needs all or none"
+                )
+            if len(doc) == 0:
+                raise ValueError(f"Doc {i} has no tokens")
+            lines = []
+            if image_id is not None:
+                if not image_id or any(char.isspace() for char in image_id):
+                    raise ValueError(f"Doc {i}: invalid image id {image_id!r}")
+                lines.append(f"{IMGID_PREFIX}{image_id}")
+            for token in doc:
+                problem = token_error(token.text)
+                if problem is not None:
+                    raise ValueError(f"Doc {i}, token {token.i}: {problem}")
+                if token.ent_iob_ in ("B", "I"):
+                    if any(char.isspace() for char in token.ent_type_):
+                        raise ValueError(f"Doc {i}: label {token.ent_type_!r} contains whitespace")
+                    lines.append(f"{token.text}\t{token.ent_iob_}-{token.ent_type_}")
+                else:
+                    lines.append(f"{token.text}\tO")
+            file_.write("\n".join(lines) + "\n\n")

@@ -1,0 +1,120 @@
+"""`spacy-ita.MultimodalCorpus.v1`: a training corpus reader that keeps the image.
+
+spaCy's stock `spacy.Corpus.v1` rebuilds each `eg.predicted` with
+`nlp.make_doc(text)`, which drops `Doc._.visual_context`, `Doc._.image` and
+`Doc._.image_id`, so the ITA components would train without visual context.
+This reader copies them (all of the reference Doc's user data) across.
+"""
+import random
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Union
+
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+
+
+class MultimodalCorpus:
+    """Callable `(nlp) -> Iterator[Example]` over the Docs of `.spacy` files."""
+
+    def __init__(
+        self,
+        path: Union[str, Path, None],
+        *,
+        gold_preproc: bool = False,
+        max_length: int = 0,
+        limit: int = 0,
+        shuffle: bool = False,
+    ) -> None:
+        if path is None:
+            raise ValueError(
+                "spacy-ita.MultimodalCorpus.v1 needs a path to a .spacy file or a "
+                "directory of them; got None (is paths.train/paths.dev set?)"
+            )
+        for name, value in (("max_length", max_length), ("limit", limit)):
+            if value < 0:
+                raise ValueError(f"spacy-ita.MultimodalCorpus.v1: {name} must be >= 0, got {value}")
+        self.path = Path(path)
+        self.gold_preproc = gold_preproc
+        self.max_length = max_length
+        self.limit = limit
+        self.shuffle = shuffle
+
+    def files(self) -> List[Path]:
+        """The `.spacy` files to read: the path itself, or those under a directory."""
+        if self.path.is_file():
+            return [self.path]
+        if self.path.is_dir():
+            found = sorted(
+                file_
+                for file_ in self.path.rglob("*.spacy")
+                if file_.is_file()
+                and not any(part.startswith(".") for part in file_.relative_to(self.path).parts)
+            )
+            if not found:
+                raise ValueError(
+                    f"spacy-ita.MultimodalCorpus.v1: no .spacy files under {self.path}"
+                )
+            return found
+        raise ValueError(
+            f"spacy-ita.MultimodalCorpus.v1: corpus path {self.path} does not exist "
+            "(expected a .spacy file or a directory of them)"
+        )
+
+    def read_docs(self, nlp: Language) -> Iterator[Doc]:
+        """Reference Docs in file order, skipping those over max_length, up to limit."""
+        count = 0
+        for path in self.files():
+            for doc in DocBin().from_disk(path).get_docs(nlp.vocab):
+                if self.max_length and len(doc) > self.max_length:
+                    continue
+                if self.limit and count >= self.limit:
+                    return
+                count += 1
+                yield doc
+
+    def make_predicted(self, nlp: Language, reference: Doc) -> Doc:
+        """Tokenize the reference's text (or copy its words) and copy its user data.
+
+        Both ways give the same text, so character-keyed extension values
+        (`("._.", name, start_char, end_char)`) stay valid.
+        """
+        if self.gold_preproc:
+            predicted = Doc(
+                nlp.vocab,
+                words=[token.text for token in reference],
+                spaces=[bool(token.whitespace_) for token in reference],
+            )
+        else:
+            predicted = nlp.make_doc(reference.text)
+        predicted.user_data.update(reference.user_data)
+        return predicted
+
+    def __call__(self, nlp: Language) -> Iterator[Example]:
+        docs: Iterable[Doc] = self.read_docs(nlp)
+        if self.shuffle:
+            docs = list(docs)
+            random.shuffle(docs)
+        for reference in docs:
+            yield Example(self.make_predicted(nlp, reference), reference)
+
+
+@spacy.registry.readers("spacy-ita.MultimodalCorpus.v1")
+def create_multimodal_corpus(
+    path: Optional[Path],
+    *,
+    gold_preproc: bool = False,
+    max_length: int = 0,
+    limit: int = 0,
+    shuffle: bool = False,
+) -> Callable[[Language], Iterable[Example]]:
+    """Like `spacy.Corpus.v1` (path: a .spacy file or directory of them), but
+    `eg.predicted` keeps `_.visual_context`, `_.image` and `_.image_id`.
+
+    max_length skips Docs with more tokens (0: no limit), limit keeps the first
+    that many Docs (0: all), shuffle reorders them every epoch.
+    """
+    return MultimodalCorpus(
+        path, gold_preproc=gold_preproc, max_length=max_length, limit=limit, shuffle=shuffle
+    )
