@@ -27,15 +27,12 @@ class MultimodalCorpus:
         limit: int = 0,
         shuffle: bool = False,
     ) -> None:
-        if path is None:
-            raise ValueError(
-                "spacy-ita.MultimodalCorpus.v1 needs a path to a .spacy file or a "
-                "directory of them; got None (is paths.train/paths.dev set?)"
-            )
         for name, value in (("max_length", max_length), ("limit", limit)):
             if value < 0:
                 raise ValueError(f"spacy-ita.MultimodalCorpus.v1: {name} must be >= 0, got {value}")
-        self.path = Path(path)
+        # None is allowed here, as in spaCy's Corpus, so that configs with unset
+        # paths can be validated; reading such a corpus is the error.
+        self.path = None if path is None else Path(path)
         self.gold_preproc = gold_preproc
         self.max_length = max_length
         self.limit = limit
@@ -43,6 +40,11 @@ class MultimodalCorpus:
 
     def files(self) -> List[Path]:
         """The `.spacy` files to read: the path itself, or those under a directory."""
+        if self.path is None:
+            raise ValueError(
+                "spacy-ita.MultimodalCorpus.v1 needs a path to a .spacy file or a "
+                "directory of them; got None (is paths.train/paths.dev set?)"
+            )
         if self.path.is_file():
             return [self.path]
         if self.path.is_dir():

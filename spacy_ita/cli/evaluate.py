@@ -1,0 +1,88 @@
+"""`python -m spacy_ita evaluate`: entity scores of a trained pipeline per inference view.
+
+spaCy's own `spacy evaluate` scores one configuration and reads the data with
+the stock reader, which drops the visual context. This command keeps the
+context and scores each requested `ita_ner` view on the same posts.
+"""
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import spacy
+import srsly
+import typer
+from spacy.language import Language
+from spacy.scorer import Scorer
+from spacy.training import Example
+from wasabi import msg
+
+from ..readers import MultimodalCorpus
+from . import app
+
+VIEWS = ("auto", "cross", "text")  # as in ita_ner; not imported, to keep the CLI light
+
+
+def evaluate_views(
+    nlp: Language,
+    examples: List[Example],
+    views: List[str],
+    batch_size: int = 64,
+    component: str = "ita_ner",
+) -> Dict[str, Dict]:
+    """Entity P/R/F (micro and per type) and words per second for each view."""
+    ner = nlp.get_pipe(component)
+    original_view = ner.view
+    results = {}
+    try:
+        for view in views:
+            ner.view = view
+            docs = [eg.predicted.copy() for eg in examples]
+            start = time.perf_counter()
+            predicted = list(nlp.pipe(docs, batch_size=batch_size))
+            seconds = time.perf_counter() - start
+            scored = [Example(doc, eg.reference) for doc, eg in zip(predicted, examples)]
+            scores = Scorer.score_spans(scored, "ents")
+            n_words = sum(len(doc) for doc in predicted)
+            results[view] = {
+                "ents_p": scores["ents_p"],
+                "ents_r": scores["ents_r"],
+                "ents_f": scores["ents_f"],
+                "ents_per_type": scores["ents_per_type"],
+                "words_per_second": n_words / seconds if seconds else None,
+                "n_docs": len(predicted),
+                "n_gold_entities": sum(len(eg.reference.ents) for eg in examples),
+            }
+    finally:
+        ner.view = original_view
+    return results
+
+
+@app.command("evaluate")
+def evaluate_cli(
+    model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package"),
+    data: Path = typer.Argument(..., help=".spacy file (or directory) of gold docs", exists=True),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here"),
+    views: str = typer.Option("cross,text", "--views", help=f"Comma-separated, of {', '.join(VIEWS)}"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU"),
+    component: str = typer.Option("ita_ner", "--component", help="Name of the ita_ner component"),
+) -> None:
+    """Score a pipeline on gold data once per inference view (cross-modal, text-only)."""
+    view_list = [view.strip() for view in views.split(",") if view.strip()]
+    unknown = [view for view in view_list if view not in VIEWS]
+    if unknown or not view_list:
+        msg.fail(f"Unknown view(s) {unknown}; choose from {', '.join(VIEWS)}", exits=1)
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(model)
+    examples = list(MultimodalCorpus(data)(nlp))
+    results = evaluate_views(nlp, examples, view_list, batch_size, component)
+    rows = [
+        (view, f"{r['ents_p']:.2%}", f"{r['ents_r']:.2%}", f"{r['ents_f']:.2%}", f"{r['words_per_second']:.0f}")
+        for view, r in results.items()
+    ]
+    msg.table(rows, header=("view", "P", "R", "F", "words/s"), divider=True)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(output, {"model": model, "data": str(data), "views": results})
+        msg.good(f"Saved metrics to {output}")
