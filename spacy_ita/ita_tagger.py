@@ -31,6 +31,8 @@ TaggerInput = Tuple[Doc, Optional[str]]
 POOLINGS = ("first", "mean")
 # A single token (a URL, a 5,000-character string) never takes more subwords than this.
 MAX_PIECES_PER_TOKEN = 32
+# Padded positions per encoder call (see _length_chunks).
+CHUNK_TOKENS = 2048
 
 
 @registry.architectures("spacy-ita.ItaTagger.v1")
@@ -290,21 +292,26 @@ def _encode(
             weights.append(1.0 / (coverage[piece_index] * n_pooled[token]))
         token_offset += len(pieces)
 
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = numpy.full((len(sequences), width), tokenizer.pad_token_id or 0)
-    type_ids = numpy.zeros((len(sequences), width), dtype=numpy.int64)
-    attention = numpy.zeros((len(sequences), width), dtype=numpy.int64)
-    for i, (ids, types) in enumerate(sequences):
-        input_ids[i, : len(ids)] = ids
-        type_ids[i, : len(ids)] = types
-        attention[i, : len(ids)] = 1
-    flat_sources = numpy.concatenate([seq * width + pos for seq, pos in sources])
     uses_types = "token_type_ids" in tokenizer.model_input_names
     as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
+    chunks, flat_start = [], {}
+    for chunk in _length_chunks([len(ids) for ids, _ in sequences]):
+        width = len(sequences[chunk[0]][0])
+        input_ids = numpy.full((len(chunk), width), tokenizer.pad_token_id or 0)
+        type_ids = numpy.zeros((len(chunk), width), dtype=numpy.int64)
+        attention = numpy.zeros((len(chunk), width), dtype=numpy.int64)
+        for row, seq_index in enumerate(chunk):
+            ids, types = sequences[seq_index]
+            input_ids[row, : len(ids)] = ids
+            type_ids[row, : len(ids)] = types
+            attention[row, : len(ids)] = 1
+            flat_start[seq_index] = sum(c[0].size for c in chunks) + row * width
+        chunks.append((input_ids, attention, type_ids))
+    flat_sources = numpy.concatenate([flat_start[seq] + pos for seq, pos in sources])
     return {
-        "input_ids": as_long(input_ids),
-        "attention_mask": as_long(attention),
-        "token_type_ids": as_long(type_ids) if uses_types else None,
+        "input_ids": [as_long(ids) for ids, _, _ in chunks],
+        "attention_mask": [as_long(mask) for _, mask, _ in chunks],
+        "token_type_ids": [as_long(types) for _, _, types in chunks] if uses_types else None,
         "pool_source": as_long(flat_sources),
         "pool_target": as_long(numpy.concatenate(targets)),
         "pool_weight": torch.as_tensor(
@@ -312,6 +319,23 @@ def _encode(
         ),
         "n_tokens": token_offset,
     }
+
+
+def _length_chunks(lengths: List[int]) -> List[List[int]]:
+    """Group sequence indices, longest first, into encoder batches of similar
+    length holding at most CHUNK_TOKENS padded positions (or one sequence).
+
+    Padding short text-only sequences to the length of cross-modal ones would
+    waste compute, and one huge batch for a very long post would waste memory.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: List[List[int]] = []
+    for index in order:
+        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= CHUNK_TOKENS:
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
+    return chunks
 
 
 def _window_starts(n_pieces: int, width: int, overlap: int) -> List[int]:

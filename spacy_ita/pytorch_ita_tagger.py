@@ -7,7 +7,7 @@ the model without a network.
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import srsly
 import torch
@@ -37,9 +37,9 @@ class ItaTaggerModule(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: Optional[torch.Tensor],
+        input_ids: List[torch.Tensor],
+        attention_mask: List[torch.Tensor],
+        token_type_ids: Optional[List[torch.Tensor]],
         pool_source: torch.Tensor,
         pool_target: torch.Tensor,
         pool_weight: torch.Tensor,
@@ -47,16 +47,20 @@ class ItaTaggerModule(nn.Module):
     ) -> torch.Tensor:
         """Emissions `(n_tokens, n_tags)` for all spaCy tokens of the batch.
 
-        Token vectors are weighted sums of wordpiece vectors: pool_source indexes
-        the flattened `(sequence * position)` outputs, pool_target the token, and
+        The encoder runs once per chunk of similar-length sequences. Token
+        vectors are weighted sums of wordpiece vectors: pool_source indexes the
+        concatenated, flattened chunk outputs, pool_target the token, and
         pool_weight averages over subwords (mean pooling) and over the
         overlapping windows of long sentences.
         """
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, **extra
-        ).last_hidden_state
-        flat = hidden.reshape(-1, hidden.shape[-1])
+        outputs = []
+        for i, ids in enumerate(input_ids):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids[i]}
+            hidden = self.encoder(
+                input_ids=ids, attention_mask=attention_mask[i], **extra
+            ).last_hidden_state
+            outputs.append(hidden.reshape(-1, hidden.shape[-1]))
+        flat = torch.cat(outputs)
         tokens = flat.new_zeros((n_tokens, flat.shape[-1]))
         tokens = tokens.index_add(0, pool_target, flat[pool_source] * pool_weight[:, None])
         return self.emission(self.dropout(tokens))
