@@ -297,6 +297,7 @@ class ItaNer(TrainablePipe):
         text_by_doc = dict(zip(scores.text_rows, rows[:n_text]))
         cross_by_doc = dict(zip(scores.cross_rows, rows[n_text:]))
         gold, mask = self._gold_masks(examples)
+        gold, mask = gold.to(rows[0].device), mask.to(rows[0].device)
         text = None
         if self.loss.needs_text_view or not self.use_context:
             text, _ = pad_sequences([text_by_doc[i] for i in range(n_docs)])

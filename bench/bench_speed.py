@@ -1,0 +1,173 @@
+"""Speed and memory of ita_ner against spaCy's stock transformer NER and the bare encoder.
+
+All systems run in one process, interleaved, on the same posts and batch size;
+medians over repeats are reported as ratios, since absolute times on a shared
+machine drift. Models are freshly initialised (speed does not depend on the
+weights), so no training is needed.
+
+    python bench/bench_speed.py --quick            # minutes
+    python bench/bench_speed.py --output bench/results/speed.json
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import spacy  # noqa: E402
+import torch  # noqa: E402
+from spacy.training import Example  # noqa: E402
+from thinc.api import Adam  # noqa: E402
+
+from spacy_ita.converters import read_mner  # noqa: E402
+from spacy_ita.encoders import bundled_encoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "twitter2015"
+STOCK_CONFIG = REPO / "project" / "configs" / "stock_ner.cfg"
+LABELS = ["LOC", "ORG", "OTHER", "PER"]
+
+
+def load_posts(path: Path, captions: Path, limit: int):
+    if not path.exists():
+        sys.exit(f"Data not found: {path} (see ../shared/data/README.md)")
+    docs = list(read_mner(path, captions if captions.exists() else None))
+    return docs[:limit] if limit else docs
+
+
+def ita_pipeline(**config):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_ner", config=config)
+    nlp.get_pipe("ita_ner").initialize(lambda: [], nlp=nlp, labels=LABELS)
+    return nlp
+
+
+def stock_pipeline():
+    config = spacy.util.load_config(STOCK_CONFIG)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    examples = [Example.from_dict(nlp.make_doc("Paris"), {"entities": [(0, 5, label)]}) for label in LABELS]
+    nlp.initialize(lambda: examples)
+    return nlp
+
+
+def annotate(nlp, docs, batch_size, view=None):
+    if view is not None:
+        nlp.get_pipe("ita_ner").view = view
+    copies = [doc.copy() for doc in docs]
+    for doc in copies:
+        doc.ents = []
+    start = time.perf_counter()
+    for _ in nlp.pipe(copies, batch_size=batch_size):
+        pass
+    return time.perf_counter() - start
+
+
+def bare_encoder(docs, batch_size):
+    """The floor: the same encoder's forward pass over the same word pieces, text only."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_encoder())
+    model = AutoModel.from_pretrained(bundled_encoder()).eval()
+    words = [[token.text for token in doc] for doc in docs]
+
+    def run():
+        start = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(words), batch_size):
+                batch = tokenizer(words[i : i + batch_size], is_split_into_words=True,
+                                  padding=True, truncation=True, return_tensors="pt")
+                model(**batch)
+        return time.perf_counter() - start
+
+    return run
+
+
+def update_speed(nlp, examples, batch_size, steps):
+    optimizer = Adam(1e-5)
+    times = []
+    for step in range(steps):
+        batch = examples[(step * batch_size) % len(examples):][:batch_size]
+        start = time.perf_counter()
+        nlp.update(batch, sgd=optimizer)
+        times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
+
+
+def peak_rss_of_annotation(n_posts: int, batch_size: int) -> float:
+    """Peak resident memory (MiB) of a fresh process that annotates the posts."""
+    code = (
+        "import os, resource, sys; sys.path.insert(0, %r); import bench_speed as b; "
+        "docs = b.load_posts(b.DATA / 'test.txt', b.DATA / 'blip2_captions.txt', %d); "
+        "b.annotate(b.ita_pipeline(), docs, %d); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    ) % (str(Path(__file__).parent), n_posts, batch_size)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 posts, 3 repeats")
+    parser.add_argument("--posts", type=int, default=0, help="number of test posts (0: all)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--output", type=Path, help="write the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.posts, args.repeats, args.train_steps = args.posts or 200, 3, 4
+
+    docs = load_posts(DATA / "test.txt", DATA / "blip2_captions.txt", args.posts)
+    n_words = sum(len(doc) for doc in docs)
+    ita = ita_pipeline()
+    stock = stock_pipeline()
+    encoder_run = bare_encoder(docs, args.batch_size)
+    systems = {
+        "ita_ner text view": lambda: annotate(ita, docs, args.batch_size, "text"),
+        "ita_ner cross view": lambda: annotate(ita, docs, args.batch_size, "cross"),
+        "stock spaCy NER": lambda: annotate(stock, docs, args.batch_size),
+        "bare encoder forward": encoder_run,
+    }
+    for run in systems.values():  # warm up
+        run()
+    times = {name: [] for name in systems}
+    for _ in range(args.repeats):
+        for name, run in systems.items():
+            times[name].append(run())
+    wps = {name: n_words / statistics.median(t) for name, t in times.items()}
+
+    examples = [Example(doc.copy(), doc) for doc in docs]
+    train_cva = ita_pipeline()
+    train_text = ita_pipeline(use_context=False)
+    cva = update_speed(train_cva, examples, 16, args.train_steps)
+    text_only = update_speed(train_text, examples, 16, args.train_steps)
+
+    results = {
+        "posts": len(docs),
+        "words": n_words,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "words_per_second": wps,
+        "ratios": {
+            "text view / stock NER (target >= 0.9)": wps["ita_ner text view"] / wps["stock spaCy NER"],
+            "text view / bare encoder (target >= 0.85)": wps["ita_ner text view"] / wps["bare encoder forward"],
+            "cross view / text view": wps["ita_ner cross view"] / wps["ita_ner text view"],
+        },
+        "training_posts_per_second": {"ITA with CVA (both views)": cva, "text-only": text_only},
+        "cva_update_cost (target <= 2.2)": text_only / cva,
+        "peak_rss_mib_annotating": peak_rss_of_annotation(len(docs), args.batch_size),
+    }
+    print(json.dumps(results, indent=2))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
