@@ -8,7 +8,6 @@ doc has visual context, text-only when it has none (`view = "auto"`).
 """
 import warnings
 from dataclasses import dataclass
-from itertools import islice
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -93,6 +92,11 @@ def make_ita_ner(
     )
 
 
+def _check_label(label: str) -> None:
+    if not isinstance(label, str) or not label.strip() or label != label.strip() or "-" in label[:1]:
+        raise ValueError(f"Invalid entity label {label!r}")
+
+
 @dataclass
 class ViewScores:
     """Emission scores of one forward pass and which docs each row belongs to."""
@@ -159,8 +163,7 @@ class ItaNer(TrainablePipe):
         return make_tags(self.labels, self.tag_scheme)
 
     def add_label(self, label: str) -> int:
-        if not isinstance(label, str) or not label or "-" in label[:1]:
-            raise ValueError(f"Invalid entity label {label!r}")
+        _check_label(label)
         if label in self.labels:
             return 0
         if self.model.layers[0].shims[0]._model is not None:
@@ -186,20 +189,39 @@ class ItaNer(TrainablePipe):
             labels = sorted(
                 {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
             )
-        self.cfg["labels"] = []
-        for label in labels:
-            self.add_label(label)
-        if not self.labels:
+        if not labels:
             raise ValueError(
                 "ita_ner found no entity labels: the training examples have no "
                 "entities and no labels were given to initialize."
             )
+        for label in labels:
+            _check_label(label)
+            self.vocab.strings.add(label)
+        self.cfg["labels"] = list(dict.fromkeys(labels))
         self.model.set_dim("nO", len(self.tags))
         self.model.attrs["allowed_moves"] = [
             move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
         ]
-        sample = [(eg.predicted, None) for eg in islice(get_examples(), 8)]
-        self.model.initialize(X=sample)
+        self.model.initialize()
+
+    def from_bytes(self, bytes_data, *, exclude=tuple()):
+        super().from_bytes(bytes_data, exclude=exclude)
+        self._check_weights_match_labels()
+        return self
+
+    def from_disk(self, path, *, exclude=tuple()):
+        super().from_disk(path, exclude=exclude)
+        self._check_weights_match_labels()
+        return self
+
+    def _check_weights_match_labels(self) -> None:
+        n_weights = get_module(self.model).emission.out_features
+        if n_weights != len(self.tags):
+            raise ValueError(
+                f"{self.name}: the saved weights score {n_weights} tags, but the labels "
+                f"{list(self.labels)} with scheme {self.tag_scheme} make {len(self.tags)}. "
+                "The pipeline's cfg and model files do not belong together."
+            )
 
     def _context(self, doc: Doc, index: int) -> Optional[str]:
         """The rendered visual context of a doc, or None when it has none."""
