@@ -9,13 +9,15 @@ from .visual_context import VisualContext, install_extensions
 
 install_extensions()
 
+from .context import make_doc, pipe_posts  # noqa: E402  (also registers the PIL msgpack hooks)
+
 _LAZY = {
     "ItaNer": "ita_ner",
     "make_ita_ner": "ita_ner",
     "build_ita_tagger": "ita_tagger",
 }
 
-__all__ = ["VisualContext", "__version__", *_LAZY]
+__all__ = ["VisualContext", "make_doc", "pipe_posts", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,230 @@
+"""`python -m spacy_ita extract`: images to visual contexts, stored in a `.spacy` DocBin."""
+import json
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import spacy
+import typer
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from tqdm import tqdm
+
+from ..context import make_doc
+from ..context import component  # noqa: F401  (registers the ita_context factory)
+from . import app
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_LISTED_FAILURES = 20
+
+
+class OCREngine(str, Enum):
+    easyocr = "easyocr"
+    tesseract = "tesseract"
+    none = "none"
+
+
+@dataclass
+class ExtractSummary:
+    """What an extraction run did, for the report at the end."""
+
+    n_docs: int = 0
+    n_with_context: int = 0
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_extraction_nlp(
+    lang: str = "en",
+    ocr: OCREngine = OCREngine.easyocr,
+    tags: bool = True,
+    detector: Optional[str] = None,
+    captioner: Optional[str] = None,
+    precomputed: Optional[Path] = None,
+    cache: Optional[Path] = None,
+    gpu: bool = False,
+    batch_size: int = 16,
+    existing_context: str = "merge",
+) -> Language:
+    """A blank pipeline with only `ita_context`, configured from CLI options."""
+    config: Dict[str, Any] = {"cache_path": str(cache) if cache else None,
+                              "on_error": "ignore", "batch_size": batch_size,
+                              "existing_context": existing_context}
+    device = "cuda" if gpu else "cpu"
+    if ocr == OCREngine.easyocr:
+        config["ocr"] = {"@spacy_ita_extractors": "spacy-ita.easyocr.v1", "gpu": gpu}
+    elif ocr == OCREngine.tesseract:
+        config["ocr"] = {"@spacy_ita_extractors": "spacy-ita.tesseract.v1"}
+    else:
+        config["ocr"] = None
+    if detector:
+        config["object_tags"] = {"@spacy_ita_extractors": "spacy-ita.hf_object_detection.v1",
+                                 "model": detector, "device": device}
+    elif not tags:
+        config["object_tags"] = None
+    if captioner and precomputed:
+        raise ValueError("--captioner and --precomputed both fill the captions slot; "
+                         "choose one")
+    if captioner:
+        config["captions"] = {"@spacy_ita_extractors": "spacy-ita.hf_captioner.v1",
+                              "model": captioner, "device": device}
+    elif precomputed:
+        config["captions"] = {"@spacy_ita_extractors": "spacy-ita.precomputed.v1",
+                              "path": str(precomputed)}
+    nlp = spacy.blank(lang)
+    nlp.add_pipe("ita_context", config=config)
+    return nlp
+
+
+class _ImageFinder:
+    """Resolves image paths and ids against a folder, by file name or by stem."""
+
+    def __init__(self, folder: Optional[Path]):
+        self.folder = folder
+        self.by_stem: Dict[str, Path] = {}
+        if folder is not None:
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    self.by_stem.setdefault(path.stem, path)
+
+    def find(self, name: str, base: Path) -> str:
+        path = Path(name)
+        if path.is_absolute():
+            return str(path)
+        root = self.folder if self.folder is not None else base
+        if not (root / path).exists() and path.stem in self.by_stem and path.parent == Path("."):
+            return str(self.by_stem[path.stem])
+        return str(root / path)
+
+
+def read_inputs(nlp: Language, input_path: Path,
+                image_dir: Optional[Path]) -> Tuple[int, Iterator[Doc]]:
+    """The number of docs and the docs to process, from a folder of images, a
+    .spacy DocBin or a JSONL file of {"text", "image"[, "image_id"]} records."""
+    finder = _ImageFinder(image_dir)
+    if input_path.is_dir():
+        images = sorted(p for p in input_path.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return len(images), (make_doc(nlp, "", str(p), image_id=p.stem) for p in images)
+    if input_path.suffix == ".spacy":
+        doc_bin = DocBin().from_disk(input_path)
+
+        def docs_from_bin() -> Iterator[Doc]:
+            for doc in doc_bin.get_docs(nlp.vocab):
+                if doc._.image is None and doc._.image_id is not None and image_dir:
+                    doc._.image = finder.find(str(doc._.image_id), image_dir)
+                yield doc
+
+        return len(doc_bin), docs_from_bin()
+    if input_path.suffix in (".jsonl", ".json"):
+        lines = input_path.read_text(encoding="utf8").splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{input_path}, line {number}: invalid JSON: {err}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(f"{input_path}, line {number}: expected an object with a "
+                                 "'text' string and an 'image' path")
+            image = record.get("image")
+            records.append(make_doc(
+                nlp, record["text"],
+                None if image is None else finder.find(str(image), input_path.parent),
+                image_id=record.get("image_id"),
+            ))
+        return len(records), iter(records)
+    raise ValueError(f"{input_path}: expected a folder of images, a .spacy file or a "
+                     ".jsonl file")
+
+
+def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
+                     image_dir: Optional[Path] = None, n_process: int = 1,
+                     batch_size: int = 16, progress: bool = True) -> ExtractSummary:
+    """Run `nlp` over the input's docs and write them, with contexts, to output_path."""
+    start = time.perf_counter()
+    total, docs = read_inputs(nlp, input_path, image_dir)
+    summary = ExtractSummary()
+    doc_bin = DocBin(store_user_data=True)
+    processed = nlp.pipe(docs, batch_size=batch_size, n_process=n_process)
+    for doc in tqdm(processed, total=total, unit="doc", disable=not progress):
+        summary.n_docs += 1
+        context = doc._.visual_context
+        summary.n_with_context += context is not None and not context.is_empty()
+        if doc._.image_error is not None:
+            summary.failures.append((str(doc._.image_id or doc._.image), doc._.image_error))
+        doc_bin.add(doc)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    doc_bin.to_disk(output_path)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def print_summary(summary: ExtractSummary, output_path: Path) -> None:
+    typer.echo(f"Wrote {summary.n_docs} docs to {output_path} in {summary.seconds:.1f}s; "
+               f"{summary.n_with_context} have a non-empty visual context")
+    if not summary.failures:
+        typer.echo("No image failed")
+        return
+    typer.echo(f"{len(summary.failures)} image(s) failed:")
+    for name, error in summary.failures[:MAX_LISTED_FAILURES]:
+        typer.echo(f"  {name}: {error}")
+    if len(summary.failures) > MAX_LISTED_FAILURES:
+        typer.echo(f"  ... and {len(summary.failures) - MAX_LISTED_FAILURES} more")
+
+
+@app.command("extract")
+def extract_cli(
+    input_path: Path = typer.Argument(
+        ..., exists=True, readable=True, metavar="INPUT",
+        help="A folder of images, a .spacy file (docs with Doc._.image or "
+        "Doc._.image_id), or a JSONL file of {\"text\": ..., \"image\": path} records.",
+    ),
+    output: Path = typer.Argument(..., metavar="OUTPUT", help="Output .spacy file."),
+    image_dir: Optional[Path] = typer.Option(
+        None, "--image-dir", "-i", exists=True, file_okay=False, metavar="DIR",
+        help="Folder that relative image paths and image ids (by file name or stem) "
+        "are found in; default: the JSONL file's folder.",
+    ),
+    ocr: OCREngine = typer.Option(OCREngine.easyocr, "--ocr", help="OCR engine."),
+    tags: bool = typer.Option(True, "--tags/--no-tags",
+                              help="Offline EfficientNet ImageNet object tags."),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", metavar="MODEL",
+        help="Hugging Face object-detection model for object tags instead of EfficientNet."),
+    captioner: Optional[str] = typer.Option(
+        None, "--captioner", metavar="MODEL", help="Hugging Face image-to-text model."),
+    precomputed: Optional[Path] = typer.Option(
+        None, "--precomputed", exists=True, dir_okay=False, metavar="FILE",
+        help="Captions file ('<id>.jpg :<caption>' lines or JSONL) to look contexts up in."),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", metavar="FILE",
+        help="SQLite cache of contexts, reused across runs (created if missing)."),
+    existing: str = typer.Option(
+        "merge", "--existing", metavar="keep|merge|replace",
+        help="What to do with contexts the input docs already have."),
+    lang: str = typer.Option("en", "--lang", "-l", metavar="LANG",
+                             help="Language of the blank tokenizer."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1,
+                                   help="Images decoded and run together."),
+    n_process: int = typer.Option(1, "--n-process", "-n", min=1,
+                                  help="Worker processes; each loads its own models."),
+    gpu: bool = typer.Option(False, "--gpu", help="Run the models on a CUDA GPU."),
+) -> None:
+    """Turn images into visual contexts (object tags, captions, OCR) and store
+    them in Doc._.visual_context in a .spacy file (user data kept). Failed images
+    give an empty context, their error in Doc._.image_error, and are listed at
+    the end."""
+    try:
+        nlp = build_extraction_nlp(lang, ocr, tags, detector, captioner, precomputed, cache,
+                                   gpu, batch_size, existing)
+        summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size)
+    except (ValueError, OSError, RuntimeError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(code=1) from None
+    print_summary(summary, output)
+

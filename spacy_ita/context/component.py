@@ -1,0 +1,247 @@
+"""The `ita_context` pipeline component: `Doc._.image` -> `Doc._.visual_context`.
+
+Each doc's image is read and hashed once, looked up in the optional persistent
+cache, decoded (hardened, see `images.py`) only when some extractor still has
+to run, and passed in batches to the configured extractors. A bad image gives
+that doc an empty context and a readable `Doc._.image_error`; the other docs
+of the batch are processed normally.
+"""
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional
+
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.util import minibatch
+
+from ..visual_context import FIELDS, VisualContext, get_visual_context
+from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401  (registers them)
+from .cache import ContextCache
+from .images import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError, ImageSource,
+                     decode_image, read_image_source)
+from .registry import Extractor, ImageRecord, PartialContext
+
+ON_ERROR_CHOICES = ("warn", "raise", "ignore")
+EXISTING_CONTEXT_CHOICES = ("keep", "merge", "replace")
+SLOTS = ("object_tags", "captions", "ocr")
+
+DEFAULT_CONFIG = {
+    "object_tags": {"@spacy_ita_extractors": "spacy-ita.efficientnet_tags.v1"},
+    "captions": None,
+    "ocr": {"@spacy_ita_extractors": "spacy-ita.easyocr.v1"},
+    "cache_path": None,
+    "on_error": "warn",
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "max_side": DEFAULT_MAX_SIDE,
+    "batch_size": 16,
+    "existing_context": "keep",
+}
+
+
+@dataclass
+class _Post:
+    """The work state of one doc within a batch."""
+
+    doc: Doc
+    record: ImageRecord
+    source: Optional[ImageSource] = None
+    error: Optional[str] = None
+    parts: Dict[str, PartialContext] = field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        self.error = message if self.error is None else f"{self.error}; {message}"
+
+
+class ItaContext:
+    """Fills `Doc._.visual_context` from `Doc._.image` with object tags,
+    captions and OCR text from the configured extractors."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        object_tags: Optional[Extractor],
+        captions: Optional[Extractor],
+        ocr: Optional[Extractor],
+        cache_path: Optional[str],
+        on_error: str,
+        max_pixels: int,
+        max_side: Optional[int],
+        batch_size: int,
+        existing_context: str,
+    ):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        if existing_context not in EXISTING_CONTEXT_CHOICES:
+            raise ValueError(f"existing_context must be one of {EXISTING_CONTEXT_CHOICES}, "
+                             f"got {existing_context!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.name = name
+        slots = {"object_tags": object_tags, "captions": captions, "ocr": ocr}
+        self.extractors: Dict[str, Extractor] = {
+            slot: extractor for slot, extractor in slots.items() if extractor is not None
+        }
+        self.cache = ContextCache(cache_path) if cache_path else None
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.batch_size = batch_size
+        self.existing_context = existing_context
+
+    @property
+    def pixel_extractors(self) -> Dict[str, Extractor]:
+        return {slot: e for slot, e in self.extractors.items() if e.needs_pixels}
+
+    def cache_key(self, extractor: Extractor) -> str:
+        return f"{extractor.cache_key} max_side={self.max_side}"
+
+    def __call__(self, doc: Doc) -> Doc:
+        self._process([doc])
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], batch_size: Optional[int] = None) -> Iterator[Doc]:
+        """Process docs in batches of at most `self.batch_size` decoded images
+        (spaCy's larger `batch_size` only lowers it), yielding them in order."""
+        size = min(batch_size or self.batch_size, self.batch_size)
+        for batch in minibatch(stream, size):
+            self._process(batch)
+            yield from batch
+
+    def _process(self, docs: List[Doc]) -> None:
+        posts = [self._post(doc) for doc in docs if self._wants(doc)]
+        if not posts:
+            return
+        self._read_and_decode(posts)
+        for slot, extractor in self.extractors.items():
+            todo = [post for post in posts if slot not in post.parts and
+                    (post.record.image is not None or not extractor.needs_pixels)]
+            self._run(slot, extractor, todo)
+        for post in posts:
+            post.record.image = None
+            post.doc._.visual_context = self._merge(post.doc, post.parts)
+            post.doc._.image_error = post.error
+            if post.error is not None:
+                self._report(post)
+
+    def _wants(self, doc: Doc) -> bool:
+        if doc._.visual_context is not None and self.existing_context == "keep":
+            return False
+        has_lookup = any(not e.needs_pixels for e in self.extractors.values())
+        return doc._.image is not None or (has_lookup and doc._.image_id is not None)
+
+    def _post(self, doc: Doc) -> _Post:
+        image, image_id = doc._.image, doc._.image_id
+        file_name = (os.path.basename(os.fspath(image))
+                     if isinstance(image, (str, os.PathLike)) else None)
+        record = ImageRecord(None, None if image_id is None else str(image_id), file_name)
+        return _Post(doc, record)
+
+    def _read_and_decode(self, posts: List[_Post]) -> None:
+        """Read each image, take what the cache has, decode the ones still needed."""
+        pixel_slots = self.pixel_extractors
+        if not pixel_slots:
+            return
+        for post in posts:
+            if post.doc._.image is None:
+                continue
+            try:
+                post.source = read_image_source(post.doc._.image)
+                if self.cache is not None:
+                    for slot, extractor in pixel_slots.items():
+                        cached = self.cache.get(post.source.content_hash,
+                                                self.cache_key(extractor))
+                        if cached is not None:
+                            post.parts[slot] = cached
+                if any(slot not in post.parts for slot in pixel_slots):
+                    post.record.image = decode_image(post.source, self.max_pixels,
+                                                     self.max_side)
+            except ImageError as err:
+                post.fail(str(err))
+
+    def _run(self, slot: str, extractor: Extractor, posts: List[_Post]) -> None:
+        """Run one extractor over a batch; if the batch fails, retry image by
+        image so that one failing image only costs its own context. Loading the
+        model stays outside that net: a broken setup fails loudly."""
+        if not posts:
+            return
+        extractor.load()
+        try:
+            outputs = extractor([post.record for post in posts])
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            if len(posts) > 1:
+                for post in posts:
+                    self._run(slot, extractor, [post])
+            else:
+                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}")
+            return
+        self._check_outputs(extractor, outputs, len(posts))
+        rows = []
+        for post, output in zip(posts, outputs):
+            post.parts[slot] = output
+            if self.cache is not None and extractor.cacheable and post.source is not None:
+                rows.append((post.source.content_hash, self.cache_key(extractor), output))
+        if self.cache is not None:
+            self.cache.put_many(rows)
+
+    @staticmethod
+    def _check_outputs(extractor: Extractor, outputs: List[PartialContext], n: int) -> None:
+        if len(outputs) != n:
+            raise ValueError(f"{extractor.name} returned {len(outputs)} contexts for {n} images")
+        for output in outputs:
+            unknown = set(output) - set(FIELDS)
+            if unknown:
+                raise ValueError(f"{extractor.name} returned unknown field(s) "
+                                 f"{sorted(unknown)}; expected some of {FIELDS}")
+
+    def _merge(self, doc: Doc, parts: Dict[str, PartialContext]) -> VisualContext:
+        """The extractors' output in slot order, after the doc's own context when
+        existing_context is "merge"; exact repeats are dropped."""
+        existing = get_visual_context(doc)
+        merging = existing is not None and self.existing_context == "merge"
+        sources = [existing.to_dict()] if merging else []
+        sources += [parts[slot] for slot in SLOTS if slot in parts]
+        merged: Dict[str, List[str]] = {name: [] for name in FIELDS}
+        for part in sources:
+            for name, texts in part.items():
+                merged[name].extend(text for text in texts if text not in merged[name])
+        return VisualContext(**merged)
+
+    def _report(self, post: _Post) -> None:
+        where = f"doc {post.doc.text[:40]!r}"
+        if post.record.image_id is not None:
+            where += f" (image_id {post.record.image_id!r})"
+        message = f"{self.name}: no visual context from the image of {where}: {post.error}"
+        if self.on_error == "raise":
+            raise ImageError(message)
+        if self.on_error == "warn":
+            warnings.warn(message, stacklevel=3)
+
+
+@Language.factory("ita_context", default_config=DEFAULT_CONFIG)
+def make_ita_context(
+    nlp: Language,
+    name: str,
+    object_tags: Optional[Extractor],
+    captions: Optional[Extractor],
+    ocr: Optional[Extractor],
+    cache_path: Optional[str],
+    on_error: str,
+    max_pixels: int,
+    max_side: Optional[int],
+    batch_size: int,
+    existing_context: str,
+) -> ItaContext:
+    """Create the `ita_context` component. Extractor slots set to null are off;
+    `cache_path` names an SQLite file that keeps contexts across runs;
+    `on_error` is "warn", "raise" or "ignore" for unreadable images;
+    `existing_context` says what happens to a doc that already has a context:
+    "keep" it untouched, "merge" the extracted text into it, or "replace" it."""
+    return ItaContext(
+        name, object_tags=object_tags, captions=captions, ocr=ocr, cache_path=cache_path,
+        on_error=on_error, max_pixels=max_pixels, max_side=max_side,
+        batch_size=batch_size, existing_context=existing_context,
+    )

@@ -1,0 +1,72 @@
+"""The `spacy_ita_extractors` registry and the interface of what it returns.
+
+Config blocks name extractors with `@spacy_ita_extractors = "spacy-ita.easyocr.v1"`.
+The registry reads the `spacy_ita_extractors` entry point group, so other
+packages can add extractors without importing this one.
+"""
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import catalogue
+from spacy.util import registry
+
+REGISTRY_NAME = "spacy_ita_extractors"
+
+if not hasattr(registry, REGISTRY_NAME):
+    setattr(registry, REGISTRY_NAME, catalogue.create(REGISTRY_NAME, entry_points=True))
+extractors = getattr(registry, REGISTRY_NAME)
+
+PartialContext = Dict[str, List[str]]
+
+
+@dataclass
+class ImageRecord:
+    """What an extractor sees of one post: the decoded RGB image (None when it
+    could not be read) plus the names a lookup table may use for it."""
+
+    image: Any
+    image_id: Optional[str] = None
+    file_name: Optional[str] = None
+
+
+class Extractor:
+    """Base class: turns a batch of ImageRecords into partial visual contexts.
+
+    Subclasses load their model lazily through a module-level cache keyed by
+    their settings, so building an extractor is cheap and a process loads each
+    model once.
+    """
+
+    name = ""
+    needs_pixels = True
+    cacheable = True
+
+    def settings(self) -> Dict[str, Any]:
+        """The settings that change the output; part of the persistent cache key."""
+        raise NotImplementedError
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name} {json.dumps(self.settings(), sort_keys=True)}"
+
+    def load(self) -> Any:
+        """Load the model (or table) once per process and return it; called
+        before the first batch so that a broken setup fails loudly."""
+
+    def __call__(self, records: List[ImageRecord]) -> List[PartialContext]:
+        raise NotImplementedError
+
+
+class ImageExtractor(Extractor):
+    """An extractor that reads pixels and fills one field of the context."""
+
+    field = ""
+
+    def extract(self, images: List[Any]) -> List[List[str]]:
+        """Texts for each RGB PIL image, in order."""
+        raise NotImplementedError
+
+    def __call__(self, records: List[ImageRecord]) -> List[PartialContext]:
+        texts = self.extract([record.image for record in records])
+        return [{self.field: list(items)} for items in texts]

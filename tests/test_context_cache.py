@@ -1,0 +1,85 @@
+"""The SQLite context cache: round trips, several processes, killed writers."""
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import sqlite3
+import time
+
+from spacy_ita.context.cache import ContextCache
+
+# Forked workers start at once (no re-import of torch and spaCy); they only use sqlite.
+FORK = multiprocessing.get_context("fork")
+
+
+def test_round_trip_and_wal_mode(tmp_path):
+    cache = ContextCache(str(tmp_path / "sub" / "c.sqlite"))
+    assert cache.get("abc", "ocr") is None
+    cache.put("abc", "ocr", {"ocr_text": ["STAPLES CENTER", "ünïcode"]})
+    cache.put("abc", "tags", {"object_tags": []})
+    assert cache.get("abc", "ocr") == {"ocr_text": ["STAPLES CENTER", "ünïcode"]}
+    assert cache.get("abc", "tags") == {"object_tags": []}
+    assert len(cache) == 2
+    mode = cache.connection().execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_the_cache_pickles_without_its_connection(tmp_path):
+    cache = ContextCache(str(tmp_path / "c.sqlite"))
+    cache.put("h", "k", {"captions": ["x"]})
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.get("h", "k") == {"captions": ["x"]}
+
+
+def _write_rows(path: str, worker: int, n: int) -> None:
+    cache = ContextCache(path)
+    for i in range(n):
+        cache.put(f"image-{worker}-{i}", "ocr", {"ocr_text": [f"{worker}:{i}"]})
+        cache.get(f"image-{(worker + 1) % 4}-{i}", "ocr")
+
+
+def test_several_processes_write_at_once(tmp_path):
+    path = str(tmp_path / "c.sqlite")
+    ContextCache(path).put("warm", "up", {})
+    workers = [FORK.Process(target=_write_rows, args=(path, w, 40)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    cache = ContextCache(path)
+    assert len(cache) == 4 * 40 + 1
+    assert cache.get("image-3-39", "ocr") == {"ocr_text": ["3:39"]}
+
+
+def _write_forever(path: str, started) -> None:
+    cache = ContextCache(path)
+    batch = 0
+    while True:
+        cache.put_many([(f"img-{batch}-{i}", "ocr", {"ocr_text": ["x" * 500]})
+                        for i in range(50)])
+        batch += 1
+        started.set()
+
+
+def test_a_killed_writer_leaves_a_valid_cache(tmp_path):
+    path = str(tmp_path / "c.sqlite")
+    ContextCache(path).put("before", "ocr", {"ocr_text": ["kept"]})
+    started = FORK.Event()
+    writer = FORK.Process(target=_write_forever, args=(path, started))
+    writer.start()
+    assert started.wait(timeout=60)
+    time.sleep(0.5)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = connection.execute("SELECT image_hash, context FROM contexts").fetchall()
+    assert all(json.loads(context) for _, context in rows)
+    written = len(rows) - 1
+    assert written > 0 and written % 50 == 0  # whole transactions only
+    cache = ContextCache(path)
+    assert cache.get("before", "ocr") == {"ocr_text": ["kept"]}
+    cache.put("after", "ocr", {"ocr_text": ["still writable"]})
+    assert cache.get("after", "ocr") == {"ocr_text": ["still writable"]}
