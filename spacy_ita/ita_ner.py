@@ -184,8 +184,8 @@ class ItaNer(TrainablePipe):
     ) -> None:
         """Collect the entity labels from the examples (or take `labels`) and
         load the pretrained encoder with a CRF sized for them."""
-        validate_get_examples(get_examples, "ItaNer.initialize")
         if labels is None:
+            validate_get_examples(get_examples, "ItaNer.initialize")
             labels = sorted(
                 {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
             )
