@@ -18,11 +18,13 @@ def plot_accuracy(results: dict, path: Path) -> None:
     labels = [f"({key}) {row['name']}" for key, row in systems.items()]
     means = [row["f1_mean"] for row in systems.values()]
     errors = [row["f1_std"] for row in systems.values()]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(labels) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(labels) + 2))
     ax.barh(labels, means, xerr=errors, capsize=4, color="#4c72b0")
-    for name, value in results.get("published", {}).items():
-        ax.axvline(value, linestyle=":", color="grey")
-        ax.text(value, len(labels) - 0.5, name, rotation=90, fontsize=7, va="top", ha="right")
+    styles = ["--", ":", "-.", (0, (1, 4))]
+    for (name, value), style in zip(results.get("published", {}).items(), styles):
+        ax.axvline(value, linestyle=style, color="grey", label=f"published: {name} {value}")
+    ax.set_xlim(min(means) - 10, 82)
+    ax.legend(fontsize=7, loc="lower right")
     ax.invert_yaxis()
     ax.set_xlabel("entity micro F1 on Twitter-2015 test (mean ± std over seeds)")
     fig.tight_layout()
