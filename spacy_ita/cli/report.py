@@ -1,0 +1,204 @@
+"""`python -m spacy_ita compare` and `report`: results tables and a visual error report.
+
+`compare` turns the JSON files of `evaluate` (one per trained variant) into
+one Markdown table, the shape of the ITA paper's ablation. `report` writes a
+self-contained HTML page that shows, per post, the image, its visual context,
+the gold and predicted entities (displaCy) and the errors.
+"""
+import base64
+import html
+import mimetypes
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import srsly
+import typer
+from spacy.tokens import Doc
+from wasabi import msg
+
+from ..visual_context import FIELDS, get_visual_context
+from . import app
+
+VIEW_NAMES = {"cross": "cross-modal", "text": "text-only", "auto": "auto"}
+Span = Tuple[int, int, str]
+
+
+def _percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def comparison_table(results: Dict[str, Dict]) -> str:
+    """Markdown: P/R/F1 per variant and view, then F1 per entity type."""
+    views = [view for view in VIEW_NAMES if any(view in r["views"] for r in results.values())]
+    header = ["variant"] + [f"{VIEW_NAMES[v]} {m}" for v in views for m in ("P", "R", "F1")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        cells = [name]
+        for view in views:
+            scores = result["views"].get(view, {})
+            cells += [_percent(scores.get(key)) for key in ("ents_p", "ents_r", "ents_f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    labels = sorted({label for r in results.values() for s in r["views"].values()
+                     for label in (s.get("ents_per_type") or {})})
+    if labels:
+        lines += ["", "F1 per entity type:", ""]
+        lines.append("| variant | view | " + " | ".join(labels) + " |")
+        lines.append("|" + "---|" * (len(labels) + 2))
+        for name, result in results.items():
+            for view in views:
+                per_type = result["views"].get(view, {}).get("ents_per_type") or {}
+                cells = [_percent(per_type.get(label, {}).get("f")) if label in per_type
+                         else "–" for label in labels]
+                lines.append(f"| {name} | {VIEW_NAMES[view]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("compare")
+def compare_cli(
+    metrics: List[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                         help="JSON files of `evaluate`, one per variant"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table here"),
+) -> None:
+    """One Markdown table comparing variants (named by file stem) on both views."""
+    results = {}
+    for path in metrics:
+        data = srsly.read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
+            msg.fail(f"{path} is not a metrics file of `python -m spacy_ita evaluate`", exits=1)
+        results[path.stem] = data
+    table = comparison_table(results)
+    if output is None:
+        typer.echo(table)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(table, encoding="utf8")
+        msg.good(f"Saved the comparison of {len(results)} variants to {output}")
+
+
+def entity_errors(gold: Doc, predicted: Doc) -> Dict[str, List[Tuple[Span, Optional[str]]]]:
+    """Missed, spurious and wrong-type entities, by character offsets.
+
+    A predicted entity with the gold boundaries but another label is a wrong
+    type (paired with the gold label), not a miss plus a spurious entity.
+    """
+    gold_spans = {(e.start_char, e.end_char): e.label_ for e in gold.ents}
+    pred_spans = {(e.start_char, e.end_char): e.label_ for e in predicted.ents}
+    errors: Dict[str, List[Tuple[Span, Optional[str]]]] = {
+        "missed": [], "spurious": [], "wrong type": []}
+    for offsets, label in gold_spans.items():
+        if offsets not in pred_spans:
+            errors["missed"].append(((*offsets, label), None))
+        elif pred_spans[offsets] != label:
+            errors["wrong type"].append(((*offsets, pred_spans[offsets]), label))
+    for offsets, label in pred_spans.items():
+        if offsets not in gold_spans:
+            errors["spurious"].append(((*offsets, label), None))
+    return {kind: sorted(spans) for kind, spans in errors.items()}
+
+
+def _image_html(doc: Doc) -> str:
+    """The post's image inlined as a data URI, or its id when the file is not here."""
+    path = Path(doc._.image) if isinstance(doc._.image, (str, Path)) else None
+    if path is not None and path.is_file():
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:{mime};base64,{data}" alt="{html.escape(path.name)}">'
+    name = doc._.image_id or (path.name if path is not None else None)
+    label = f"image {html.escape(str(name))}" if name else "no image"
+    return f'<div class="noimage">{label}<br>(file not available)</div>'
+
+
+def _context_html(doc: Doc) -> str:
+    context = get_visual_context(doc)
+    if context is None or context.is_empty():
+        return "<p class='muted'>no visual context</p>"
+    rows = "".join(
+        f"<tr><th>{name.replace('_', ' ')}</th><td>"
+        f"{html.escape(' | '.join(getattr(context, name)))}</td></tr>"
+        for name in FIELDS if getattr(context, name))
+    return f"<table class='context'>{rows}</table>"
+
+
+def _errors_html(doc: Doc, errors: Dict[str, List[Tuple[Span, Optional[str]]]]) -> str:
+    if not any(errors.values()):
+        return "<p class='ok'>✓ all entities correct</p>"
+    items = []
+    for kind, spans in errors.items():
+        for (start, end, label), gold_label in spans:
+            detail = f"{label}, gold {gold_label}" if gold_label else label
+            items.append(f"<li class='{kind.replace(' ', '-')}'><b>{kind}</b>: "
+                         f"{html.escape(doc.text[start:end])} ({html.escape(detail)})</li>")
+    return f"<ul class='errors'>{''.join(items)}</ul>"
+
+
+CSS = """
+body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1100px; }
+.post { border: 2px solid #8c8; border-radius: 8px; padding: 12px; margin: 16px 0;
+        display: grid; grid-template-columns: 300px 1fr; gap: 16px; }
+.post.has-errors { border-color: #d55; }
+.post img { max-width: 300px; border-radius: 4px; }
+.noimage { width: 280px; height: 120px; background: #eee; color: #666; display: flex;
+           align-items: center; justify-content: center; text-align: center; }
+h3 { margin: 4px 0; font-size: 14px; color: #555; text-transform: uppercase; }
+.context th { text-align: left; padding-right: 8px; color: #555; font-weight: normal; }
+.errors li.missed { color: #b00; } .errors li.spurious { color: #c60; }
+.errors li.wrong-type { color: #70a; } .ok { color: #080; } .muted { color: #888; }
+.summary td, .summary th { padding: 2px 12px 2px 0; text-align: left; }
+"""
+
+
+def report_html(title: str, posts: Sequence[Tuple[Doc, Doc]]) -> str:
+    """The whole page for (gold, predicted) Doc pairs."""
+    from spacy import displacy
+
+    labels = sorted({ent.label_ for gold, pred in posts for ent in (*gold.ents, *pred.ents)})
+    palette = ["#7aecec", "#feca74", "#aa9cfc", "#bfe1d9", "#e4e7d2", "#ff9561", "#c887fb"]
+    options = {"colors": {label: palette[i % len(palette)] for i, label in enumerate(labels)}}
+    counts = {"missed": 0, "spurious": 0, "wrong type": 0}
+    sections = []
+    for number, (gold, predicted) in enumerate(posts, start=1):
+        errors = entity_errors(gold, predicted)
+        for kind, spans in errors.items():
+            counts[kind] += len(spans)
+        has_errors = " has-errors" if any(errors.values()) else ""
+        gold_html = displacy.render(gold, style="ent", page=False, options=options)
+        pred_html = displacy.render(predicted, style="ent", page=False, options=options)
+        sections.append(
+            f"<section class='post{has_errors}'><div>{_image_html(gold)}"
+            f"<h3>visual context</h3>{_context_html(predicted)}</div><div>"
+            f"<h3>post {number}: gold</h3>{gold_html}<h3>predicted</h3>{pred_html}"
+            f"<h3>errors</h3>{_errors_html(gold, errors)}</div></section>")
+    n_gold = sum(len(gold.ents) for gold, _ in posts)
+    summary = "".join(f"<tr><th>{kind}</th><td>{count}</td></tr>" for kind, count in counts.items())
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<table class='summary'><tr><th>posts</th><td>{len(posts)}</td></tr>"
+            f"<tr><th>gold entities</th><td>{n_gold}</td></tr>{summary}</table>"
+            f"{''.join(sections)}</body></html>")
+
+
+@app.command("report")
+def report_cli(
+    model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package"),
+    data: Path = typer.Argument(..., exists=True, help=".spacy file of gold posts"),
+    output: Path = typer.Argument(..., help="HTML file to write"),
+    limit: int = typer.Option(8, "--limit", "-n", min=1, help="How many posts to show"),
+    view: str = typer.Option("auto", "--view", help="ita_ner view: auto, cross or text"),
+) -> None:
+    """Write a self-contained HTML page for the first posts of DATA: image, visual
+    context, gold and predicted entities, and the errors (missed, spurious,
+    wrong type)."""
+    import spacy
+
+    from ..readers import MultimodalCorpus
+
+    nlp = spacy.load(model)
+    if "ita_ner" in nlp.pipe_names:
+        nlp.get_pipe("ita_ner").view = view
+    examples = list(MultimodalCorpus(data, limit=limit)(nlp))
+    predicted = nlp.pipe([eg.predicted for eg in examples])
+    posts = [(eg.reference, doc) for eg, doc in zip(examples, predicted)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{model} on {data} ({view} view)"
+    output.write_text(report_html(title, posts), encoding="utf8")
+    msg.good(f"Wrote the report on {len(posts)} posts to {output}")
