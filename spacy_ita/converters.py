@@ -20,6 +20,9 @@ IMGID_PREFIX = "IMGID:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _TAG_RE = re.compile(r"^([BIESLU])-(\S+)$")
 _CAPTION_RE = re.compile(r"^\s*([^\s:]+)\s*:(.*)$")
+# Bytes that are not UTF-8 (decoded with surrogateescape) and NUL, which no
+# text file has (a UTF-16 file read as UTF-8 is full of them).
+_NOT_TEXT_RE = re.compile("[\x00\udc80-\udcff]")
 
 PathLike = Union[str, Path]
 Spans = List[Tuple[int, int, str]]
@@ -78,6 +81,25 @@ def bio_to_spans(tags: Iterable[Tuple[str, str]]) -> Spans:
     return spans
 
 
+def _numbered_lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, BOM optional, any line endings.
+
+    A byte that is not UTF-8 (a Latin-1 or UTF-16 file, a file cut inside a
+    character) is a ValueError naming file:line, not a bare UnicodeDecodeError.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as file_:
+        for lineno, line in enumerate(file_, start=1):
+            bad = _NOT_TEXT_RE.search(line)
+            if bad is not None:
+                char = bad.group()
+                what = "NUL byte" if char == "\x00" else f"byte 0x{ord(char) - 0xDC00:02x}"
+                raise ValueError(
+                    f"{path}:{lineno}: {what} at column {bad.start() + 1} is not UTF-8 text; "
+                    "the file must be UTF-8 (convert it, e.g. with iconv -t UTF-8)"
+                )
+            yield lineno, line
+
+
 def read_captions(path: PathLike) -> Dict[str, str]:
     """Read `<id>.jpg :<caption>` lines (extension optional) into {id: caption}.
 
@@ -88,26 +110,25 @@ def read_captions(path: PathLike) -> Dict[str, str]:
     path = Path(path)
     captions: Dict[str, str] = {}
     first_line: Dict[str, int] = {}
-    with path.open(encoding="utf-8-sig") as file_:
-        for lineno, raw in enumerate(file_, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            match = _CAPTION_RE.match(line)
-            if match is None:
-                raise ValueError(
-                    f"{path}:{lineno}: malformed caption line {line[:80]!r}; expected "
-                    "'<image id>[.jpg] :<caption>'"
-                )
-            image_id = strip_image_extension(match.group(1))
-            caption = match.group(2).strip()
-            if image_id in captions:
-                raise ValueError(
-                    f"{path}:{lineno}: duplicate caption for image id {image_id!r} "
-                    f"(first given on line {first_line[image_id]})"
-                )
-            captions[image_id] = caption
-            first_line[image_id] = lineno
+    for lineno, raw in _numbered_lines(path):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _CAPTION_RE.match(line)
+        if match is None:
+            raise ValueError(
+                f"{path}:{lineno}: malformed caption line {line[:80]!r}; expected "
+                "'<image id>[.jpg] :<caption>'"
+            )
+        image_id = strip_image_extension(match.group(1))
+        caption = match.group(2).strip()
+        if image_id in captions:
+            raise ValueError(
+                f"{path}:{lineno}: duplicate caption for image id {image_id!r} "
+                f"(first given on line {first_line[image_id]})"
+            )
+        captions[image_id] = caption
+        first_line[image_id] = lineno
     return captions
 
 
@@ -181,44 +202,43 @@ def read_mner(
     image_id: Optional[str] = None
     words: List[str] = []
     tags: List[Tuple[str, str]] = []
-    with path.open(encoding="utf-8-sig") as file_:
-        for lineno, raw in enumerate(file_, start=1):
-            where = f"{path}:{lineno}"
-            line = raw.rstrip()
-            is_header = line.startswith(IMGID_PREFIX) and "\t" not in line
-            if not line.strip() or is_header:
-                if words:
-                    yield make_doc(image_id, words, tags)
-                elif in_post:
-                    raise no_tokens()
-                in_post, words, tags = False, [], []
-            if not line.strip():
-                continue
-            if is_header:
-                if has_imgid is False:
-                    raise ValueError(
-                        f"{where}: IMGID line in a file whose first post (line "
-                        f"{first_token_line}) has none; either every post starts "
-                        "with an IMGID line or none does"
-                    )
-                image_id = line[len(IMGID_PREFIX):].strip()
-                if not image_id or any(char.isspace() for char in image_id):
-                    raise ValueError(
-                        f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
-                    )
-                has_imgid, in_post, header_line = True, True, lineno
-                continue
-            if has_imgid is None:
-                has_imgid, first_token_line = False, lineno
-            if has_imgid and not in_post:
+    for lineno, raw in _numbered_lines(path):
+        where = f"{path}:{lineno}"
+        line = raw.rstrip()
+        is_header = line.startswith(IMGID_PREFIX) and "\t" not in line
+        if not line.strip() or is_header:
+            if words:
+                yield make_doc(image_id, words, tags)
+            elif in_post:
+                raise no_tokens()
+            in_post, words, tags = False, [], []
+        if not line.strip():
+            continue
+        if is_header:
+            if has_imgid is False:
                 raise ValueError(
-                    f"{where}: token line outside a post; expected an IMGID:<id> line "
-                    "after the blank line (the file's other posts start with one)"
+                    f"{where}: IMGID line in a file whose first post (line "
+                    f"{first_token_line}) has none; either every post starts "
+                    "with an IMGID line or none does"
                 )
-            token, tag = _parse_token_line(line, where)
-            in_post = True
-            words.append(token)
-            tags.append(tag)
+            image_id = line[len(IMGID_PREFIX):].strip()
+            if not image_id or any(char.isspace() for char in image_id):
+                raise ValueError(
+                    f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
+                )
+            has_imgid, in_post, header_line = True, True, lineno
+            continue
+        if has_imgid is None:
+            has_imgid, first_token_line = False, lineno
+        if has_imgid and not in_post:
+            raise ValueError(
+                f"{where}: token line outside a post; expected an IMGID:<id> line "
+                "after the blank line (the file's other posts start with one)"
+            )
+        token, tag = _parse_token_line(line, where)
+        in_post = True
+        words.append(token)
+        tags.append(tag)
     if words:
         yield make_doc(image_id, words, tags)
     elif in_post:

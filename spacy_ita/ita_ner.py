@@ -6,11 +6,15 @@ alone (text-only) and the sentence followed by its visual context
 `losses.ItaLoss`). At inference one view per doc is used: cross-modal when the
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
+import srsly
 import torch
+from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
@@ -95,6 +99,22 @@ def make_ita_ner(
 def _check_label(label: str) -> None:
     if not isinstance(label, str) or not label.strip() or label != label.strip() or "-" in label[:1]:
         raise ValueError(f"Invalid entity label {label!r}")
+
+
+def _replace_file(path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file_:
+            file_.write(data)
+            file_.flush()
+            os.fsync(file_.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 @dataclass
@@ -199,27 +219,58 @@ class ItaNer(TrainablePipe):
             self.vocab.strings.add(label)
         self.cfg["labels"] = list(dict.fromkeys(labels))
         self.model.set_dim("nO", len(self.tags))
+        # Saved with the weights, so a cfg with other labels cannot load them.
+        self.model.attrs["tags"] = list(self.tags)
         self.model.attrs["allowed_moves"] = [
             move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
         ]
         self.model.initialize()
 
+    def to_disk(self, path, *, exclude=tuple()):
+        """As TrainablePipe.to_disk, but the weights file is replaced atomically
+        (written next to it, then renamed): a process killed while saving, as
+        `spacy train` can be at a checkpoint, leaves the previous weights whole
+        instead of a truncated file that no longer loads."""
+        serialize = {
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "model": lambda p: _replace_file(p, self.model.to_bytes()),
+        }
+        util.to_disk(path, serialize, exclude)
+
     def from_bytes(self, bytes_data, *, exclude=tuple()):
-        super().from_bytes(bytes_data, exclude=exclude)
+        try:
+            super().from_bytes(bytes_data, exclude=exclude)
+        except ValueError as err:  # msgpack/JSON: truncated or foreign data
+            raise ValueError(
+                f"{self.name}: cannot load the component: its data is truncated, corrupt "
+                f"or not from ita_ner ({type(err).__name__}: {err})"
+            ) from err
         self._check_weights_match_labels()
         return self
 
     def from_disk(self, path, *, exclude=tuple()):
-        super().from_disk(path, exclude=exclude)
+        try:
+            super().from_disk(path, exclude=exclude)
+        except ValueError as err:  # msgpack/JSON: truncated or foreign files
+            raise ValueError(
+                f"{self.name}: cannot load {path}: its 'cfg' or 'model' file is truncated, "
+                f"corrupt or not from ita_ner ({type(err).__name__}: {err})"
+            ) from err
         self._check_weights_match_labels()
         return self
 
     def _check_weights_match_labels(self) -> None:
         n_weights = get_module(self.model).emission.out_features
-        if n_weights != len(self.tags):
+        trained_tags = self.model.attrs.get("tags")  # None for pipelines saved before
+        if n_weights != len(self.tags) or (
+            trained_tags is not None and list(trained_tags) != self.tags
+        ):
+            trained = "" if trained_tags is None else f" {list(trained_tags)}"
             raise ValueError(
-                f"{self.name}: the saved weights score {n_weights} tags, but the labels "
-                f"{list(self.labels)} with scheme {self.tag_scheme} make {len(self.tags)}. "
+                f"{self.name}: the saved weights score {n_weights} tags{trained}, but the "
+                f"labels {list(self.labels)} with scheme {self.tag_scheme} make "
+                f"{len(self.tags)} {self.tags}. "
                 "The pipeline's cfg and model files do not belong together."
             )
 

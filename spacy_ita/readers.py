@@ -6,6 +6,7 @@ spaCy's stock `spacy.Corpus.v1` rebuilds each `eg.predicted` with
 This reader copies them (all of the reference Doc's user data) across.
 """
 import random
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Union
 
@@ -68,7 +69,14 @@ class MultimodalCorpus:
         """Reference Docs in file order, skipping those over max_length, up to limit."""
         count = 0
         for path in self.files():
-            for doc in DocBin().from_disk(path).get_docs(nlp.vocab):
+            try:
+                doc_bin = DocBin().from_disk(path)
+            except (ValueError, KeyError, TypeError, zlib.error) as err:
+                raise ValueError(
+                    f"spacy-ita.MultimodalCorpus.v1: cannot read {path}: it is truncated "
+                    f"or not a .spacy file ({type(err).__name__}: {err})"
+                ) from err
+            for doc in doc_bin.get_docs(nlp.vocab):
                 if self.max_length and len(doc) > self.max_length:
                     continue
                 if self.limit and count >= self.limit:

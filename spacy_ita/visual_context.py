@@ -5,6 +5,7 @@ reads. Importing `spacy_ita` registers it with srsly's msgpack hooks, so
 `Doc._.visual_context` survives `Doc.to_bytes`, `DocBin` and `doc.copy()`.
 (Not through srsly entry points: those load while spaCy itself is importing.)
 """
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -14,6 +15,9 @@ from spacy.tokens import Doc
 FIELDS = ("captions", "object_tags", "ocr_text")
 DEFAULT_ORDER = FIELDS
 _MSGPACK_KEY = "__spacy_ita_visual_context__"
+# Half of a UTF-16 pair (a cut emoji in a JSON file): not text, and the
+# tokenizers cannot encode it.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -25,6 +29,14 @@ class VisualContext:
     ocr_text: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check that every field is a list of strings (a tuple becomes a list).
+
+        Runs on construction and again whenever `ita_ner` or `ita_context`
+        reads `Doc._.visual_context`: the fields are mutable lists.
+        """
         for name in FIELDS:
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -38,7 +50,13 @@ class VisualContext:
                         f"VisualContext.{name}[{i}] must be a string, "
                         f"got {type(item).__name__}: {item!r:.80}"
                     )
-            setattr(self, name, list(value))
+                if _SURROGATE_RE.search(item):
+                    raise ValueError(
+                        f"VisualContext.{name}[{i}] contains a lone surrogate (half of a "
+                        f"UTF-16 pair, e.g. a cut emoji), which is not text: {item!r:.80}"
+                    )
+            if not isinstance(value, list):
+                setattr(self, name, list(value))
 
     def is_empty(self) -> bool:
         return not any(text.strip() for name in FIELDS for text in getattr(self, name))
@@ -87,15 +105,18 @@ def get_visual_context(doc: Doc, doc_index: Optional[int] = None) -> Optional[Vi
     bad input never surfaces as an error deep inside the model.
     """
     value = doc._.visual_context
-    if value is None or isinstance(value, VisualContext):
+    if value is None:
         return value
     if isinstance(value, dict) and _MSGPACK_KEY in value:
         # Deserialised in a process that had not imported spacy_ita yet.
         value = value[_MSGPACK_KEY]
     where = f"doc {doc_index}" if doc_index is not None else "doc"
     where = f"{where} ({doc.text[:40]!r})"
-    if isinstance(value, dict):
+    if isinstance(value, (VisualContext, dict)):
         try:
+            if isinstance(value, VisualContext):
+                value.validate()  # it may have been changed since it was made
+                return value
             return VisualContext.from_dict(value)
         except (TypeError, ValueError) as err:
             raise type(err)(f"Invalid Doc._.visual_context on {where}: {err}") from None

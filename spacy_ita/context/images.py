@@ -66,6 +66,10 @@ def read_image_source(image: Any) -> ImageSource:
             raise ImageError(f"image file {description} does not exist")
         if os.path.isdir(path):
             raise ImageError(f"image path {description} is a directory, not a file")
+        if not os.path.isfile(path):
+            # A FIFO would block open() forever; /dev/zero would read without end.
+            raise ImageError(f"image path {description} is not a regular file "
+                             "(a FIFO, device or socket)")
         try:
             with open(path, "rb") as file:
                 data = file.read()
@@ -113,7 +117,10 @@ def decode_image(
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
         if max_side and max(image.size) > max_side:
-            image = ImageOps.contain(image, (max_side, max_side), Image.Resampling.LANCZOS)
+            # Not ImageOps.contain: it rounds the short side of a thin strip to 0.
+            scale = max_side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
         return image
     except ImageError:
         raise

