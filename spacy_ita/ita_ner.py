@@ -239,23 +239,23 @@ class ItaNer(TrainablePipe):
         util.to_disk(path, serialize, exclude)
 
     def from_bytes(self, bytes_data, *, exclude=tuple()):
-        try:
-            super().from_bytes(bytes_data, exclude=exclude)
-        except ValueError as err:  # msgpack/JSON: truncated or foreign data
-            raise ValueError(
-                f"{self.name}: cannot load the component: its data is truncated, corrupt "
-                f"or not from ita_ner ({type(err).__name__}: {err})"
-            ) from err
-        self._check_weights_match_labels()
-        return self
+        load = super().from_bytes
+        return self._load(lambda: load(bytes_data, exclude=exclude), "its serialised data")
 
     def from_disk(self, path, *, exclude=tuple()):
+        load = super().from_disk
+        return self._load(lambda: load(path, exclude=exclude), f"{path} (its 'cfg' or 'model' file)")
+
+    def _load(self, load: Callable[[], object], source: str) -> "ItaNer":
+        """Run a TrainablePipe loader; the msgpack/JSON errors of truncated or
+        foreign data become one error naming the source, and the weights must
+        fit the labels."""
         try:
-            super().from_disk(path, exclude=exclude)
-        except ValueError as err:  # msgpack/JSON: truncated or foreign files
+            load()
+        except ValueError as err:
             raise ValueError(
-                f"{self.name}: cannot load {path}: its 'cfg' or 'model' file is truncated, "
-                f"corrupt or not from ita_ner ({type(err).__name__}: {err})"
+                f"{self.name}: cannot load {source}: it is truncated, corrupt or not "
+                f"from ita_ner ({type(err).__name__}: {err})"
             ) from err
         self._check_weights_match_labels()
         return self
