@@ -81,7 +81,7 @@ def bio_to_spans(tags: Iterable[Tuple[str, str]]) -> Spans:
     return spans
 
 
-def _numbered_lines(path: Path) -> Iterator[Tuple[int, str]]:
+def numbered_lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(line number, line) of a UTF-8 text file, BOM optional, any line endings.
 
     A byte that is not UTF-8 (a Latin-1 or UTF-16 file, a file cut inside a
@@ -110,7 +110,7 @@ def read_captions(path: PathLike) -> Dict[str, str]:
     path = Path(path)
     captions: Dict[str, str] = {}
     first_line: Dict[str, int] = {}
-    for lineno, raw in _numbered_lines(path):
+    for lineno, raw in numbered_lines(path):
         line = raw.strip()
         if not line:
             continue
@@ -202,7 +202,7 @@ def read_mner(
     image_id: Optional[str] = None
     words: List[str] = []
     tags: List[Tuple[str, str]] = []
-    for lineno, raw in _numbered_lines(path):
+    for lineno, raw in numbered_lines(path):
         where = f"{path}:{lineno}"
         line = raw.rstrip()
         is_header = line.startswith(IMGID_PREFIX) and "\t" not in line

@@ -6,13 +6,10 @@ alone (text-only) and the sentence followed by its visual context
 `losses.ItaLoss`). At inference one view per doc is used: cross-modal when the
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
-import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-import srsly
 import torch
 from spacy import util
 from spacy.language import Language
@@ -23,6 +20,7 @@ from thinc.api import Config, Model, set_dropout_rate, torch2xp, xp2torch
 from thinc.types import Floats2d
 
 from .crf import pad_sequences
+from .files import replace_file, replace_json
 from .ita_tagger import TaggerInput, get_module
 from .losses import ItaLoss
 from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
@@ -99,22 +97,6 @@ def make_ita_ner(
 def _check_label(label: str) -> None:
     if not isinstance(label, str) or not label.strip() or label != label.strip() or "-" in label[:1]:
         raise ValueError(f"Invalid entity label {label!r}")
-
-
-def _replace_file(path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file_:
-            file_.write(data)
-            file_.flush()
-            os.fsync(file_.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @dataclass
@@ -232,9 +214,9 @@ class ItaNer(TrainablePipe):
         `spacy train` can be at a checkpoint, leaves the previous weights whole
         instead of a truncated file that no longer loads."""
         serialize = {
-            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "cfg": lambda p: replace_json(p, self.cfg),
             "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
-            "model": lambda p: _replace_file(p, self.model.to_bytes()),
+            "model": lambda p: replace_file(p, self.model.to_bytes()),
         }
         util.to_disk(path, serialize, exclude)
 

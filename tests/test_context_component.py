@@ -206,12 +206,35 @@ def test_precomputed_jsonl_fills_all_fields_and_mixes_with_live_tags(tmp_path):
     assert doc._.visual_context == VisualContext(captions=["a red square"])
 
 
+@pytest.mark.parametrize("content,where", [
+    (b"1.jpg :fine\n2.jpg :caf\xe9\n", "latin1.txt:2: byte 0xe9"),
+    ("1.jpg :fine\n".encode("utf-16"), "latin1.txt:1: byte 0xff at column 1 is not UTF-8"),
+])
+def test_precomputed_file_that_is_not_utf8_names_file_and_line(tmp_path, content, where):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(content)
+    nlp = colour_nlp(object_tags=None, captions={
+        "@spacy_ita_extractors": "spacy-ita.precomputed.v1", "path": str(path)})
+    with pytest.raises(ValueError, match=where):
+        nlp(make_doc(nlp, "x", None, image_id="1"))
+
+
+def test_precomputed_file_with_bom_and_crlf(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_bytes("1.jpg :a red square\r\n2.jpg :café\r\n".encode("utf-8-sig"))
+    nlp = colour_nlp(object_tags=None, captions={
+        "@spacy_ita_extractors": "spacy-ita.precomputed.v1", "path": str(path)})
+    for image_id, caption in (("1", "a red square"), ("2", "café")):
+        doc = nlp(make_doc(nlp, "x", None, image_id=image_id))
+        assert doc._.visual_context.captions == [caption]
+
+
 def test_precomputed_files_are_checked(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1.jpg :fine\nno separator here\n")
     nlp = colour_nlp(object_tags=None, captions={
         "@spacy_ita_extractors": "spacy-ita.precomputed.v1", "path": str(bad)})
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match="bad.txt:2: expected"):
         nlp(make_doc(nlp, "x", None, image_id="1"))
     with pytest.raises(FileNotFoundError):
         colour_nlp(captions={"@spacy_ita_extractors": "spacy-ita.precomputed.v1",

@@ -7,6 +7,7 @@ import typer
 from spacy.tokens import Doc, DocBin
 
 from ..converters import read_mner
+from ..files import replace_file
 from . import app
 
 
@@ -89,7 +90,7 @@ def convert_cli(
                 n_captioned += 1
             labels.update(ent.label_ for ent in doc.ents)
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        doc_bin.to_disk(output_path)
+        replace_file(output_path, doc_bin.to_bytes())
     except (ValueError, OSError, ImportError) as err:  # ImportError: unknown --lang
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1)

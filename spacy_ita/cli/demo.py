@@ -15,6 +15,7 @@ import srsly
 import typer
 from spacy.tokens import Doc, DocBin
 
+from ..files import replace_file
 from ..visual_context import VisualContext
 from . import app
 
@@ -277,7 +278,7 @@ def from_jsonl_cli(
             for number, record in enumerate(srsly.read_jsonl(source), start=1):
                 doc_bin.add(record_to_doc(nlp, record, source.parent, f"{source}, line {number}"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            doc_bin.to_disk(target)
+            replace_file(target, doc_bin.to_bytes())
             typer.echo(f"Wrote {len(doc_bin)} docs to {target}")
     except (ValueError, TypeError) as err:
         typer.echo(f"Error: {err}", err=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import spacy
-import srsly
 import typer
 from spacy.language import Language
 from spacy.scorer import Scorer
 from spacy.training import Example
 from wasabi import msg
 
+from ..files import replace_json
 from ..readers import MultimodalCorpus
 from . import app
 
@@ -84,5 +84,5 @@ def evaluate_cli(
     msg.table(rows, header=("view", "P", "R", "F", "words/s"), divider=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        srsly.write_json(output, {"model": model, "data": str(data), "views": results})
+        replace_json(output, {"model": model, "data": str(data), "views": results})
         msg.good(f"Saved metrics to {output}")

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
+from ..files import replace_file
 from . import app
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -159,7 +160,7 @@ def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
             summary.failures.append((str(doc._.image_id or doc._.image), doc._.image_error))
         doc_bin.add(doc)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    doc_bin.to_disk(output_path)
+    replace_file(output_path, doc_bin.to_bytes())
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -16,6 +16,7 @@ import typer
 from spacy.tokens import Doc
 from wasabi import msg
 
+from ..files import replace_file
 from ..visual_context import FIELDS, get_visual_context
 from . import app
 
@@ -71,7 +72,7 @@ def compare_cli(
         typer.echo(table)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(table, encoding="utf8")
+        replace_file(output, table)
         msg.good(f"Saved the comparison of {len(results)} variants to {output}")
 
 
@@ -200,5 +201,5 @@ def report_cli(
     posts = [(eg.reference, doc) for eg, doc in zip(examples, predicted)]
     output.parent.mkdir(parents=True, exist_ok=True)
     title = f"{model} on {data} ({view} view)"
-    output.write_text(report_html(title, posts), encoding="utf8")
+    replace_file(output, report_html(title, posts))
     msg.good(f"Wrote the report on {len(posts)} posts to {output}")

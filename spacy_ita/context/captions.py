@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..converters import numbered_lines
 from ..visual_context import FIELDS
 from .registry import Extractor, ImageExtractor, ImageRecord, PartialContext, extractors
 from .tags import hf_pipeline
@@ -74,12 +75,15 @@ def _string_list(value: Any, where: str, name: str) -> List[str]:
     return value
 
 
-def _parse_jsonl(lines: List[str], path: str) -> List[Tuple[str, PartialContext]]:
+NumberedLines = List[Tuple[int, str]]
+
+
+def _parse_jsonl(lines: NumberedLines, path: str) -> List[Tuple[str, PartialContext]]:
     entries = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         if not line.strip():
             continue
-        where = f"{path}, line {number}"
+        where = f"{path}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -92,14 +96,14 @@ def _parse_jsonl(lines: List[str], path: str) -> List[Tuple[str, PartialContext]
     return entries
 
 
-def _parse_caption_lines(lines: List[str], path: str) -> List[Tuple[str, PartialContext]]:
+def _parse_caption_lines(lines: NumberedLines, path: str) -> List[Tuple[str, PartialContext]]:
     entries = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         if not line.strip():
             continue
         match = _CAPTION_LINE.match(line)
         if match is None:
-            raise ValueError(f"{path}, line {number}: expected '<image> :<caption>', "
+            raise ValueError(f"{path}:{number}: expected '<image> :<caption>', "
                              f"got {line.strip()[:80]!r}")
         entries.append((match.group(1), {"captions": [match.group(2).strip()]}))
     return entries
@@ -108,8 +112,8 @@ def _parse_caption_lines(lines: List[str], path: str) -> List[Tuple[str, Partial
 @lru_cache(maxsize=8)
 def load_precomputed(path: str, modified_ns: int) -> Dict[str, PartialContext]:
     """Index a precomputed file by every name of its images (reloaded when it changes)."""
-    lines = Path(path).read_text(encoding="utf8").splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
+    lines = [(number, line.rstrip("\r\n")) for number, line in numbered_lines(Path(path))]
+    first = next((line.strip() for _, line in lines if line.strip()), "")
     is_jsonl = path.endswith((".jsonl", ".json")) or first.startswith("{")
     entries = _parse_jsonl(lines, path) if is_jsonl else _parse_caption_lines(lines, path)
     merged: Dict[str, PartialContext] = {}

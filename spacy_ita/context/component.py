@@ -18,8 +18,8 @@ from spacy.util import minibatch
 from ..visual_context import FIELDS, VisualContext, get_visual_context
 from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401  (registers them)
 from .cache import ContextCache
-from .images import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError, ImageSource,
-                     decode_image, read_image_source)
+from .images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
+                     ImageSource, decode_image, read_image_source)
 from .registry import Extractor, ImageRecord, PartialContext
 
 ON_ERROR_CHOICES = ("warn", "raise", "ignore")
@@ -34,6 +34,7 @@ DEFAULT_CONFIG = {
     "on_error": "warn",
     "max_pixels": DEFAULT_MAX_PIXELS,
     "max_side": DEFAULT_MAX_SIDE,
+    "max_bytes": DEFAULT_MAX_BYTES,
     "batch_size": 16,
     "existing_context": "keep",
 }
@@ -68,6 +69,7 @@ class ItaContext:
         on_error: str,
         max_pixels: int,
         max_side: Optional[int],
+        max_bytes: int,
         batch_size: int,
         existing_context: str,
     ):
@@ -87,6 +89,7 @@ class ItaContext:
         self.on_error = on_error
         self.max_pixels = max_pixels
         self.max_side = max_side
+        self.max_bytes = max_bytes
         self.batch_size = batch_size
         self.existing_context = existing_context
 
@@ -147,7 +150,7 @@ class ItaContext:
             if post.doc._.image is None:
                 continue
             try:
-                post.source = read_image_source(post.doc._.image)
+                post.source = read_image_source(post.doc._.image, self.max_bytes)
                 if self.cache is not None:
                     for slot, extractor in pixel_slots.items():
                         cached = self.cache.get(post.source.content_hash,
@@ -232,16 +235,18 @@ def make_ita_context(
     on_error: str,
     max_pixels: int,
     max_side: Optional[int],
+    max_bytes: int,
     batch_size: int,
     existing_context: str,
 ) -> ItaContext:
     """Create the `ita_context` component. Extractor slots set to null are off;
     `cache_path` names an SQLite file that keeps contexts across runs;
-    `on_error` is "warn", "raise" or "ignore" for unreadable images;
+    `on_error` is "warn", "raise" or "ignore" for unreadable images, including
+    files over `max_bytes` and images over `max_pixels`;
     `existing_context` says what happens to a doc that already has a context:
     "keep" it untouched, "merge" the extracted text into it, or "replace" it."""
     return ItaContext(
         name, object_tags=object_tags, captions=captions, ocr=ocr, cache_path=cache_path,
         on_error=on_error, max_pixels=max_pixels, max_side=max_side,
-        batch_size=batch_size, existing_context=existing_context,
+        max_bytes=max_bytes, batch_size=batch_size, existing_context=existing_context,
     )

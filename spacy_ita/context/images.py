@@ -20,6 +20,9 @@ from typing import Any, Callable, Optional
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_SIDE = 1600
+# Larger than any photo a post carries; a video or disk image named .jpg is
+# refused before it is read into memory.
+DEFAULT_MAX_BYTES = 64 * 2**20
 _MSGPACK_KEY = "__spacy_ita_pil_image__"
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -50,8 +53,9 @@ def describe_image(image: Any) -> str:
     return f"<{type(image).__name__}>"
 
 
-def read_image_source(image: Any) -> ImageSource:
-    """Read a path, bytes or PIL image and hash its content, without decoding it."""
+def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageSource:
+    """Read a path, bytes or PIL image and hash its content, without decoding it.
+    Files and byte strings over `max_bytes` are refused unread."""
     if isinstance(image, dict) and _MSGPACK_KEY in image:
         # Deserialised by a process that had not registered decode_pil_image: PNG bytes.
         image = image[_MSGPACK_KEY]
@@ -71,15 +75,19 @@ def read_image_source(image: Any) -> ImageSource:
             raise ImageError(f"image path {description} is not a regular file "
                              "(a FIFO, device or socket)")
         try:
+            _check_bytes(os.path.getsize(path), max_bytes, f"image file {description}")
             with open(path, "rb") as file:
-                data = file.read()
+                # One byte more than allowed: a file that grew since stat is caught too.
+                data = file.read(max_bytes + 1)
         except OSError as err:
             raise ImageError(f"cannot read image file {description}: {err}") from None
         if not data:
             raise ImageError(f"image file {description} is empty (0 bytes)")
+        _check_bytes(len(data), max_bytes, f"image file {description}")
         return ImageSource(description, _hash_bytes(data), data=data,
                            file_name=os.path.basename(path))
     if isinstance(image, (bytes, bytearray, memoryview)):
+        _check_bytes(len(image), max_bytes, "image bytes")
         data = bytes(image)
         if not data:
             raise ImageError("image bytes are empty")
@@ -91,6 +99,12 @@ def read_image_source(image: Any) -> ImageSource:
     raise ImageError(
         f"unsupported image value {description}: expected a path, bytes or a PIL image"
     )
+
+
+def _check_bytes(size: int, max_bytes: int, what: str) -> None:
+    if size > max_bytes:
+        raise ImageError(f"{what} is {size / 2**20:.1f} MiB, over the limit of "
+                         f"{max_bytes / 2**20:.1f} MiB (max_bytes)")
 
 
 def decode_image(

