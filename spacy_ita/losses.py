@@ -69,8 +69,10 @@ class ItaLoss:
             if self.cross_weight > 0:
                 terms["cross"] = self.cross_weight * crf.nll(cross_emissions, mask, gold).sum()
             if text_emissions is not None and self.cva_weight > 0:
+                with torch.no_grad():  # the teacher: no graph to build or backpropagate
+                    cross_marginals = crf.log_marginals(cross_emissions, mask)
                 cva = cva_divergence(
-                    crf.log_marginals(cross_emissions, mask),
+                    cross_marginals,
                     crf.log_marginals(text_emissions, mask),
                     mask,
                     self.temperature,
