@@ -53,6 +53,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "context_order": list(DEFAULT_ORDER),
         "context_separator": " ",
         "loss": {"@losses": "spacy-ita.ita_loss.v1"},
+        "head_lr_scale": 1.0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -72,6 +73,7 @@ def make_ita_ner(
     context_order: List[str],
     context_separator: str,
     loss: ItaLoss,
+    head_lr_scale: float,
     scorer: Optional[Callable],
 ) -> "ItaNer":
     """Create an ita_ner component.
@@ -79,6 +81,8 @@ def make_ita_ner(
     tag_scheme: "BIO" or "BILUO". view: "auto", "cross" or "text" at inference.
     use_context: False trains and runs a text-only baseline that ignores context.
     context_order / context_separator: how Doc._.visual_context becomes text.
+    head_lr_scale: learning rate of the emission layer and CRF, as a multiple of
+    the encoder's (the optimizer's own rate).
     """
     return ItaNer(
         nlp.vocab,
@@ -90,6 +94,7 @@ def make_ita_ner(
         context_order=context_order,
         context_separator=context_separator,
         loss=loss,
+        head_lr_scale=head_lr_scale,
         scorer=scorer,
     )
 
@@ -97,6 +102,24 @@ def make_ita_ner(
 def _check_label(label: str) -> None:
     if not isinstance(label, str) or not label.strip() or label != label.strip() or "-" in label[:1]:
         raise ValueError(f"Invalid entity label {label!r}")
+
+
+class _HeadScaledOptimizer:
+    """An optimizer seen through a learning-rate multiplier for every torch
+    parameter outside the encoder. Keys are (shim id, parameter name)."""
+
+    def __init__(self, optimizer, head_lr_scale: float):
+        self._optimizer = optimizer
+        self._head_lr_scale = head_lr_scale
+
+    def __call__(self, key, weights, gradient, *, lr_scale: float = 1.0):
+        name = key[1] if isinstance(key, tuple) and len(key) == 2 else ""
+        if isinstance(name, str) and not name.startswith("encoder."):
+            lr_scale *= self._head_lr_scale
+        return self._optimizer(key, weights, gradient, lr_scale=lr_scale)
+
+    def __getattr__(self, name):
+        return getattr(self._optimizer, name)
 
 
 @dataclass
@@ -123,9 +146,12 @@ class ItaNer(TrainablePipe):
         context_order: Sequence[str] = DEFAULT_ORDER,
         context_separator: str = " ",
         loss: Optional[ItaLoss] = None,
+        head_lr_scale: float = 1.0,
         scorer: Optional[Callable] = None,
     ):
         check_scheme(tag_scheme)
+        if head_lr_scale <= 0:
+            raise ValueError(f"head_lr_scale must be > 0, got {head_lr_scale}")
         unknown = [field for field in context_order if field not in FIELDS]
         if unknown:
             raise ValueError(f"Unknown context_order field(s) {unknown}; expected {FIELDS}")
@@ -138,6 +164,7 @@ class ItaNer(TrainablePipe):
         self.context_order = list(context_order)
         self.context_separator = context_separator
         self.loss = loss if loss is not None else ItaLoss()
+        self.head_lr_scale = head_lr_scale
         self.scorer = scorer
         self.cfg = {"labels": []}
         self._warned_image_without_context = False
@@ -343,6 +370,14 @@ class ItaNer(TrainablePipe):
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def finish_update(self, sgd) -> None:
+        """Apply the gradients; the head (emission layer and CRF, randomly
+        initialised) learns at head_lr_scale times the encoder's rate."""
+        if self.head_lr_scale == 1.0:
+            self.model.finish_update(sgd)
+        else:
+            self.model.finish_update(_HeadScaledOptimizer(sgd, self.head_lr_scale))
 
     def get_loss(self, examples: Sequence[Example], scores: ViewScores):
         """ITA's loss over a batch (mean per doc) and its gradient per score row."""

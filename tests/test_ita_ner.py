@@ -6,9 +6,10 @@ import warnings
 
 import pytest
 import spacy
+import torch
 from spacy.tokens import Doc
 from spacy.training import Example
-from thinc.api import Adam, fix_random_seed
+from thinc.api import SGD, Adam, fix_random_seed
 
 from spacy_ita import VisualContext
 from spacy_ita.ita_tagger import _encode, _sequence_limit, get_module
@@ -281,6 +282,29 @@ def test_invalid_settings_are_rejected(tiny_encoder):
         make_nlp(tiny_encoder, tag_scheme="IOB2")
     with pytest.raises(ValueError, match="context_order"):
         make_nlp(tiny_encoder, context_order=["captions", "exif"])
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        make_nlp(tiny_encoder, head_lr_scale=0)
+
+
+def test_head_lr_scale_multiplies_only_the_head_steps(tiny_encoder):
+    """One plain SGD step from the same weights: the emission layer and CRF move
+    exactly head_lr_scale times as far, the encoder exactly as far."""
+    steps = {}
+    for scale in (1.0, 10.0):
+        nlp = make_nlp(tiny_encoder, head_lr_scale=scale)
+        examples = make_examples(nlp)
+        fix_random_seed(0)
+        nlp.initialize(lambda: examples)
+        module = get_module(nlp.get_pipe("ita_ner").model)
+        before = {name: p.detach().clone() for name, p in module.named_parameters()}
+        nlp.update(examples, sgd=SGD(0.01, L2=0.0, grad_clip=0.0))
+        steps[scale] = {name: p.detach() - before[name] for name, p in module.named_parameters()}
+    head = [name for name in steps[1.0] if not name.startswith("encoder.")]
+    assert sorted(head) == ["crf.end", "crf.start", "crf.transitions", "emission.bias", "emission.weight"]
+    for name, step in steps[1.0].items():
+        factor = 10.0 if name in head else 1.0
+        assert torch.allclose(steps[10.0][name], factor * step, rtol=1e-4, atol=1e-7), name
+    assert steps[1.0]["emission.weight"].abs().max() > 0
 
 
 def test_biluo_scheme_trains_and_decodes(tiny_encoder):
