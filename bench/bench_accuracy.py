@@ -10,7 +10,14 @@ Each is trained on `train`, selected on `valid` and scored on `test` with
 BLIP-2 captions as visual context, for each seed.
 
     python bench/bench_accuracy.py --quick                  # a smoke run: few steps, 1 seed
-    python bench/bench_accuracy.py --seeds 0 1 2 --epochs 1  # the full comparison
+    python bench/bench_accuracy.py --seeds 0 1 2            # the full comparison
+
+The schedule is the project's CPU default (project/project.yml vars): 250
+updates of 16 posts (one epoch of Twitter-2015), learning rate 2e-4 with 25
+warm-up steps, linear decay, dev scored every 50 updates, best on dev kept.
+`--project project` takes seed 0's b, c and d from the models and test metrics
+of `spacy project run ablation . --vars.dataset twitter2015` (same schedule,
+same seed) instead of training and scoring them again.
 """
 import argparse
 import json
@@ -30,12 +37,8 @@ PUBLISHED = {
     "text-only XLM-R-large-CRF": 77.04,
     "ITA (XLM-R-large)": 78.03,
 }
-ITA_VARIANTS = {
-    "b": ["--components.ita_ner.use_context", "false"],
-    "c": ["--components.ita_ner.loss.text_weight", "0", "--components.ita_ner.loss.cross_weight", "1",
-          "--components.ita_ner.loss.cva_weight", "0"],
-    "d": [],
-}
+# Which spacy_ita variant-config variant each ita_ner system trains.
+ITA_VARIANTS = {"b": "text_only", "c": "ita", "d": "ita_cva"}
 SYSTEMS = {
     "a": "stock spaCy NER (transformer + ner)",
     "b": "ita_ner text-only baseline",
@@ -62,22 +65,39 @@ def convert(workdir: Path, log):
     return corpus
 
 
-def train(system, seed, corpus, output, schedule, log):
-    config = CONFIGS / ("stock_ner.cfg" if system == "a" else "ita.cfg")
+def train(system, seed, corpus, output, schedule, extra, log):
+    if system == "a":
+        config = CONFIGS / "stock_ner.cfg"
+    else:
+        config = output.parent / f"{system}.cfg"
+        run([sys.executable, "-m", "spacy_ita", "variant-config", CONFIGS / "ita.cfg", config,
+             "--variant", ITA_VARIANTS[system]], log)
     run([sys.executable, "-m", "spacy", "train", config, "--output", output,
          "--paths.train", corpus / "train.spacy", "--paths.dev", corpus / "valid.spacy",
-         "--system.seed", seed, *schedule, *ITA_VARIANTS.get(system, [])], log)
+         "--system.seed", seed, *schedule, *([] if system == "a" else extra)], log)
+
+
+def dev_f1(model: Path) -> float:
+    """The dev (valid) entity F1 that made this checkpoint the best, from its meta.json."""
+    return 100 * json.loads((model / "meta.json").read_text())["performance"]["ents_f"]
 
 
 def score(system, model, corpus, output, log):
-    """Test-set scores: spacy_ita evaluate for ita_ner views, spacy evaluate for the stock NER."""
+    """Test-set scores: spacy_ita evaluate for ita_ner views, spacy evaluate for
+    the stock NER; an existing metrics file is read, not recomputed."""
+    if output.exists():
+        metrics = json.loads(output.read_text())
+        return {"a": metrics} if system == "a" else _views(system, metrics["views"])
     if system == "a":
         run([sys.executable, "-m", "spacy", "evaluate", model, corpus / "test.spacy", "--output", output], log)
         metrics = json.loads(output.read_text())
         return {"a": metrics}
     run([sys.executable, "-m", "spacy_ita", "evaluate", model, corpus / "test.spacy",
          "--views", "cross,text", "--output", output], log)
-    views = json.loads(output.read_text())["views"]
+    return _views(system, json.loads(output.read_text())["views"])
+
+
+def _views(system, views):
     if system == "d":
         return {"d": views["cross"], "e": views["text"]}
     return {system: views["text" if system == "b" else "cross"]}
@@ -98,6 +118,8 @@ def summarise(results):
             "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
             "p_mean": statistics.mean(100 * r["ents_p"] for r in runs),
             "r_mean": statistics.mean(100 * r["ents_r"] for r in runs),
+            "dev_f1_mean": statistics.mean(r[f"{system if system != 'e' else 'd'}_dev_f1"]
+                                           for r in results if system in r),
             "per_type_f1": {
                 label: statistics.mean(100 * r["ents_per_type"][label]["f"] for r in runs)
                 for label in labels
@@ -110,24 +132,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: --max-steps 30, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=0, help="cap on updates (0: epochs decide)")
+    parser.add_argument("--max-steps", type=int, default=250, help="updates of 16 posts")
+    parser.add_argument("--learn-rate", type=float, default=2e-4)
+    parser.add_argument("--warmup-steps", type=int, default=25)
+    parser.add_argument("--eval-frequency", type=int, default=50)
     parser.add_argument("--systems", default="abcd", help="which of a, b, c, d to train (e comes with d)")
+    parser.add_argument("--extra", default="",
+                        help="more config overrides for the ita_ner systems, e.g. "
+                             "'--components.ita_ner.head_lr_scale 100'")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only collect the runs already trained in --workdir (a summary)")
+    parser.add_argument("--project", type=Path,
+                        help="the project folder: reuse its twitter2015 ablation for seed 0")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "accuracy.json")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.max_steps = [0], args.max_steps or 30
+        args.seeds, args.max_steps, args.eval_frequency = [0], 30, 10
     if not DATA.exists():
         sys.exit(f"Data not found: {DATA} (see ../shared/data/README.md)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = 4000 // 16
-    total = args.max_steps or args.epochs * steps_per_epoch
-    schedule = ["--training.max_epochs", args.epochs, "--training.max_steps", args.max_steps,
-                "--training.optimizer.learn_rate.total_steps", total,
-                "--training.optimizer.learn_rate.warmup_steps", max(1, total // 10),
-                "--training.eval_frequency", max(10, total // 4)]
+    schedule = ["--training.max_epochs", 100, "--training.max_steps", args.max_steps,
+                "--training.optimizer.learn_rate.total_steps", args.max_steps,
+                "--training.optimizer.learn_rate.warmup_steps", args.warmup_steps,
+                "--training.optimizer.learn_rate.initial_rate", args.learn_rate,
+                "--training.eval_frequency", args.eval_frequency]
+    extra = args.extra.split()
     with open(args.workdir / "log.txt", "a") as log:
         corpus = convert(args.workdir, log)
         results = []
@@ -136,13 +167,22 @@ def main():
             for system in args.systems:
                 output = args.workdir / f"{system}-seed{seed}"
                 start = time.time()
-                if not (output / "model-best").exists():
-                    train(system, seed, corpus, output, schedule, log)
-                seed_results.update(score(system, output / "model-best", corpus, output / "test.json", log))
+                model, metrics = output / "model-best", output / "test.json"
+                if args.project is not None and seed == 0 and system in ITA_VARIANTS:
+                    model = args.project / "training" / "twitter2015" / ITA_VARIANTS[system] / "model-best"
+                    metrics = args.project / "metrics" / "twitter2015" / f"{ITA_VARIANTS[system]}.json"
+                elif not model.exists():
+                    if args.no_train:
+                        continue
+                    train(system, seed, corpus, output, schedule, extra, log)
+                seed_results.update(score(system, model, corpus, metrics, log))
+                seed_results[f"{system}_dev_f1"] = dev_f1(model)
                 seed_results[f"{system}_seconds"] = time.time() - start
             results.append(seed_results)
     summary = {
-        "settings": {"seeds": args.seeds, "epochs": args.epochs, "max_steps": args.max_steps},
+        "settings": {"seeds": args.seeds, "max_steps": args.max_steps, "learn_rate": args.learn_rate,
+                     "warmup_steps": args.warmup_steps, "eval_frequency": args.eval_frequency,
+                     "extra": args.extra, "project": str(args.project or "")},
         "systems": summarise(results),
         "runs": results,
         "published": PUBLISHED,
