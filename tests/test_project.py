@@ -111,6 +111,28 @@ def test_all_workflow_writes_metrics_wheel_and_report(demo_run):
     assert "entities:" in stdout and "spacy.load('en_ita_demo')" in stdout
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+def test_report_renders_in_headless_chromium(demo_run, tmp_path):
+    """The page is self-contained: a browser with no network draws the posts,
+    their images and the highlighted entities."""
+    from PIL import Image
+
+    project, _ = demo_run
+    page = project / "reports" / "demo" / "ita_cva.html"
+    screenshot = tmp_path / "report.png"
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--proxy-server=127.0.0.1:9", f"--screenshot={screenshot}", "--window-size=1000,1400",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert screenshot.exists(), result.stderr[-2000:]
+    image = Image.open(screenshot).convert("RGB")
+    assert image.size == (1000, 1400)
+    colours = image.getcolors(maxcolors=1_000_000)
+    # Text, displaCy's entity colours and the post images: far more than a blank page.
+    assert colours is not None and len(colours) > 200
+
+
 def test_rerun_skips_finished_steps(demo_run):
     project, _ = demo_run
     result = spacy_project(project, "run", "corpus", ".", "--vars.ocr", "none")
