@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_accuracy(results: dict, path: Path) -> None:
     systems = results["systems"]
-    labels = [f"({key}) {row['name']}" for key, row in systems.items()]
+    labels = [f"({key}) {row['name']}, {row['seeds']} seed(s)" for key, row in systems.items()]
     means = [row["f1_mean"] for row in systems.values()]
     errors = [row["f1_std"] for row in systems.values()]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(labels) + 2))
