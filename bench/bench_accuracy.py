@@ -128,6 +128,18 @@ def summarise(results):
     return table
 
 
+def markdown_table(systems) -> str:
+    """The accuracy table of docs/benchmarks.md: mean ± std over seeds, per-type means."""
+    labels = sorted({label for row in systems.values() for label in row["per_type_f1"]})
+    lines = ["| system | seeds | P | R | F1 (mean ± std) | dev F1 | " + " | ".join(labels) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(labels)]
+    for key, row in systems.items():
+        per_type = " | ".join(f"{row['per_type_f1'].get(label, float('nan')):.1f}" for label in labels)
+        lines.append(f"| ({key}) {row['name']} | {row['seeds']} | {row['p_mean']:.2f} | {row['r_mean']:.2f} "
+                     f"| **{row['f1_mean']:.2f} ± {row['f1_std']:.2f}** | {row['dev_f1_mean']:.2f} | {per_type} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: --max-steps 30, seed 0")
@@ -189,8 +201,7 @@ def main():
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2))
-    for system, row in summary["systems"].items():
-        print(f"({system}) {row['name']:<40} F1 {row['f1_mean']:.2f} ± {row['f1_std']:.2f}")
+    print(markdown_table(summary["systems"]))
 
 
 if __name__ == "__main__":
