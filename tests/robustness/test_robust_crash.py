@@ -119,9 +119,10 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, t
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="kills are random: one that lands while spaCy writes a "
-                   "checkpoint leaves it broken (ita_ner/model truncated in place, or "
-                   "model-best half copied by shutil.copytree); see docs/reliability.md")
+@pytest.mark.xfail(strict=False, reason="kills are random: one that lands while spaCy itself "
+                   "writes meta.json/config.cfg, or copies model-last to model-best with "
+                   "shutil.copytree, can leave that checkpoint broken (spaCy's training loop, "
+                   "not spacy-ita's files); see docs/reliability.md")
 def test_killed_training_at_random_moments(tmp_path, tiny_encoder):
     """Kills that may land while a checkpoint is written: each checkpoint must
     be absent, loadable, or refused with an error naming ita_ner or the file."""
