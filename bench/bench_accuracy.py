@@ -153,7 +153,7 @@ def main():
                         help="more config overrides for the ita_ner systems, e.g. "
                              "'--components.ita_ner.head_lr_scale 100'")
     parser.add_argument("--no-train", action="store_true",
-                        help="only collect the runs already trained in --workdir (a summary)")
+                        help="only collect runs already trained and scored in --workdir (a summary)")
     parser.add_argument("--project", type=Path,
                         help="the project folder: reuse its twitter2015 ablation for seed 0")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work")
@@ -183,9 +183,10 @@ def main():
                 if args.project is not None and seed == 0 and system in ITA_VARIANTS:
                     model = args.project / "training" / "twitter2015" / ITA_VARIANTS[system] / "model-best"
                     metrics = args.project / "metrics" / "twitter2015" / f"{ITA_VARIANTS[system]}.json"
-                elif not model.exists():
-                    if args.no_train:
+                elif args.no_train:
+                    if not metrics.exists():  # untrained, or still training: never score a checkpoint mid-run
                         continue
+                elif not model.exists():
                     train(system, seed, corpus, output, schedule, extra, log)
                 seed_results.update(score(system, model, corpus, metrics, log))
                 seed_results[f"{system}_dev_f1"] = dev_f1(model)

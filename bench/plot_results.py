@@ -24,7 +24,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
     for (name, value), style in zip(results.get("published", {}).items(), styles):
         ax.axvline(value, linestyle=style, color="grey", label=f"published: {name} {value}")
     ax.set_xlim(min(means) - 10, 82)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     ax.invert_yaxis()
     ax.set_xlabel("entity micro F1 on Twitter-2015 test (mean ± std over seeds)")
     fig.tight_layout()
