@@ -87,7 +87,7 @@ def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageSo
         return ImageSource(description, _hash_bytes(data), data=data,
                            file_name=os.path.basename(path))
     if isinstance(image, (bytes, bytearray, memoryview)):
-        _check_bytes(len(image), max_bytes, "image bytes")
+        _check_bytes(memoryview(image).nbytes, max_bytes, "image bytes")
         data = bytes(image)
         if not data:
             raise ImageError("image bytes are empty")
