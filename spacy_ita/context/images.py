@@ -103,8 +103,11 @@ def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageSo
 
 def _check_bytes(size: int, max_bytes: int, what: str) -> None:
     if size > max_bytes:
-        raise ImageError(f"{what} is {size / 2**20:.1f} MiB, over the limit of "
-                         f"{max_bytes / 2**20:.1f} MiB (max_bytes)")
+        raise ImageError(f"{what} is {_size(size)}, over the limit of {_size(max_bytes)} (max_bytes)")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes:,} bytes" if n_bytes < 2**20 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def decode_image(
