@@ -1,8 +1,12 @@
-"""Output files written whole or not at all, so that a killed run never leaves
-a truncated weights file, corpus or metrics file where a good one was."""
+"""Output files and folders written whole or not at all, so that a killed run
+never leaves a truncated weights file, corpus, metrics file or pipeline folder
+where a good one was."""
+import ctypes
+import errno
 import os
+import shutil
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import srsly
 
@@ -28,3 +32,104 @@ def replace_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
 def replace_json(path: Union[str, Path], data) -> None:
     """`srsly.write_json`, atomically."""
     replace_file(path, srsly.json_dumps(data, indent=2) + "\n")
+
+
+def replace_directory(target: Union[str, Path], write: Callable[[Path], None]) -> None:
+    """Let `write` fill a fresh folder next to `target`, then swap it in whole:
+    whoever opens `target`, even after a kill mid-save, finds the old folder or
+    the new one, never a half-written mix."""
+    target = Path(target)
+    fresh = _sibling(target, "tmp")
+    _remove(fresh)
+    try:
+        write(fresh)
+        _sync_tree(fresh)
+        if not target.exists():
+            os.rename(fresh, target)
+        elif _exchange(fresh, target):  # `fresh` now holds the old folder
+            _remove(fresh)
+        else:
+            old = _sibling(target, "old")
+            os.rename(target, old)
+            os.rename(fresh, target)
+            _remove(old)
+        _sync_dir(target.parent)
+    finally:
+        _remove(fresh)
+
+
+def recover_directory(target: Union[str, Path]) -> None:
+    """Undo what a kill inside `replace_directory` left: put back a folder
+    moved aside when there is no new one in its place, and drop the leftovers."""
+    target = Path(target)
+    if not target.parent.exists():
+        return
+    for kind in ("old", "tmp"):
+        for leftover in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
+            if kind == "old" and not target.exists():
+                os.rename(leftover, target)
+            else:
+                _remove(leftover)
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file and folder below `folder`, so the swap publishes data
+    that is on disk, not only in the page cache."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as file_:
+                os.fsync(file_.fileno())
+        elif path.is_dir():
+            _sync_dir(path)
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on every platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):  # not Linux, or glibc < 2.28
+        return None
+
+
+_renameat2 = _load_renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step with Linux's renameat2(RENAME_EXCHANGE).
+    False where the system or file system cannot; the caller then renames twice."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
