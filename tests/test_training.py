@@ -1,0 +1,250 @@
+"""`spacy_ita.training`: the same updates as `spacy train`, checkpoints swapped in
+whole, and a resumed run that ends with the model an uninterrupted run makes."""
+import io
+import shutil
+
+import numpy
+import pytest
+import spacy
+from spacy import util
+from spacy.training.initialize import init_nlp
+from spacy.training.loop import train as spacy_train
+
+from robustness.robust_crash import pipeline_parameters, training_setup
+from spacy_ita import files, training
+from spacy_ita.files import recover_directory, replace_directory
+
+
+class Interrupt(Exception):
+    """Raised from inside a training step to stand in for a crash."""
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_encoder):
+    return training_setup(tmp_path / "data", tiny_encoder)
+
+
+def overrides(setup, **changes):
+    values = {"paths.train": str(setup["corpus"]), "paths.dev": str(setup["corpus"]),
+              "training.max_epochs": 0, "training.max_steps": 9,
+              "training.eval_frequency": 3, "training.patience": 0,
+              # 2 posts a batch: 2 batches an epoch, so runs stop inside epochs too
+              "training.batcher.size": 2}
+    values.update(changes)
+    return values
+
+
+def initialized(setup, **changes):
+    config = util.load_config(setup["config"], overrides=overrides(setup, **changes),
+                              interpolate=False)
+    return init_nlp(config)
+
+
+def run(setup, output, *, resume=False, steps_seen=None, fail=None, **changes):
+    """Train with spacy_ita; record each step's number; raise `Interrupt` from
+    the step named by `fail` = (step, where), where is "update" (before the
+    weights change) or "finish_update" (while they change)."""
+    nlp = initialized(setup, **changes)
+    ner = nlp.get_pipe("ita_ner")
+    current = {"step": None}
+
+    def before_update(nlp, args):
+        current["step"] = args["step"]
+        if steps_seen is not None:
+            steps_seen.append(args["step"])
+        if fail == (args["step"], "update"):
+            raise Interrupt()
+
+    finish_update = ner.finish_update
+
+    def failing_finish_update(sgd):
+        if fail == (current["step"], "finish_update"):
+            raise Interrupt()
+        finish_update(sgd)
+
+    ner.finish_update = failing_finish_update
+    resolve = training.registry.resolve
+
+    def resolve_with_hook(config, **kwargs):
+        resolved = resolve(config, **kwargs)
+        resolved["before_update"] = before_update
+        return resolved
+
+    log = io.StringIO()
+    training.registry.resolve = resolve_with_hook
+    try:
+        training.train(nlp, output, resume=resume, stdout=log)
+    finally:
+        training.registry.resolve = resolve
+    return " ".join(log.getvalue().split())  # wasabi wraps long lines
+
+
+def assert_same_parameters(path_a, path_b):
+    a, b = pipeline_parameters(path_a), pipeline_parameters(path_b)
+    assert a.keys() == b.keys()
+    assert all(numpy.array_equal(a[name], b[name]) for name in a), \
+        [name for name in a if not numpy.array_equal(a[name], b[name])][:5]
+
+
+@pytest.fixture
+def uninterrupted(setup, tmp_path):
+    output = tmp_path / "uninterrupted"
+    run(setup, output)
+    return output
+
+
+def test_the_same_updates_as_spacy_train(setup, tmp_path, uninterrupted):
+    output = tmp_path / "spacy"
+    output.mkdir()
+    spacy_train(initialized(setup), output, stdout=io.StringIO())
+    for checkpoint in ("model-last", "model-best"):
+        assert_same_parameters(output / checkpoint, uninterrupted / checkpoint)
+    ours = spacy.load(uninterrupted / "model-best").meta["performance"]
+    assert spacy.load(output / "model-best").meta["performance"] == ours
+
+
+@pytest.mark.parametrize("stop", [4, 7], ids=["after-a-checkpoint", "mid-epoch"])
+def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted, stop):
+    output = tmp_path / "interrupted"
+    with pytest.raises(Interrupt):
+        run(setup, output, fail=(stop, "update"))
+    assert spacy.load(output / "model-last").meta["spacy_ita"]["checkpoint"]["step"] == stop - 1
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps)
+    assert f"Resuming after step {stop - 1}" in log
+    assert steps == list(range(stop, 10))  # nothing before the interruption again
+    for checkpoint in ("model-last", "model-best"):
+        assert_same_parameters(output / checkpoint, uninterrupted / checkpoint)
+    assert sorted(path.name for path in output.iterdir()) == \
+        ["model-best", "model-last", "training-state"]
+    assert len(list((output / "training-state").iterdir())) == 1
+
+
+def test_resume_with_weight_averaging(setup, tmp_path):
+    """model-last holds the averages; the run goes on from the raw weights."""
+    averaging = {"training.optimizer.use_averages": True}
+    uninterrupted = tmp_path / "uninterrupted"
+    run(setup, uninterrupted, **averaging)
+    output = tmp_path / "interrupted"
+    with pytest.raises(Interrupt):
+        run(setup, output, fail=(5, "update"), **averaging)
+    run(setup, output, resume=True, **averaging)
+    assert_same_parameters(output / "model-last", uninterrupted / "model-last")
+
+
+def test_a_crash_while_weights_change_saves_model_last_but_not_a_resume_point(setup, tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        run(setup, output, fail=(5, "finish_update"))
+    assert "checkpoint" not in spacy.load(output / "model-last").meta.get("spacy_ita", {})
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps)
+    assert "Not resuming: " in log and "not saved at a resumable point" in log
+    assert steps[0] == 0
+
+
+@pytest.mark.parametrize("change", [{"training.dropout": 0.2},
+                                    {"training.optimizer.learn_rate.initial_rate": 0.001}])
+def test_resume_starts_over_when_the_config_changed(setup, tmp_path, change):
+    output = tmp_path / "out"
+    run(setup, output, **{"training.max_steps": 3})
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps, **change)
+    assert "Not resuming: the config differs" in log
+    assert steps[0] == 0
+
+
+def test_resume_starts_over_when_the_training_data_changed(setup, tmp_path):
+    output = tmp_path / "out"
+    run(setup, output, **{"training.max_steps": 3})
+    docs = list(spacy.tokens.DocBin().from_disk(setup["corpus"]).get_docs(
+        spacy.blank("en").vocab))
+    spacy.tokens.DocBin(store_user_data=True, docs=docs[:-1]).to_disk(setup["corpus"])
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps, **{"training.max_steps": 3})
+    assert "Not resuming: the training data differs" in log
+    assert steps[0] == 0
+
+
+def test_resume_of_a_finished_run_trains_nothing(setup, uninterrupted):
+    steps = []
+    log = run(setup, uninterrupted, resume=True, steps_seen=steps)
+    assert "Training had finished after step 9" in log
+    assert steps == []
+
+
+def test_resume_with_more_steps_trains_on(setup, tmp_path, uninterrupted):
+    """max_steps is not part of the match: a finished run can be extended, and
+    ends where one run of the longer length would."""
+    longer = tmp_path / "longer"
+    run(setup, longer, **{"training.max_steps": 12})
+    steps = []
+    run(setup, uninterrupted, resume=True, steps_seen=steps, **{"training.max_steps": 12})
+    assert steps == [10, 11, 12]
+    assert_same_parameters(uninterrupted / "model-last", longer / "model-last")
+
+
+def test_resume_without_a_checkpoint_trains_from_the_start(setup, tmp_path):
+    steps = []
+    log = run(setup, tmp_path / "new", resume=True, steps_seen=steps,
+              **{"training.max_steps": 2})
+    assert "Not resuming: there is no checkpoint" in log
+    assert steps == [0, 1, 2]
+
+
+def test_a_missing_or_broken_training_state_is_named(setup, tmp_path):
+    output = tmp_path / "out"
+    run(setup, output, **{"training.max_steps": 3})
+    (state,) = (output / "training-state").iterdir()
+    state.write_bytes(b"\xc1 not msgpack")
+    log = run(setup, output, resume=True, **{"training.max_steps": 3})
+    assert f"the training state {state} cannot be read" in log
+    (state,) = (output / "training-state").iterdir()
+    state.unlink()
+    log = run(setup, output, resume=True, **{"training.max_steps": 3})
+    assert "the training state of" in log and "is missing" in log
+
+
+# --- replace_directory -------------------------------------------------------
+
+def write_folder(text):
+    def write(path):
+        path.mkdir()
+        (path / "file").write_text(text)
+    return write
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replace_directory_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    target = tmp_path / "model-last"
+    replace_directory(target, write_folder("old"))
+    replace_directory(target, write_folder("new"))
+    assert (target / "file").read_text() == "new"
+    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
+
+
+def test_replace_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
+    target = tmp_path / "model-last"
+    replace_directory(target, write_folder("old"))
+
+    def half_written(path):
+        write_folder("half")(path)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_directory(target, half_written)
+    assert (target / "file").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
+
+
+def test_recover_directory_puts_back_a_folder_moved_aside(tmp_path):
+    """A kill between the two renames of the fallback leaves the old folder
+    under its temporary name and no target; recovery puts it back."""
+    target = tmp_path / "model-best"
+    write_folder("old")(tmp_path / ".model-best.old-123")
+    write_folder("new, half")(tmp_path / ".model-best.tmp-123")
+    recover_directory(target)
+    assert (target / "file").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["model-best"]
