@@ -14,8 +14,10 @@ Sections (--only to pick some):
   images    every bad/good image case under each on_error policy; a real
             20,000 x 20,000 PNG and a 7,000 x 7,000 PNG with peak RSS
   crash     `spacy_ita extract` killed with SIGKILL at random moments, then
-            resumed (cache integrity, images computed twice); `spacy train`
-            killed at random moments (checkpoints absent/loadable/broken)
+            resumed (cache integrity, images computed twice); `python -m
+            spacy_ita train` killed again and again, each rerun with --resume
+            (checkpoints absent/loadable/broken), then resumed to the end and
+            compared with an uninterrupted run, parameter for parameter
 
 Everything is offline (HF_HUB_OFFLINE=1); the encoder is the tests' random
 2-layer BERT with 64 positions, so speed numbers are about mechanics, not
@@ -269,9 +271,10 @@ def bench_images(settings, work: Path) -> dict:
 # --- crash --------------------------------------------------------------------
 
 def bench_crash(encoder: str, settings, work: Path) -> dict:
-    from robust_crash import (cache_state, checkpoint_status, kill_extraction_when,
-                              kill_training, make_images, prepare_cache, run_extraction,
-                              training_setup)
+    import srsly
+    from robust_crash import (cache_state, checkpoint_status, differing_parameters,
+                              kill_extraction_when, kill_training, make_images, prepare_cache, resume_training,
+                              run_extraction, training_setup)
 
     rng = random.Random(6)
     n_images = settings["extract_images"]
@@ -302,19 +305,34 @@ def bench_crash(encoder: str, settings, work: Path) -> dict:
         log(f"crash: extraction {entry}")
     training = []
     setup = training_setup(work / "train", encoder)
-    for attempt in range(settings["train_kills"]):
-        if setup["output"].exists():
-            shutil.rmtree(setup["output"])
-        when = "quiet" if attempt == 0 else "after"
-        delay = 0.0 if attempt == 0 else rng.uniform(0, 4)
-        kill = kill_training(setup, when=when, delay=delay, eval_frequency=2)
+    steps, every = 200, 5
+    modes = ["quiet", "saving"] + ["after"] * (settings["train_kills"] - 2)
+    for attempt, when in enumerate(modes):
+        delay = rng.uniform(0, 2) if when == "after" else 0.0
+        kill = kill_training(setup, when=when, delay=delay, eval_frequency=every,
+                             max_steps=steps, resume=attempt > 0)
         status = {d: checkpoint_status(setup["output"], d) for d in ("model-last", "model-best")}
         exists = {d: (setup["output"] / d).exists() for d in ("model-last", "model-best")}
+        link = srsly.read_json(setup["output"] / "model-last" / "meta.json").get(
+            "spacy_ita", {}).get("checkpoint", {}) if exists["model-last"] else {}
         entry = {"kill": when, "delay_s": round(delay, 2), "killed": kill["killed"],
+                 "being_written": kill.get("being_written"),
+                 "checkpoint_step": link.get("step"),
                  **{f"{d}": ("absent" if not exists[d] else "loads" if status[d] is None
                              else f"BROKEN: {status[d]}") for d in status}}
         training.append(entry)
         log(f"crash: training {entry}")
+    finish = resume_training(setup, eval_frequency=every, max_steps=steps)
+    reference = training_setup(work / "train-uninterrupted", encoder)
+    uninterrupted = resume_training(reference, eval_frequency=every, max_steps=steps)
+    same = {d: not differing_parameters(setup["output"] / d, reference["output"] / d)
+            for d in ("model-last", "model-best")}
+    entry = {"final_resume": "ok" if finish.returncode == 0 else finish.stderr[-500:],
+             "uninterrupted": "ok" if uninterrupted.returncode == 0
+             else uninterrupted.stderr[-500:],
+             "same_parameters_as_uninterrupted": same}
+    training.append(entry)
+    log(f"crash: training {entry}")
     return {"extraction": extraction, "training": training}
 
 

@@ -33,6 +33,7 @@ from thinc.backends import get_array_ops
 from wasabi import Printer
 
 from .files import recover_directory, replace_directory, replace_file
+from .visual_context import VisualContext
 
 MODEL_LAST = "model-last"
 MODEL_BEST = "model-best"
@@ -375,14 +376,20 @@ def _versions() -> Dict[str, str]:
 
 
 def _data_sha256(examples: Optional[List[Example]]) -> Optional[str]:
-    """A fingerprint of the training examples: their documents with gold
-    annotation and visual context. None for a streamed corpus."""
+    """A fingerprint of the training examples: text, tokens, gold entities and
+    visual context, the same in every process. None for a streamed corpus."""
     if examples is None:
         return None
     digest = hashlib.sha256()
     for eg in examples:
-        digest.update(eg.reference.to_bytes(exclude=["tensor"]))
-        digest.update(eg.predicted.to_bytes(exclude=["tensor"]))
+        reference = eg.reference
+        context = eg.predicted._.visual_context
+        digest.update(srsly.msgpack_dumps([
+            reference.text,
+            [token.idx for token in reference],
+            [token.ent_iob_ + token.ent_type_ for token in reference],
+            context.to_dict() if isinstance(context, VisualContext) else repr(context),
+        ]))
     return digest.hexdigest()
 
 

@@ -1,8 +1,8 @@
 """Kill-and-resume helpers for test_robust_crash.py and the bench.
 
 An extraction run (`python -m spacy_ita extract`, EfficientNet tags, batch
-size 1, persistent cache) and a `spacy train` run (tiny encoder) are started
-as subprocesses and killed with SIGKILL while they work.
+size 1, persistent cache) and a `python -m spacy_ita train` run (tiny
+encoder) are started as subprocesses and killed with SIGKILL while they work.
 
 The context cache gets an extra table and trigger before the first run: every
 row the extractor writes is logged, so a rerun that recomputed a finished
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def run_extraction(images: Path, output: Path, cache: Path, timeout: float = 600
                           text=True, timeout=timeout, cwd=str(output.parent))
 
 
-# --- spacy train -------------------------------------------------------------
+# --- spacy_ita train ---------------------------------------------------------
 
 SAMPLE = """IMGID:1
 Kobe\tB-PER
@@ -168,9 +169,11 @@ def training_setup(folder: Path, encoder: str) -> Dict[str, Path]:
     return {"config": folder / "config.cfg", "corpus": corpus, "output": folder / "output"}
 
 
-def train_command(setup: Dict[str, Path], eval_frequency: int, max_steps: int) -> List[str]:
-    return [sys.executable, "-m", "spacy", "train", str(setup["config"]),
-            "--output", str(setup["output"]),
+def train_command(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
+                  resume: bool = False) -> List[str]:
+    """`python -m spacy_ita train` on the tiny setup (crash-safe checkpoints)."""
+    return [sys.executable, "-m", "spacy_ita", "train", str(setup["config"]),
+            "--output", str(setup["output"]), *(["--resume"] if resume else []),
             "--paths.train", str(setup["corpus"]), "--paths.dev", str(setup["corpus"]),
             "--training.max_steps", str(max_steps), "--training.max_epochs", "0",
             "--training.eval_frequency", str(eval_frequency),
@@ -190,27 +193,32 @@ def _snapshot(output: Path):
 
 
 def kill_training(setup: Dict[str, Path], when: str = "quiet", delay: float = 0.0,
-                  eval_frequency: int = 50, max_steps: int = 100000,
+                  eval_frequency: int = 50, max_steps: int = 100000, resume: bool = False,
                   timeout: float = 300) -> Dict[str, object]:
-    """Start `spacy train` and SIGKILL it.
+    """Start `python -m spacy_ita train` and SIGKILL it.
 
-    when="quiet": after model-best exists and no checkpoint file changed for
-    0.4 s (spaCy checkpoints at step 0, then every eval_frequency steps, so
-    this lands between two; plus `delay`); when="after": `delay` seconds after
-    the first checkpoint appeared (may hit a checkpoint being written).
+    Each waits for a checkpoint this process wrote (checkpoints come at
+    step 0, then every eval_frequency steps), then: when="quiet": for no
+    checkpoint file to change for 0.4 s, so the kill lands between two (plus
+    `delay`); when="after": `delay` seconds (may hit a checkpoint being
+    written); when="saving": once model-best exists too, for the next
+    checkpoint folder to be in the middle of being written (`delay` is ignored).
     """
     output = setup["output"]
-    process = subprocess.Popen(train_command(setup, eval_frequency, max_steps), env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = train_command(setup, eval_frequency, max_steps, resume=resume)
+    started_ns = time.time_ns()
+    process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     start = time.monotonic()
     try:
-        while not (output / "model-best" / "config.cfg").exists():
+        while not (_saved_since(output, started_ns) and (when != "saving" or (
+                (output / "model-best" / "meta.json").exists() and _saving(output)))):
             if process.poll() is not None:
                 return {"killed": False, "returncode": process.returncode,
                         "stderr": process.stderr.read()[-2000:]}
             if time.monotonic() - start > timeout:
                 raise TimeoutError("no checkpoint written")
-            time.sleep(0.02)
+            time.sleep(0.002 if when == "saving" else 0.02)
         if when == "quiet":
             last, since = _snapshot(output), time.monotonic()
             while time.monotonic() - since < 0.4:
@@ -218,16 +226,56 @@ def kill_training(setup: Dict[str, Path], when: str = "quiet", delay: float = 0.
                 now = _snapshot(output)
                 if now != last:
                     last, since = now, time.monotonic()
-        time.sleep(delay)
+        if when != "saving":
+            time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait(30)
+        being_written = _saving(output)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
         process.stderr.close()
-    return {"killed": True, "returncode": process.returncode,
+    return {"killed": True, "returncode": process.returncode, "being_written": being_written,
             "seconds": time.monotonic() - start}
+
+
+def _saved_since(output: Path, started_ns: int) -> bool:
+    try:
+        return (output / "model-last" / "meta.json").stat().st_mtime_ns > started_ns
+    except FileNotFoundError:
+        return False
+
+
+def _saving(output: Path) -> List[str]:
+    """The checkpoint folders being written now (spacy_ita.files' temporary names)."""
+    try:
+        return [path.name for path in output.iterdir() if ".tmp-" in path.name]
+    except FileNotFoundError:
+        return []
+
+
+def resume_training(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
+                    timeout: float = 600) -> subprocess.CompletedProcess:
+    """Rerun the killed training with --resume, to the end."""
+    return subprocess.run(train_command(setup, eval_frequency, max_steps, resume=True),
+                          env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def pipeline_parameters(path: Path) -> Dict[str, numpy.ndarray]:
+    """Every weight of ita_ner in a saved pipeline, by layer and name."""
+    import spacy
+
+    model = spacy.load(path).get_pipe("ita_ner").model
+    weights = {}
+    for index, node in enumerate(model.walk()):
+        for name in node.param_names:
+            if node.has_param(name):
+                weights[f"{index}/{name}"] = node.ops.to_numpy(node.get_param(name))
+        for shim in node.shims:
+            for name, value in shim._model.state_dict().items():
+                weights[f"{index}/{name}"] = value.detach().cpu().numpy()
+    return weights
 
 
 def checkpoint_status(output: Path, directory: str) -> Optional[str]:
@@ -244,3 +292,14 @@ def checkpoint_status(output: Path, directory: str) -> Optional[str]:
     except Exception as err:  # noqa: BLE001 -- any failure to load is the finding
         return f"{type(err).__name__}: {err}"[:300]
     return None
+
+
+def differing_parameters(path_a: Path, path_b: Path) -> List[str]:
+    """The ita_ner weights that differ between two saved pipelines; [] if all
+    are equal, bit for bit."""
+    import numpy
+
+    a, b = pipeline_parameters(path_a), pipeline_parameters(path_b)
+    if a.keys() != b.keys():
+        return sorted(a.keys() ^ b.keys())
+    return [name for name in a if not numpy.array_equal(a[name], b[name])]
