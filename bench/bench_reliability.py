@@ -305,10 +305,10 @@ def bench_crash(encoder: str, settings, work: Path) -> dict:
         log(f"crash: extraction {entry}")
     training = []
     setup = training_setup(work / "train", encoder)
-    steps, every = 200, 5
-    modes = ["quiet", "saving"] + ["after"] * (settings["train_kills"] - 2)
+    steps, every = 1500, 10
+    modes = ["between", "saving"] + ["after"] * (settings["train_kills"] - 2)
     for attempt, when in enumerate(modes):
-        delay = rng.uniform(0, 2) if when == "after" else 0.0
+        delay = rng.uniform(0, 3) if when == "after" else 0.0
         kill = kill_training(setup, when=when, delay=delay, eval_frequency=every,
                              max_steps=steps, resume=attempt > 0)
         status = {d: checkpoint_status(setup["output"], d) for d in ("model-last", "model-best")}

@@ -93,19 +93,18 @@ def train(
     if output_path is not None:
         checkpoints = Checkpoints(output_path, fingerprint, warn=lambda text: stdout.write(
             msg.warn(text) + "\n"))
-    progress = Progress(run=uuid.uuid4().hex)
-    random_states = None
+    progress, random_states = Progress(run=uuid.uuid4().hex), None
     if checkpoints is not None:
         restored = checkpoints.restore(nlp, optimizer) if resume else None
-        if restored is None:
+        if restored is not None:
+            progress, random_states = restored
+            stdout.write(msg.info(f"Resuming after step {progress.step} "
+                                  f"(epoch {progress.epoch}) from {checkpoints.last}") + "\n")
+        else:
             if resume:
                 stdout.write(msg.info(f"Not resuming: {checkpoints.why_not}. "
                                       "Training from the start.") + "\n")
             checkpoints.clean()
-        else:
-            progress, random_states = restored
-            stdout.write(msg.info(f"Resuming after step {progress.step} "
-                                  f"(epoch {progress.epoch}) from {checkpoints.last}") + "\n")
     dropouts = constant(T["dropout"]) if isinstance(T["dropout"], float) else T["dropout"]
     for _ in range(progress.step + 1):  # put the schedules where the run left them
         next(dropouts)
@@ -151,11 +150,7 @@ def train(
                 nlp.update(subbatch, drop=dropout, losses=losses, sgd=False,
                            exclude=frozen, annotates=annotating)
             rollback = None
-            for name, proc in nlp.pipeline:
-                if name not in frozen and getattr(proc, "is_trainable", False) \
-                        and proc.model not in (True, False, None):
-                    proc.finish_update(optimizer)
-            optimizer.step_schedules()
+            _apply_gradients(nlp, optimizer, frozen)
             progress = Progress(
                 run=progress.run, step=step, epoch=epoch, batches_in_epoch=index + 1,
                 order=order, results=progress.results,
@@ -198,6 +193,15 @@ def train(
         return nlp, None
     stdout.write(msg.good("Saved pipeline to output directory", checkpoints.last) + "\n")
     return nlp, checkpoints.last
+
+
+def _apply_gradients(nlp: Language, optimizer: Optimizer, frozen: List[str]) -> None:
+    """One optimizer step for every trainable component, then the schedules."""
+    for name, proc in nlp.pipeline:
+        if name not in frozen and getattr(proc, "is_trainable", False) \
+                and proc.model not in (True, False, None):
+            proc.finish_update(optimizer)
+    optimizer.step_schedules()
 
 
 def _limit_reached(progress: Progress, T: Dict[str, Any]) -> bool:

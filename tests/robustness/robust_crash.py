@@ -180,54 +180,38 @@ def train_command(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
             "--training.patience", "0"]
 
 
-def _snapshot(output: Path):
-    files = []
-    for directory in ("model-last", "model-best"):
-        for path in sorted((output / directory).rglob("*")):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            files.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return files
-
-
-def kill_training(setup: Dict[str, Path], when: str = "quiet", delay: float = 0.0,
+def kill_training(setup: Dict[str, Path], when: str = "between", delay: float = 0.0,
                   eval_frequency: int = 50, max_steps: int = 100000, resume: bool = False,
                   timeout: float = 300) -> Dict[str, object]:
-    """Start `python -m spacy_ita train` and SIGKILL it.
-
-    Each waits for a checkpoint this process wrote (checkpoints come at
-    step 0, then every eval_frequency steps), then: when="quiet": for no
-    checkpoint file to change for 0.4 s, so the kill lands between two (plus
-    `delay`); when="after": `delay` seconds (may hit a checkpoint being
-    written); when="saving": once model-best exists too, for the next
-    checkpoint folder to be in the middle of being written (`delay` is ignored).
+    """Start `python -m spacy_ita train` and SIGKILL it once it has written a
+    checkpoint of its own (at step 0 or the first after resuming, then every
+    eval_frequency steps) and model-best exists. when="between": right then,
+    unless a checkpoint folder is being written; when="after": `delay` seconds
+    later, wherever that lands, a save included; when="saving": in the middle
+    of writing a checkpoint folder. "killed" is True only when the SIGKILL
+    ended a process that was still training.
     """
     output = setup["output"]
     command = train_command(setup, eval_frequency, max_steps, resume=resume)
     started_ns = time.time_ns()
     process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
+    def saved() -> bool:
+        return _saved_since(output, started_ns) and (output / "model-best" / "meta.json").exists()
+
+    ready = {"between": lambda: saved() and not _saving(output),
+             "after": saved,
+             "saving": lambda: saved() and _saving(output)}[when]
     start = time.monotonic()
     try:
-        while not (_saved_since(output, started_ns) and (when != "saving" or (
-                (output / "model-best" / "meta.json").exists() and _saving(output)))):
+        while not ready():
             if process.poll() is not None:
                 return {"killed": False, "returncode": process.returncode,
                         "stderr": process.stderr.read()[-2000:]}
             if time.monotonic() - start > timeout:
                 raise TimeoutError("no checkpoint written")
-            time.sleep(0.002 if when == "saving" else 0.02)
-        if when == "quiet":
-            last, since = _snapshot(output), time.monotonic()
-            while time.monotonic() - since < 0.4:
-                time.sleep(0.05)
-                now = _snapshot(output)
-                if now != last:
-                    last, since = now, time.monotonic()
-        if when != "saving":
-            time.sleep(delay)
+            time.sleep(0.002)
+        time.sleep(delay if when == "after" else 0.0)
         process.send_signal(signal.SIGKILL)
         process.wait(30)
         being_written = _saving(output)
@@ -236,8 +220,8 @@ def kill_training(setup: Dict[str, Path], when: str = "quiet", delay: float = 0.
             process.kill()
             process.wait(30)
         process.stderr.close()
-    return {"killed": True, "returncode": process.returncode, "being_written": being_written,
-            "seconds": time.monotonic() - start}
+    return {"killed": process.returncode == -signal.SIGKILL, "returncode": process.returncode,
+            "being_written": being_written, "seconds": time.monotonic() - start}
 
 
 def _saved_since(output: Path, started_ns: int) -> bool:

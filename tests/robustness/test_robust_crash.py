@@ -111,7 +111,7 @@ def uninterrupted_training(tmp_path_factory, tiny_encoder):
 def test_killed_training_resumes_to_the_uninterrupted_model(tmp_path, tiny_encoder,
                                                             uninterrupted_training):
     setup = training_setup(tmp_path, tiny_encoder)
-    killed = kill_training(setup, when="quiet", eval_frequency=10, max_steps=120)
+    killed = kill_training(setup, when="between", eval_frequency=10, max_steps=120)
     assert killed["killed"], killed
     assert_loadable_checkpoints(setup["output"])
     done = resume_training(setup, eval_frequency=10, max_steps=120)
@@ -162,18 +162,21 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, t
 
 
 @pytest.mark.slow
-def test_killed_training_at_random_moments(tmp_path, tiny_encoder, uninterrupted_training):
+def test_killed_training_at_random_moments(tmp_path, tiny_encoder):
     """Kills that may land while a checkpoint is written, each followed by a
     resumed run that is killed again: every checkpoint loads after every kill,
-    and the last resume ends with the uninterrupted run's model."""
+    and the last resume ends with an uninterrupted run's model."""
     import random
 
     rng = random.Random(0)
-    setup = training_setup(tmp_path, tiny_encoder)
+    steps, every = 600, 10
+    reference = training_setup(tmp_path / "uninterrupted", tiny_encoder)
+    assert resume_training(reference, every, steps).returncode == 0
+    setup = training_setup(tmp_path / "killed", tiny_encoder)
     broken, kills = [], []
     for attempt in range(6):
-        kill = kill_training(setup, when="after", delay=rng.uniform(0, 1.5),
-                             eval_frequency=10, max_steps=120, resume=attempt > 0)
+        kill = kill_training(setup, when="after", delay=rng.uniform(0, 2),
+                             eval_frequency=every, max_steps=steps, resume=attempt > 0)
         kills.append(kill["killed"])
         for directory in ("model-last", "model-best"):
             status = checkpoint_status(setup["output"], directory)
@@ -181,6 +184,6 @@ def test_killed_training_at_random_moments(tmp_path, tiny_encoder, uninterrupted
                 broken.append((attempt, directory, status))
     assert broken == []
     assert kills.count(True) >= 4, kills  # most runs were still training when killed
-    done = resume_training(setup, eval_frequency=10, max_steps=120)
+    done = resume_training(setup, every, steps)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert_same_parameters(setup["output"], uninterrupted_training)
+    assert_same_parameters(setup["output"], reference["output"])
