@@ -95,7 +95,7 @@ def train(
             msg.warn(text) + "\n"))
     progress, random_states = Progress(run=uuid.uuid4().hex), None
     if checkpoints is not None:
-        restored = checkpoints.restore(nlp, optimizer) if resume else None
+        restored = checkpoints.restore(nlp, optimizer, T["max_steps"]) if resume else None
         if restored is not None:
             progress, random_states = restored
             stdout.write(msg.info(f"Resuming after step {progress.step} "
@@ -305,11 +305,12 @@ class Checkpoints:
                 if path != state_path:
                     path.unlink()
 
-    def restore(self, nlp: Language, optimizer: Optimizer
+    def restore(self, nlp: Language, optimizer: Optimizer, max_steps: int = 0
                 ) -> Optional[Tuple[Progress, Dict[str, Any]]]:
         """Load the last checkpoint's weights, optimizer state and progress
-        into `nlp` and `optimizer`; None (see `why_not`) if it cannot be resumed."""
-        state = self._matching_state()
+        into `nlp` and `optimizer`; None (see `why_not`) if it cannot be
+        resumed, or is already past `max_steps`."""
+        state = self._matching_state(max_steps)
         if state is None:
             return None
         nlp.from_disk(self.last)
@@ -321,7 +322,7 @@ class Checkpoints:
         fields["results"] = [tuple(result) for result in fields["results"]]
         return Progress(**fields), _decode_random_states(state["random"])
 
-    def _matching_state(self) -> Optional[Dict[str, Any]]:
+    def _matching_state(self, max_steps: int) -> Optional[Dict[str, Any]]:
         for path in (self.last, self.best):
             recover_directory(path)
         if not (self.last / "meta.json").exists():
@@ -331,6 +332,9 @@ class Checkpoints:
         if not link:
             self.why_not = (f"{self.last} was not saved at a resumable point "
                             "(by `spacy train`, or during an update)")
+            return None
+        if max_steps and link["step"] > max_steps:
+            self.why_not = f"{self.last} is from step {link['step']}, past max_steps {max_steps}"
             return None
         path = self.states / f"{link['run']}-{link['step']}.msgpack"
         try:

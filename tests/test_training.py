@@ -179,6 +179,14 @@ def test_resume_with_more_steps_trains_on(setup, tmp_path, uninterrupted):
     assert_same_parameters(uninterrupted / "model-last", longer / "model-last")
 
 
+def test_resume_past_max_steps_starts_over(setup, uninterrupted):
+    """A checkpoint further along than the run asked for is not the run asked for."""
+    steps = []
+    log = run(setup, uninterrupted, resume=True, steps_seen=steps, **{"training.max_steps": 6})
+    assert "Not resuming:" in log and "is from step 9, past max_steps 6" in log
+    assert steps == list(range(7))
+
+
 def test_resume_without_a_checkpoint_trains_from_the_start(setup, tmp_path):
     steps = []
     log = run(setup, tmp_path / "new", resume=True, steps_seen=steps,
