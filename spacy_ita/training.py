@@ -58,6 +58,7 @@ class Progress:
     results: List[Tuple[float, int]] = field(default_factory=list)  # (score, step)
     words: int = 0
     seconds: float = 0.0
+    losses: Dict[str, float] = field(default_factory=dict)  # since the last evaluation
 
 
 def train(
@@ -95,7 +96,10 @@ def train(
             msg.warn(text) + "\n"))
     progress, random_states = Progress(run=uuid.uuid4().hex), None
     if checkpoints is not None:
-        restored = checkpoints.restore(nlp, optimizer, T["max_steps"]) if resume else None
+        limits = {"max_steps": T["max_steps"], "max_epochs": T["max_epochs"],
+                  "batch_size_schedule": not isinstance(
+                      config["training"]["batcher"].get("size", 0), (int, float))}
+        restored = checkpoints.restore(nlp, optimizer, limits) if resume else None
         if restored is not None:
             progress, random_states = restored
             stdout.write(msg.info(f"Resuming after step {progress.step} "
@@ -130,7 +134,7 @@ def train(
         log_step, finalize_logger = T["logger"](nlp, stdout, stderr)
 
     start = timer() - progress.seconds
-    losses: Dict[str, float] = {}
+    losses = dict(progress.losses)
     # What the final save may record: the state before the step in flight
     # while its weights are untouched; nothing while they change.
     rollback: Optional[Tuple[Progress, Optional[Dict[str, Any]]]] = (progress, None)
@@ -155,7 +159,7 @@ def train(
                 run=progress.run, step=step, epoch=epoch, batches_in_epoch=index + 1,
                 order=order, results=progress.results,
                 words=progress.words + sum(len(eg) for eg in batch),
-                seconds=timer() - start,
+                losses=dict(losses),
             )
             rollback = (progress, None)
             is_best, score, other_scores = None, None, None
@@ -164,12 +168,14 @@ def train(
                     score, other_scores = evaluate()
                 progress.results.append((score, step))
                 is_best = score == max(progress.results)[0]
+            progress.seconds = timer() - start
             info = {"epoch": epoch, "step": step, "score": score, "other_scores": other_scores,
                     "losses": losses, "checkpoints": progress.results,
                     "seconds": int(progress.seconds), "words": progress.words}
             if is_best is not None:
                 with nlp.select_pipes(disable=frozen):
                     update_meta(T, nlp, info)
+                progress.losses = {}  # a resumed run goes on after the reset below
                 if checkpoints is not None:
                     checkpoints.save(nlp, optimizer, progress, _random_states(), is_best,
                                      before_to_disk)
@@ -185,8 +191,13 @@ def train(
         raise
     finally:
         finalize_logger()
-        if checkpoints is not None:
-            saved_progress, states = rollback if rollback is not None else (None, None)
+        if checkpoints is not None and rollback is None:
+            kept = (f"kept the last checkpoint, {checkpoints.last}" if checkpoints.last.exists()
+                    else "saved nothing")
+            stdout.write(msg.warn(f"Stopped while the weights were being updated: {kept}")
+                         + "\n")
+        elif checkpoints is not None:
+            saved_progress, states = rollback
             checkpoints.save(nlp, optimizer, saved_progress, states or _random_states(),
                              False, before_to_disk)
     if checkpoints is None:
@@ -268,30 +279,13 @@ class Checkpoints:
             if path.exists():
                 shutil.rmtree(path)
 
-    def save(self, nlp: Language, optimizer: Optimizer, progress: Optional[Progress],
+    def save(self, nlp: Language, optimizer: Optimizer, progress: Progress,
              random_states: Dict[str, Any], is_best: bool, before_to_disk) -> None:
-        """Swap in model-last (and model-best when `is_best`); with `progress`,
-        first write the state a resumed run needs and link model-last to it."""
+        """Write the state a resumed run needs, then swap in model-last linked
+        to it (and model-best when `is_best`)."""
         self.output.mkdir(parents=True, exist_ok=True)
-        state_path = None
-        if progress is not None and self.resumable:
-            try:
-                optimizer_state = _optimizer_state(nlp, optimizer)
-            except ValueError as err:
-                self.resumable = False
-                self.warn(f"Checkpoints from here on cannot be resumed: {err}")
-        if progress is not None and self.resumable:
-            state_path = self.states / f"{progress.run}-{progress.step}.msgpack"
-            self.states.mkdir(exist_ok=True)
-            state = {
-                "format": STATE_FORMAT,
-                "fingerprint": self.fingerprint,
-                "progress": asdict(progress),
-                "random": _encode_random_states(random_states),
-                "optimizer": optimizer_state,
-                "weights": _raw_weights(nlp) if optimizer.averages else None,
-            }
-            replace_file(state_path, srsly.msgpack_dumps(state))
+        state_path = self._write_state(nlp, optimizer, progress, random_states)
+        if state_path is not None:
             link = {"run": progress.run, "step": progress.step, "epoch": progress.epoch}
             nlp.meta.setdefault("spacy_ita", {})["checkpoint"] = link
         else:
@@ -299,30 +293,76 @@ class Checkpoints:
         with nlp.use_params(optimizer.averages):
             replace_directory(self.last, before_to_disk(nlp).to_disk)
         if is_best:
-            replace_directory(self.best, lambda path: shutil.copytree(self.last, path))
-        if self.states.exists():
-            for path in self.states.glob("*.msgpack"):
+            self._copy_last_to_best()
+        if self.states.exists():  # older states, and temporary files a kill left
+            for path in self.states.iterdir():
                 if path != state_path:
                     path.unlink()
 
-    def restore(self, nlp: Language, optimizer: Optimizer, max_steps: int = 0
+    def _write_state(self, nlp: Language, optimizer: Optimizer, progress: Progress,
+                     random_states: Dict[str, Any]) -> Optional[Path]:
+        if not self.resumable:
+            return None
+        try:
+            optimizer_state = _optimizer_state(nlp, optimizer)
+        except ValueError as err:
+            self.resumable = False
+            self.warn(f"Checkpoints from here on cannot be resumed: {err}")
+            return None
+        path = self.states / f"{progress.run}-{progress.step}.msgpack"
+        self.states.mkdir(exist_ok=True)
+        state = {
+            "format": STATE_FORMAT,
+            "fingerprint": self.fingerprint,
+            "progress": asdict(progress),
+            "random": _encode_random_states(random_states),
+            "optimizer": optimizer_state,
+            "weights": _raw_weights(nlp) if optimizer.averages else None,
+        }
+        replace_file(path, srsly.msgpack_dumps(state))
+        return path
+
+    def _copy_last_to_best(self) -> None:
+        replace_directory(self.best, lambda path: shutil.copytree(self.last, path))
+
+    def restore(self, nlp: Language, optimizer: Optimizer, limits: Dict[str, Any]
                 ) -> Optional[Tuple[Progress, Dict[str, Any]]]:
         """Load the last checkpoint's weights, optimizer state and progress
         into `nlp` and `optimizer`; None (see `why_not`) if it cannot be
-        resumed, or is already past `max_steps`."""
-        state = self._matching_state(max_steps)
+        resumed under this run's `limits`."""
+        state = self._matching_state(limits)
         if state is None:
             return None
-        nlp.from_disk(self.last)
+        nlp.from_disk(self.last, exclude=["config"])  # the config is this run's
         if state["weights"] is not None:
             for name, data in state["weights"].items():
                 nlp.get_pipe(name).model.from_bytes(data)
         _set_optimizer_state(nlp, optimizer, state["optimizer"])
         fields = state["progress"]
         fields["results"] = [tuple(result) for result in fields["results"]]
-        return Progress(**fields), _decode_random_states(state["random"])
+        progress = Progress(**fields)
+        self._repair_best(progress)
+        return progress, _decode_random_states(state["random"])
 
-    def _matching_state(self, max_steps: int) -> Optional[Dict[str, Any]]:
+    def _repair_best(self, progress: Progress) -> None:
+        """A kill between swapping in model-last and model-best at a best
+        checkpoint leaves an older model-best: copy model-last again."""
+        if not progress.results:
+            return
+        best_score = max(score for score, _ in progress.results)
+        best_step = max(step for score, step in progress.results if score == best_score)
+        if best_step == progress.step and self._checkpoint_step(self.best) != best_step:
+            self._copy_last_to_best()
+
+    @staticmethod
+    def _checkpoint_step(path: Path) -> Optional[int]:
+        try:
+            meta = srsly.read_json(path / "meta.json")
+        except (FileNotFoundError, ValueError):
+            return None
+        return meta.get("spacy_ita", {}).get("checkpoint", {}).get("step")
+
+    def _matching_state(self, limits: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         for path in (self.last, self.best):
             recover_directory(path)
         if not (self.last / "meta.json").exists():
@@ -333,8 +373,21 @@ class Checkpoints:
             self.why_not = (f"{self.last} was not saved at a resumable point "
                             "(by `spacy train`, or during an update)")
             return None
-        if max_steps and link["step"] > max_steps:
-            self.why_not = f"{self.last} is from step {link['step']}, past max_steps {max_steps}"
+        if limits["max_steps"] and link["step"] > limits["max_steps"]:
+            self.why_not = (f"{self.last} is from step {link['step']}, "
+                            f"past max_steps {limits['max_steps']}")
+            return None
+        if limits["max_epochs"] < 0:
+            self.why_not = ("the corpus is streamed (max_epochs = -1), so the position in "
+                            "it cannot be restored")
+            return None
+        if limits["max_epochs"] and link["epoch"] >= limits["max_epochs"]:
+            self.why_not = (f"{self.last} is from epoch {link['epoch']}, "
+                            f"past max_epochs {limits['max_epochs']}")
+            return None
+        if limits["batch_size_schedule"] and link["epoch"] > 0:
+            self.why_not = ("the batch size follows a schedule, which cannot be replayed "
+                            "past the first epoch")
             return None
         path = self.states / f"{link['run']}-{link['step']}.msgpack"
         try:

@@ -4,6 +4,7 @@ import io
 
 import pytest
 import spacy
+import srsly
 from spacy import util
 from spacy.training.initialize import init_nlp
 from spacy.training.loop import train as spacy_train
@@ -29,7 +30,7 @@ def overrides(setup, **changes):
               # 2 posts a batch: 2 batches an epoch, so runs stop inside epochs too
               "training.batcher.size": 2}
     values.update(changes)
-    return values
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def initialized(setup, **changes):
@@ -81,6 +82,14 @@ def assert_same_parameters(path_a, path_b):
     assert differing_parameters(path_a, path_b) == []
 
 
+def assert_same_checkpoints(output_a, output_b):
+    """Weights, scores and losses of model-last and model-best."""
+    for checkpoint in ("model-last", "model-best"):
+        assert_same_parameters(output_a / checkpoint, output_b / checkpoint)
+        performance = spacy.load(output_a / checkpoint).meta["performance"]
+        assert performance == spacy.load(output_b / checkpoint).meta["performance"]
+
+
 @pytest.fixture
 def uninterrupted(setup, tmp_path):
     output = tmp_path / "uninterrupted"
@@ -98,7 +107,8 @@ def test_the_same_updates_as_spacy_train(setup, tmp_path, uninterrupted):
     assert spacy.load(output / "model-best").meta["performance"] == ours
 
 
-@pytest.mark.parametrize("stop", [4, 7], ids=["after-a-checkpoint", "mid-epoch"])
+@pytest.mark.parametrize("stop", [4, 5, 8], ids=["after-a-checkpoint", "mid-epoch",
+                                                  "at-an-epoch-end"])
 def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted, stop):
     output = tmp_path / "interrupted"
     with pytest.raises(Interrupt):
@@ -108,8 +118,7 @@ def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted
     log = run(setup, output, resume=True, steps_seen=steps)
     assert f"Resuming after step {stop - 1}" in log
     assert steps == list(range(stop, 10))  # nothing before the interruption again
-    for checkpoint in ("model-last", "model-best"):
-        assert_same_parameters(output / checkpoint, uninterrupted / checkpoint)
+    assert_same_checkpoints(output, uninterrupted)
     assert sorted(path.name for path in output.iterdir()) == \
         ["model-best", "model-last", "training-state"]
     assert len(list((output / "training-state").iterdir())) == 1
@@ -127,15 +136,49 @@ def test_resume_with_weight_averaging(setup, tmp_path):
     assert_same_parameters(output / "model-last", uninterrupted / "model-last")
 
 
-def test_a_crash_while_weights_change_saves_model_last_but_not_a_resume_point(setup, tmp_path):
+def test_a_crash_while_weights_change_keeps_the_last_checkpoint(setup, tmp_path, uninterrupted):
+    """Half-updated weights are not saved: model-last stays the step-3
+    checkpoint with its resume point, and the resumed run ends as if never stopped."""
     output = tmp_path / "out"
     with pytest.raises(Interrupt):
         run(setup, output, fail=(5, "finish_update"))
-    assert "checkpoint" not in spacy.load(output / "model-last").meta.get("spacy_ita", {})
+    assert spacy.load(output / "model-last").meta["spacy_ita"]["checkpoint"]["step"] == 3
     steps = []
     log = run(setup, output, resume=True, steps_seen=steps)
-    assert "Not resuming: " in log and "not saved at a resumable point" in log
-    assert steps[0] == 0
+    assert "Resuming after step 3" in log
+    assert steps == list(range(4, 10))
+    assert_same_checkpoints(output, uninterrupted)
+
+
+def test_a_kill_between_model_last_and_model_best_is_repaired(setup, tmp_path, uninterrupted,
+                                                              monkeypatch):
+    """The crash lands after model-last is swapped in at step 6, before model-best."""
+    output = tmp_path / "out"
+    swap = training.replace_directory
+
+    def replace_directory(target, write):
+        if target.name == "model-best":
+            # (not spacy.load: building a model draws random numbers)
+            link = srsly.read_json(output / "model-last" / "meta.json")["spacy_ita"]["checkpoint"]
+            if link["step"] == 6:
+                raise Interrupt()
+        swap(target, write)
+
+    monkeypatch.setattr(training, "replace_directory", replace_directory)
+    with pytest.raises(Interrupt):
+        run(setup, output)
+    monkeypatch.undo()
+    def best_step():
+        return srsly.read_json(output / "model-best" / "meta.json")["spacy_ita"]["checkpoint"]
+
+    assert best_step()["step"] == 3  # the older one
+    # resuming a run that is done at step 6 only restores, and repairs model-best
+    log = run(setup, output, resume=True, **{"training.max_steps": 6})
+    assert "Training had finished after step 6" in log
+    assert best_step()["step"] == 6
+    assert_same_parameters(output / "model-best", output / "model-last")
+    run(setup, output, resume=True)
+    assert_same_checkpoints(output, uninterrupted)
 
 
 @pytest.mark.parametrize("change", [{"training.dropout": 0.2},
@@ -187,6 +230,41 @@ def test_resume_past_max_steps_starts_over(setup, uninterrupted):
     assert steps == list(range(7))
 
 
+def test_resume_refuses_a_checkpoint_past_max_epochs(setup, uninterrupted):
+    """Two batches an epoch: the uninterrupted run's step 9 is in epoch 4."""
+    steps = []
+    log = run(setup, uninterrupted, resume=True, steps_seen=steps, **{"training.max_epochs": 2})
+    assert "is from epoch 4, past max_epochs 2" in log
+    assert steps == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_streamed_corpus(setup, tmp_path):
+    output = tmp_path / "out"
+    run(setup, output, **{"training.max_epochs": -1, "training.max_steps": 3})
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps,
+              **{"training.max_epochs": -1, "training.max_steps": 3})
+    assert "Not resuming: the corpus is streamed" in log
+    assert steps[0] == 0
+
+
+def test_resume_refuses_a_batch_size_schedule_past_the_first_epoch(setup, tmp_path):
+    """spaCy's batchers draw sizes from one schedule across epochs; a resumed
+    run could not draw the same ones."""
+    config = setup["config"].read_text(encoding="utf8")
+    setup["config"].write_text(config.replace("size = 16\nget_length = null\n", (
+        'get_length = null\n\n[training.batcher.size]\n@schedules = "compounding.v1"\n'
+        "start = 2\nstop = 2\ncompound = 1.0\n")), encoding="utf8")
+    scheduled = {"training.batcher.size": None}  # keep the config's schedule
+    output = tmp_path / "out"
+    run(setup, output, **scheduled)
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps, **scheduled)
+    assert "the batch size follows a schedule, which cannot be replayed past the first " \
+           "epoch" in log
+    assert steps[0] == 0
+
+
 def test_resume_without_a_checkpoint_trains_from_the_start(setup, tmp_path):
     steps = []
     log = run(setup, tmp_path / "new", resume=True, steps_seen=steps,
@@ -219,13 +297,21 @@ def write_folder(text):
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_replace_directory_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
-    if not exchange:
+    exchanged = []
+    if exchange:
+        if files._renameat2 is None:
+            pytest.skip("no renameat2 here")
+        real = files._exchange
+        monkeypatch.setattr(files, "_exchange", lambda a, b: exchanged.append(real(a, b))
+                            or exchanged[-1])
+    else:
         monkeypatch.setattr(files, "_exchange", lambda a, b: False)
     target = tmp_path / "model-last"
     replace_directory(target, write_folder("old"))
     replace_directory(target, write_folder("new"))
     assert (target / "file").read_text() == "new"
     assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
+    assert exchanged == ([True] if exchange else [])
 
 
 def test_replace_directory_keeps_the_old_folder_when_writing_fails(tmp_path):

@@ -232,11 +232,15 @@ def _saved_since(output: Path, started_ns: int) -> bool:
 
 
 def _saving(output: Path) -> List[str]:
-    """The checkpoint folders being written now (spacy_ita.files' temporary names)."""
-    try:
-        return [path.name for path in output.iterdir() if ".tmp-" in path.name]
-    except FileNotFoundError:
-        return []
+    """What is being written now: checkpoint folders and training-state files
+    under their temporary names (spacy_ita.files)."""
+    found = []
+    for folder in (output, output / "training-state"):
+        try:
+            found += [path.name for path in folder.iterdir() if ".tmp-" in path.name]
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def resume_training(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
