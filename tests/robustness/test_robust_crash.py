@@ -13,7 +13,7 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from robust_crash import (cache_state, checkpoint_status, differing_parameters,
+from robust_crash import (cache_state, checkpoint_status, largest_difference,
                           kill_extraction_when, kill_training, make_images, prepare_cache,
                           resume_training, run_extraction, training_setup)
 from robust_helpers import trained_pipeline
@@ -93,9 +93,16 @@ def assert_loadable_checkpoints(output):
         assert checkpoint_status(output, directory) is None, directory
 
 
+# A resumed process may round differently from the run it continues (torch's
+# CPU kernels depend on memory alignment); tests/test_training.py checks the
+# state at the resume point bit for bit. Measured over 120 steps: drift 0;
+# a resume without the optimizer state 1.6e-3, without the random states 3.6e-3.
+DRIFT = 1e-4
+
+
 def assert_same_parameters(output_a, output_b):
     for directory in ("model-last", "model-best"):
-        assert differing_parameters(output_a / directory, output_b / directory) == [], directory
+        assert largest_difference(output_a / directory, output_b / directory) <= DRIFT, directory
 
 
 @pytest.fixture(scope="module")
