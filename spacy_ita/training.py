@@ -215,6 +215,15 @@ def _apply_gradients(nlp: Language, optimizer: Optimizer, frozen: List[str]) -> 
     optimizer.step_schedules()
 
 
+def _checkpoint_link(path: Path) -> Dict[str, Any]:
+    """The run and step a saved pipeline's meta.json links it to; {} if none."""
+    try:
+        meta = srsly.read_json(path / "meta.json")
+    except ValueError:  # missing or unreadable
+        return {}
+    return meta.get("spacy_ita", {}).get("checkpoint") or {}
+
+
 def _limit_reached(progress: Progress, T: Dict[str, Any]) -> bool:
     """Whether `patience` or `max_steps` ends the run after its last step."""
     if T["patience"] and progress.results:
@@ -351,16 +360,8 @@ class Checkpoints:
             return
         best_score = max(score for score, _ in progress.results)
         best_step = max(step for score, step in progress.results if score == best_score)
-        if best_step == progress.step and self._checkpoint_step(self.best) != best_step:
+        if best_step == progress.step and _checkpoint_link(self.best).get("step") != best_step:
             self._copy_last_to_best()
-
-    @staticmethod
-    def _checkpoint_step(path: Path) -> Optional[int]:
-        try:
-            meta = srsly.read_json(path / "meta.json")
-        except (FileNotFoundError, ValueError):
-            return None
-        return meta.get("spacy_ita", {}).get("checkpoint", {}).get("step")
 
     def _matching_state(self, limits: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         for path in (self.last, self.best):
@@ -368,10 +369,10 @@ class Checkpoints:
         if not (self.last / "meta.json").exists():
             self.why_not = f"there is no checkpoint in {self.output}"
             return None
-        link = srsly.read_json(self.last / "meta.json").get("spacy_ita", {}).get("checkpoint")
+        link = _checkpoint_link(self.last)
         if not link:
-            self.why_not = (f"{self.last} was not saved at a resumable point "
-                            "(by `spacy train`, or during an update)")
+            self.why_not = (f"{self.last} was not saved at a resumable point (by `spacy train`, "
+                            "or its meta.json cannot be read)")
             return None
         if limits["max_steps"] and link["step"] > limits["max_steps"]:
             self.why_not = (f"{self.last} is from step {link['step']}, "
