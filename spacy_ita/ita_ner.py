@@ -7,26 +7,24 @@ alone (text-only) and the sentence followed by its visual context
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-import torch
+import numpy
 from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples, validate_get_examples
-from thinc.api import Config, Model, set_dropout_rate, torch2xp, xp2torch
-from thinc.types import Floats2d
+from thinc.api import Config, Model, set_dropout_rate
+from thinc.types import Ints1d
 
-from .crf import pad_sequences
+from .encoder_inputs import TaggerInput
 from .files import replace_file, replace_json
-from .ita_tagger import TaggerInput, get_module
-from .losses import ItaLoss
+from .ita_tagger import ScoreGradient, decode, is_initialized, loss_and_gradient, n_scored_tags
+from .losses import ItaLoss, ViewScores
 from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
+from .views import VIEWS
 from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
-
-VIEWS = ("auto", "cross", "text")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -45,6 +43,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
 @Language.factory(
     "ita_ner",
     assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    requires=["doc._.visual_context"],
     default_config={
         "model": DEFAULT_MODEL,
         "tag_scheme": "BIO",
@@ -122,15 +121,6 @@ class _HeadScaledOptimizer:
         return getattr(self._optimizer, name)
 
 
-@dataclass
-class ViewScores:
-    """Emission scores of one forward pass and which docs each row belongs to."""
-
-    text_rows: List[int]
-    cross_rows: List[int]
-    scores: List[Floats2d]
-
-
 class ItaNer(TrainablePipe):
     """Named entities from a transformer-CRF over the text plus its visual context."""
 
@@ -195,7 +185,7 @@ class ItaNer(TrainablePipe):
         _check_label(label)
         if label in self.labels:
             return 0
-        if self.model.layers[0].shims[0]._model is not None:
+        if is_initialized(self.model):
             raise ValueError(
                 f"Cannot add label {label!r} to an initialised ita_ner: its CRF is "
                 "sized for the existing labels. Re-initialise with all labels."
@@ -270,7 +260,7 @@ class ItaNer(TrainablePipe):
         return self
 
     def _check_weights_match_labels(self) -> None:
-        n_weights = get_module(self.model).emission.out_features
+        n_weights = n_scored_tags(self.model)
         trained_tags = self.model.attrs.get("tags")  # None for pipelines saved before
         if n_weights != len(self.tags) or (
             trained_tags is not None and list(trained_tags) != self.tags
@@ -312,10 +302,7 @@ class ItaNer(TrainablePipe):
         docs = list(docs)
         if not any(len(doc) for doc in docs):
             return [[] for _ in docs]
-        scores = self.model.predict(self._inference_inputs(docs))
-        emissions, mask = pad_sequences([xp2torch(s) for s in scores])
-        with torch.no_grad():
-            return get_module(self.model).crf.decode(emissions, mask)
+        return decode(self.model, self.model.predict(self._inference_inputs(docs)))
 
     def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
         tags = self.tags
@@ -364,8 +351,8 @@ class ItaNer(TrainablePipe):
             (docs[i], contexts[i]) for i in cross_rows
         ]
         scores, backprop = self.model.begin_update(inputs)
-        loss, d_scores = self.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
-        backprop(d_scores)
+        loss, gradient = self.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+        backprop(gradient)
         if sgd is not None:
             self.finish_update(sgd)
         losses[self.name] += loss
@@ -379,58 +366,24 @@ class ItaNer(TrainablePipe):
         else:
             self.model.finish_update(_HeadScaledOptimizer(sgd, self.head_lr_scale))
 
-    def get_loss(self, examples: Sequence[Example], scores: ViewScores):
-        """ITA's loss over a batch (mean per doc) and its gradient per score row."""
-        n_docs = len(examples)
-        rows = [xp2torch(s, requires_grad=True) for s in scores.scores]
-        n_text = len(scores.text_rows)
-        text_by_doc = dict(zip(scores.text_rows, rows[:n_text]))
-        cross_by_doc = dict(zip(scores.cross_rows, rows[n_text:]))
-        gold, mask = self._gold_masks(examples)
-        gold, mask = gold.to(rows[0].device), mask.to(rows[0].device)
-        text = None
-        if self.loss.needs_text_view or not self.use_context:
-            text, _ = pad_sequences([text_by_doc[i] for i in range(n_docs)])
-        cross = None
-        if self.use_context:
-            cross, _ = pad_sequences(
-                [cross_by_doc.get(i, text_by_doc.get(i)) for i in range(n_docs)]
-            )
-        crf = get_module(self.model).crf
-        if self.use_context:
-            terms = self.loss(crf, mask, gold, text, cross)
-        else:
-            terms = {"text": crf.nll(text, mask, gold).sum()}
-        total = sum(terms.values()) / n_docs
-        total.backward()
-        d_scores = [
-            torch2xp(row.grad) if row.grad is not None else self.model.ops.alloc2f(*row.shape)
-            for row in rows
-        ]
-        return total.item(), d_scores
+    def get_loss(
+        self, examples: Sequence[Example], scores: ViewScores
+    ) -> Tuple[float, ScoreGradient]:
+        """ITA's loss over a batch (mean per doc) and its gradient, which `update`
+        passes back through the model; nothing is accumulated here."""
+        gold = [self._gold_tag_ids(i, eg) for i, eg in enumerate(examples)]
+        return loss_and_gradient(self.model, self.loss, self.use_context, scores, gold)
 
-    def _gold_masks(self, examples: Sequence[Example]):
-        """Boolean (doc, token, tag) masks of the gold tags; all True where unknown."""
+    def _gold_tag_ids(self, doc_index: int, eg: Example) -> Ints1d:
+        """Gold tag indices of a training example; -1 where the gold is unknown."""
         tag_index = {tag: i for i, tag in enumerate(self.tags)}
-        n_tags = len(tag_index)
-        masks = []
-        for doc_index, eg in enumerate(examples):
-            tags = gold_tags(eg, self.tag_scheme)
-            mask = torch.ones(len(tags), n_tags, dtype=torch.bool)
-            for token_index, tag in enumerate(tags):
-                if tag is None:
-                    continue
-                if tag not in tag_index:
-                    raise ValueError(
-                        f"Training example {doc_index} ({eg.reference.text[:40]!r}) has "
-                        f"entity tag {tag!r}, but {self.name} was initialised with labels "
-                        f"{list(self.labels)}. Initialise on data that has every label."
-                    )
-                mask[token_index] = False
-                mask[token_index, tag_index[tag]] = True
-            masks.append(mask)
-        padded, lengths_mask = pad_sequences(masks)
-        # Padding positions: every tag allowed, so they add nothing to the NLL.
-        padded[~lengths_mask] = True
-        return padded, lengths_mask
-
+        ids = []
+        for tag in gold_tags(eg, self.tag_scheme):
+            if tag is not None and tag not in tag_index:
+                raise ValueError(
+                    f"Training example {doc_index} ({eg.reference.text[:40]!r}) has "
+                    f"entity tag {tag!r}, but {self.name} was initialised with labels "
+                    f"{list(self.labels)}. Initialise on data that has every label."
+                )
+            ids.append(-1 if tag is None else tag_index[tag])
+        return numpy.array(ids, dtype=numpy.int64)

@@ -1,11 +1,12 @@
 """ITA's training objective: CRF NLL on both views plus Cross-View Alignment."""
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from spacy.util import registry
+from thinc.types import Floats2d, Ints1d
 
-from .crf import LinearChainCRF
+from .crf import LinearChainCRF, pad_sequences
 
 
 def cva_divergence(
@@ -79,6 +80,58 @@ class ItaLoss:
                 )
                 terms["cva"] = self.cva_weight * cva.sum()
         return terms
+
+
+@dataclass
+class ViewScores:
+    """Emission scores of one forward pass and which docs each row belongs to:
+    the first len(text_rows) rows are text-only views, the rest cross-modal."""
+
+    text_rows: List[int]
+    cross_rows: List[int]
+    scores: List[Floats2d]
+
+
+def gold_tag_mask(gold: Sequence[Ints1d], n_tags: int, device: torch.device):
+    """Boolean `(doc, token, tag)` masks of the gold tags from tag indices (-1:
+    unknown, every tag allowed), and the `(doc, token)` mask of real tokens.
+    Padding positions allow every tag, so they add nothing to the NLL."""
+    masks = []
+    for ids in gold:
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        mask = torch.ones(len(ids), n_tags, dtype=torch.bool)
+        known = ids >= 0
+        mask[known] = torch.nn.functional.one_hot(ids[known], n_tags).bool()
+        masks.append(mask)
+    padded, lengths_mask = pad_sequences(masks)
+    padded[~lengths_mask] = True
+    return padded.to(device), lengths_mask.to(device)
+
+
+def crf_loss_terms(
+    crf: LinearChainCRF,
+    loss: ItaLoss,
+    use_context: bool,
+    scores: ViewScores,
+    rows: List[torch.Tensor],
+    gold: Sequence[Ints1d],
+) -> Dict[str, torch.Tensor]:
+    """The loss terms of a batch, summed over docs, from the score rows as torch
+    tensors (`rows`, in the order of `scores`). A doc without context has one
+    row, its text-only view, which also stands in for its cross-modal view.
+    Without context (`use_context` False) the loss is the text view's NLL."""
+    n_docs = len(gold)
+    n_text = len(scores.text_rows)
+    text_by_doc = dict(zip(scores.text_rows, rows[:n_text]))
+    cross_by_doc = dict(zip(scores.cross_rows, rows[n_text:]))
+    gold_mask, mask = gold_tag_mask(gold, crf.n_tags, rows[0].device)
+    text = None
+    if loss.needs_text_view or not use_context:
+        text, _ = pad_sequences([text_by_doc[i] for i in range(n_docs)])
+    if not use_context:
+        return {"text": crf.nll(text, mask, gold_mask).sum()}
+    cross, _ = pad_sequences([cross_by_doc.get(i, text_by_doc.get(i)) for i in range(n_docs)])
+    return loss(crf, mask, gold_mask, text, cross)
 
 
 @registry.losses("spacy-ita.ita_loss.v1")

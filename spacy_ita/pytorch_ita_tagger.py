@@ -7,7 +7,7 @@ the model without a network.
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import srsly
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .crf import LinearChainCRF
+from .encoder_inputs import EncoderBatch
 
 
 class ItaTaggerModule(nn.Module):
@@ -35,34 +36,25 @@ class ItaTaggerModule(nn.Module):
         self.emission = nn.Linear(encoder.config.hidden_size, n_tags)
         self.crf = LinearChainCRF(n_tags, *(allowed_moves or ()))
 
-    def forward(
-        self,
-        input_ids: List[torch.Tensor],
-        attention_mask: List[torch.Tensor],
-        token_type_ids: Optional[List[torch.Tensor]],
-        pool_source: torch.Tensor,
-        pool_target: torch.Tensor,
-        pool_weight: torch.Tensor,
-        n_tokens: int,
-    ) -> torch.Tensor:
+    def forward(self, batch: EncoderBatch) -> torch.Tensor:
         """Emissions `(n_tokens, n_tags)` for all spaCy tokens of the batch.
 
-        The encoder runs once per chunk of similar-length sequences. Token
-        vectors are weighted sums of wordpiece vectors: pool_source indexes the
-        concatenated, flattened chunk outputs, pool_target the token, and
-        pool_weight averages over subwords (mean pooling) and over the
-        overlapping windows of long sentences.
+        The encoder runs once per chunk of similar-length sequences; token
+        vectors are pooled from the subword vectors as the batch's pooling
+        index says (see `EncoderBatch`).
         """
         outputs = []
-        for i, ids in enumerate(input_ids):
-            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids[i]}
+        for i, ids in enumerate(batch.input_ids):
+            extra = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids[i]}
             hidden = self.encoder(
-                input_ids=ids, attention_mask=attention_mask[i], **extra
+                input_ids=ids, attention_mask=batch.attention_mask[i], **extra
             ).last_hidden_state
             outputs.append(hidden.reshape(-1, hidden.shape[-1]))
         flat = torch.cat(outputs)
-        tokens = flat.new_zeros((n_tokens, flat.shape[-1]))
-        tokens = tokens.index_add(0, pool_target, flat[pool_source] * pool_weight[:, None])
+        tokens = flat.new_zeros((batch.n_tokens, flat.shape[-1]))
+        tokens = tokens.index_add(
+            0, batch.pool_target, flat[batch.pool_source] * batch.pool_weight[:, None]
+        )
         return self.emission(self.dropout(tokens))
 
 

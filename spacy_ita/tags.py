@@ -1,7 +1,7 @@
 """Entity labels <-> CRF tags (BIO or BILUO), and which tag moves are valid."""
 from typing import List, Optional, Sequence, Tuple
 
-import torch
+import numpy
 from spacy.tokens import Doc, Span
 from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo
 
@@ -39,7 +39,7 @@ def allowed_moves(tags: Sequence[str], scheme: str):
     def continues(prefix: str) -> bool:
         return prefix in ("I", "L")
 
-    transitions = torch.zeros(n, n, dtype=torch.bool)
+    transitions = numpy.zeros((n, n), dtype=bool)
     for i, (prev_prefix, prev_label) in enumerate(parts):
         for j, (prefix, label) in enumerate(parts):
             if prev_prefix in inside:
@@ -49,8 +49,8 @@ def allowed_moves(tags: Sequence[str], scheme: str):
             else:
                 ok = True
             transitions[i, j] = ok
-    start = torch.tensor([not continues(prefix) for prefix, _ in parts])
-    end = torch.tensor([prefix not in inside for prefix, _ in parts])
+    start = numpy.array([not continues(prefix) for prefix, _ in parts])
+    end = numpy.array([prefix not in inside for prefix, _ in parts])
     return transitions, start, end
 
 

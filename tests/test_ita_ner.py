@@ -12,7 +12,9 @@ from spacy.training import Example
 from thinc.api import SGD, Adam, fix_random_seed
 
 from spacy_ita import VisualContext
-from spacy_ita.ita_tagger import _encode, _sequence_limit, get_module
+from spacy_ita.losses import ViewScores
+from spacy_ita.encoder_inputs import encode
+from spacy_ita.ita_tagger import get_module, sequence_limit
 
 # (text, entities, caption or None): the caption tells whether "Phoenix" is a
 # team or a city; some posts have no image at all.
@@ -64,7 +66,7 @@ def fresh_docs(examples):
 
 
 def n_sequences(batch):
-    return sum(ids.shape[0] for ids in batch["input_ids"])
+    return sum(ids.shape[0] for ids in batch.input_ids)
 
 
 def entities(docs):
@@ -106,7 +108,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
         caption is not None for _, _, caption in POSTS
     ]
     module = get_module(ner.model)
-    batch = _encode(module.tokenizer, inputs, 64, 16, "first", "cpu")
+    batch = encode(module.tokenizer, inputs, 64, 16, "first", "cpu")
     assert n_sequences(batch) == len(docs)  # one encoder pass per doc
     ner.view = "text"
     try:
@@ -140,12 +142,12 @@ def test_long_sentence_is_windowed_and_fully_tagged(trained_tiny):
     doc = Doc(nlp.vocab, words=words)
     doc._.visual_context = VisualContext(captions=["basketball " * 200])
     module = get_module(ner.model)
-    limit = _sequence_limit(module, 512)
+    limit = sequence_limit(module, 512)
     assert limit == 64  # the tiny encoder's position limit
-    batch = _encode(module.tokenizer, [(doc, "basketball " * 200)], limit, 16, "first", "cpu")
-    assert max(ids.shape[1] for ids in batch["input_ids"]) <= limit
+    batch = encode(module.tokenizer, [(doc, "basketball " * 200)], limit, 16, "first", "cpu")
+    assert max(ids.shape[1] for ids in batch.input_ids) <= limit
     assert n_sequences(batch) > 1  # windows; the context was dropped first
-    assert set(batch["pool_target"].tolist()) == set(range(len(doc)))
+    assert set(batch.pool_target.tolist()) == set(range(len(doc)))
     tagged = nlp(doc)
     assert all(token.ent_iob_ in ("B", "I", "O") for token in tagged)
     assert tagged.text == doc.text
@@ -155,20 +157,20 @@ def test_context_is_cut_before_the_sentence(trained_tiny):
     nlp, _ = trained_tiny
     module = get_module(nlp.get_pipe("ita_ner").model)
     doc = nlp.make_doc("Phoenix beat Denver tonight")
-    batch = _encode(module.tokenizer, [(doc, "word " * 500)], 64, 16, "first", "cpu")
-    assert [ids.shape for ids in batch["input_ids"]] == [(1, 64)]
-    assert set(batch["pool_target"].tolist()) == set(range(len(doc)))
+    batch = encode(module.tokenizer, [(doc, "word " * 500)], 64, 16, "first", "cpu")
+    assert [ids.shape for ids in batch.input_ids] == [(1, 64)]
+    assert set(batch.pool_target.tolist()) == set(range(len(doc)))
 
 
 def test_mean_pooling_uses_every_subword(trained_tiny):
     nlp, _ = trained_tiny
     module = get_module(nlp.get_pipe("ita_ner").model)
     doc = nlp.make_doc("unbelievably tokenisation")
-    first = _encode(module.tokenizer, [(doc, None)], 64, 16, "first", "cpu")
-    mean = _encode(module.tokenizer, [(doc, None)], 64, 16, "mean", "cpu")
-    assert len(mean["pool_source"]) > len(first["pool_source"]) == len(doc)
+    first = encode(module.tokenizer, [(doc, None)], 64, 16, "first", "cpu")
+    mean = encode(module.tokenizer, [(doc, None)], 64, 16, "mean", "cpu")
+    assert len(mean.pool_source) > len(first.pool_source) == len(doc)
     totals = [0.0] * len(doc)
-    for target, weight in zip(mean["pool_target"].tolist(), mean["pool_weight"].tolist()):
+    for target, weight in zip(mean.pool_target.tolist(), mean.pool_weight.tolist()):
         totals[target] += weight
     assert totals == pytest.approx([1.0] * len(doc))
 
@@ -192,6 +194,7 @@ def test_saved_pipeline_loads_in_a_fresh_offline_process(trained_tiny, tmp_path)
     script = """
 import json, sys, spacy
 from spacy_ita import VisualContext
+from spacy_ita.losses import ViewScores
 nlp = spacy.load(sys.argv[1])
 docs = []
 for text, caption in json.loads(sys.argv[2]):
@@ -329,3 +332,25 @@ def test_visual_context_survives_serialisation():
     (restored,) = DocBin().from_bytes(doc_bin.to_bytes()).get_docs(nlp.vocab)
     assert restored._.visual_context == doc._.visual_context
     assert restored._.image_id == "123"
+
+
+def test_get_loss_has_no_side_effects(trained_tiny):
+    """get_loss returns the gradient and leaves every parameter's .grad alone,
+    so calling it twice gives the same answer and never doubles a gradient."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    module = get_module(ner.model)
+    docs = [eg.predicted for eg in examples]
+    contexts, text_rows, cross_rows = ner._training_views(docs)
+    inputs = [(docs[i], None) for i in text_rows] + [(docs[i], contexts[i]) for i in cross_rows]
+    scores = ner.model.predict(inputs)
+    module.zero_grad(set_to_none=True)
+    first = ner.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+    second = ner.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+    assert all(parameter.grad is None for parameter in module.parameters())
+    assert first[0] == second[0] > 0
+    assert set(first[1].d_crf) == {"transitions", "start", "end"}
+    for name, grad in first[1].d_crf.items():
+        assert torch.equal(grad, second[1].d_crf[name]) and grad.abs().sum() > 0
+    for a, b in zip(first[1].d_scores, second[1].d_scores):
+        assert (a == b).all()

@@ -17,9 +17,8 @@ from wasabi import msg
 
 from ..files import replace_json
 from ..readers import MultimodalCorpus
+from ..views import VIEWS
 from . import app
-
-VIEWS = ("auto", "cross", "text")  # as in ita_ner; not imported, to keep the CLI light
 
 
 def evaluate_views(

@@ -11,7 +11,8 @@ import pytest
 
 from robust_helpers import check_tagged, trained_pipeline
 from spacy_ita import VisualContext
-from spacy_ita.ita_tagger import _encode, _sequence_limit, _special_tokens, get_module
+from spacy_ita.encoder_inputs import encode, special_tokens
+from spacy_ita.ita_tagger import get_module, sequence_limit
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +30,23 @@ def test_context_is_cut_never_the_post(nlp, n_tokens, pooling):
     """Around the limit (64 positions, 3 special tokens for a pair, 2 alone):
     the sentence is always encoded whole, and context fills what is left."""
     module = module_of(nlp)
-    limit = _sequence_limit(module, 512)
+    limit = sequence_limit(module, 512)
     assert limit == 64
     doc = nlp.make_doc(" ".join(["a"] * n_tokens))  # "a" is one word piece
     context = "basketball court " * 5000
-    batch = _encode(module.tokenizer, [(doc, context)], limit, 16, pooling, "cpu")
-    widths = [ids.shape[1] for ids in batch["input_ids"]]
+    batch = encode(module.tokenizer, [(doc, context)], limit, 16, pooling, "cpu")
+    widths = [ids.shape[1] for ids in batch.input_ids]
     assert max(widths) <= limit
-    assert sorted(set(batch["pool_target"].tolist())) == list(range(n_tokens))
-    specials = _special_tokens(module.tokenizer)
+    assert sorted(set(batch.pool_target.tolist())) == list(range(n_tokens))
+    specials = special_tokens(module.tokenizer)
     prefix = specials.pair[0]
-    n_sequences = sum(ids.shape[0] for ids in batch["input_ids"])
+    n_sequences = sum(ids.shape[0] for ids in batch.input_ids)
     if n_tokens <= limit - 2:
         assert n_sequences == 1  # the whole post in one sequence
-        ids = batch["input_ids"][0][0].tolist()
+        ids = batch.input_ids[0][0].tolist()
         a_id = module.tokenizer.convert_tokens_to_ids("a")
         assert ids[len(prefix): len(prefix) + n_tokens] == [a_id] * n_tokens
-        n_context = batch["attention_mask"][0][0].sum().item() - n_tokens - (
+        n_context = batch.attention_mask[0][0].sum().item() - n_tokens - (
             3 if n_tokens <= limit - 4 else 2)
         assert n_context == max(0, limit - 3 - n_tokens)
     else:
