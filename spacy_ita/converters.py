@@ -169,28 +169,37 @@ def read_mner(
     nlp_or_vocab: Union[Language, Vocab, None] = None,
     *,
     lang: str = "en",
+    knowledge_path: Optional[PathLike] = None,
 ) -> Iterator[Doc]:
     """Stream the posts of an MNER file as Docs, one per post.
 
     Sets the words (one space between tokens), `doc.ents` (every other token is
     outside an entity), `Doc._.image_id` and, when captions_path has a caption
-    for the post's image, `Doc._.visual_context = VisualContext(captions=[...])`
-    (an empty caption gives a VisualContext without captions).
+    or knowledge_path a text for the post's image (both `<id>.jpg :<text>`
+    files), `Doc._.visual_context` with them as captions and knowledge (an
+    empty text gives a VisualContext without it).
     Without nlp_or_vocab the Docs use the vocab of `spacy.blank(lang)`.
     Malformed input raises ValueError naming file:line.
     """
     path = Path(path)
     vocab = _resolve_vocab(nlp_or_vocab, lang)
-    captions = read_captions(captions_path) if captions_path is not None else {}
+    texts = {
+        field: read_captions(source)
+        for field, source in (("captions", captions_path), ("knowledge", knowledge_path))
+        if source is not None
+    }
 
     def make_doc(image_id: Optional[str], words: List[str], tags: List[Tuple[str, str]]) -> Doc:
         doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
         ents = [Span(doc, start, end, label=label) for start, end, label in bio_to_spans(tags)]
         doc.set_ents(ents, default="outside")
         doc._.image_id = image_id
-        caption = captions.get(strip_image_extension(image_id)) if image_id else None
-        if caption is not None:
-            doc._.visual_context = VisualContext(captions=[caption] if caption else [])
+        found = {
+            field: by_id.get(strip_image_extension(image_id)) if image_id else None
+            for field, by_id in texts.items()
+        }
+        if any(text is not None for text in found.values()):
+            doc._.visual_context = VisualContext(**{f: [t] for f, t in found.items() if t})
         return doc
 
     def no_tokens() -> ValueError:

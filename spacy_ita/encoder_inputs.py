@@ -8,13 +8,25 @@ token is ever left without a vector. A pooling index maps the encoder's
 subword vectors back onto spaCy tokens.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from spacy.tokens import Doc
 
-TaggerInput = Tuple[Doc, Optional[str]]
+from .knowledge import Mention
+from .token_features import TokenFeatures
+
+
+class TaggerInput(NamedTuple):
+    """One doc as the tagger sees it in one view: the text-only view has no
+    context; the cross-modal view has the rendered context and the mentions
+    that its knowledge names."""
+
+    doc: Doc
+    context: Optional[str] = None
+    mentions: Tuple[Mention, ...] = ()
+
 POOLINGS = ("first", "mean")
 # A single token (a URL, a 5,000-character string) never takes more subwords than this.
 MAX_PIECES_PER_TOKEN = 32
@@ -40,6 +52,7 @@ class EncoderBatch:
     pool_target: torch.Tensor
     pool_weight: torch.Tensor
     n_tokens: int
+    features: Optional[TokenFeatures] = None
 
 
 @dataclass
@@ -202,8 +215,8 @@ def encode(
 ) -> EncoderBatch:
     """Tokenise the docs and their contexts and build the encoder batch."""
     specials = special_tokens(tokenizer)
-    doc_pieces = word_pieces(tokenizer, [doc for doc, _ in inputs])
-    contexts = context_pieces(tokenizer, [context for _, context in inputs])
+    doc_pieces = word_pieces(tokenizer, [item.doc for item in inputs])
+    contexts = context_pieces(tokenizer, [item.context for item in inputs])
     sequences: List[_Sequence] = []
     token_offset = 0
     for row, pieces in enumerate(doc_pieces):

@@ -7,6 +7,7 @@ alone (text-only) and the sentence followed by its visual context
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
 import warnings
+from dataclasses import replace
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
@@ -20,11 +21,14 @@ from thinc.types import Ints1d
 
 from .encoder_inputs import TaggerInput
 from .files import replace_file, replace_json
+from .knowledge import parse_mentions, render_mentions
 from .ita_tagger import ScoreGradient, decode, is_initialized, loss_and_gradient, n_scored_tags
 from .losses import ItaLoss, ViewScores
 from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
 from .views import VIEWS
 from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
+
+KNOWLEDGE_FORMS = ("mentions", "text")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -51,6 +55,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "use_context": True,
         "context_order": list(DEFAULT_ORDER),
         "context_separator": " ",
+        "knowledge_form": "mentions",
         "loss": {"@losses": "spacy-ita.ita_loss.v1"},
         "head_lr_scale": 1.0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
@@ -71,6 +76,7 @@ def make_ita_ner(
     use_context: bool,
     context_order: List[str],
     context_separator: str,
+    knowledge_form: str,
     loss: ItaLoss,
     head_lr_scale: float,
     scorer: Optional[Callable],
@@ -80,6 +86,8 @@ def make_ita_ner(
     tag_scheme: "BIO" or "BILUO". view: "auto", "cross" or "text" at inference.
     use_context: False trains and runs a text-only baseline that ignores context.
     context_order / context_separator: how Doc._.visual_context becomes text.
+    knowledge_form: "mentions" reads only the entity mentions (and their types)
+    out of the knowledge field, "text" appends it as it is.
     head_lr_scale: learning rate of the emission layer and CRF, as a multiple of
     the encoder's (the optimizer's own rate).
     """
@@ -92,6 +100,7 @@ def make_ita_ner(
         use_context=use_context,
         context_order=context_order,
         context_separator=context_separator,
+        knowledge_form=knowledge_form,
         loss=loss,
         head_lr_scale=head_lr_scale,
         scorer=scorer,
@@ -135,6 +144,7 @@ class ItaNer(TrainablePipe):
         use_context: bool = True,
         context_order: Sequence[str] = DEFAULT_ORDER,
         context_separator: str = " ",
+        knowledge_form: str = "mentions",
         loss: Optional[ItaLoss] = None,
         head_lr_scale: float = 1.0,
         scorer: Optional[Callable] = None,
@@ -153,6 +163,11 @@ class ItaNer(TrainablePipe):
         self.use_context = use_context
         self.context_order = list(context_order)
         self.context_separator = context_separator
+        if knowledge_form not in KNOWLEDGE_FORMS:
+            raise ValueError(
+                f"Unknown knowledge_form {knowledge_form!r}; expected one of {KNOWLEDGE_FORMS}"
+            )
+        self.knowledge_form = knowledge_form
         self.loss = loss if loss is not None else ItaLoss()
         self.head_lr_scale = head_lr_scale
         self.scorer = scorer
@@ -223,7 +238,10 @@ class ItaNer(TrainablePipe):
         self.model.attrs["allowed_moves"] = [
             move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
         ]
-        self.model.initialize()
+        # The training inputs' knowledge mentions give the model its type words.
+        examples = get_examples() if self.use_context else []
+        cross = [self._cross_input(eg.predicted, i) for i, eg in enumerate(examples)]
+        self.model.initialize(X=[item for item in cross if item is not None])
 
     def to_disk(self, path, *, exclude=tuple()):
         """As TrainablePipe.to_disk, but the weights file is replaced atomically
@@ -273,8 +291,9 @@ class ItaNer(TrainablePipe):
                 "The pipeline's cfg and model files do not belong together."
             )
 
-    def _context(self, doc: Doc, index: int) -> Optional[str]:
-        """The rendered visual context of a doc, or None when it has none."""
+    def _cross_input(self, doc: Doc, index: int) -> Optional[TaggerInput]:
+        """The doc with its rendered context and knowledge mentions, or None
+        when it has no context (its cross-modal view is its text-only view)."""
         context = get_visual_context(doc, index)
         if context is None:
             if (
@@ -289,13 +308,18 @@ class ItaNer(TrainablePipe):
                 )
                 self._warned_image_without_context = True
             return None
+        mentions = tuple(
+            dict.fromkeys(m for item in context.knowledge for m in parse_mentions(item))
+        )
+        if self.knowledge_form == "mentions":
+            context = replace(context, knowledge=[render_mentions(mentions)] if mentions else [])
         text = context.render(self.context_order, " ", self.context_separator)
-        return text or None
+        return TaggerInput(doc, text, mentions) if text else None
 
     def _inference_inputs(self, docs: Sequence[Doc]) -> List[TaggerInput]:
         if not self.use_context or self.view == "text":
-            return [(doc, None) for doc in docs]
-        return [(doc, self._context(doc, i)) for i, doc in enumerate(docs)]
+            return [TaggerInput(doc) for doc in docs]
+        return [self._cross_input(doc, i) or TaggerInput(doc) for i, doc in enumerate(docs)]
 
     def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
         """Tag indices per token, by constrained Viterbi over one view per doc."""
@@ -310,25 +334,25 @@ class ItaNer(TrainablePipe):
             spans = tags_to_spans(doc, [tags[i] for i in ids], self.tag_scheme)
             doc.set_ents(spans, default="outside")
 
-    def _training_views(
-        self, docs: Sequence[Doc]
-    ) -> Tuple[List[Optional[str]], List[int], List[int]]:
-        """Which docs go through the text-only and the cross-modal view.
+    def _training_views(self, docs: Sequence[Doc]) -> Tuple[List[TaggerInput], ViewScores]:
+        """The inputs of a training batch, text-only views first, and which doc
+        each belongs to (ViewScores without the scores yet).
 
         A doc without context has identical views, so it is encoded once and
         its text-only scores stand in for its cross-modal ones.
         """
-        contexts = (
-            [self._context(doc, i) for i, doc in enumerate(docs)]
+        cross = (
+            [self._cross_input(doc, i) for i, doc in enumerate(docs)]
             if self.use_context
             else [None] * len(docs)
         )
-        cross_rows = [i for i, context in enumerate(contexts) if context is not None]
+        cross_rows = [i for i, item in enumerate(cross) if item is not None]
         if not self.use_context or self.loss.needs_text_view:
             text_rows = list(range(len(docs)))
         else:
-            text_rows = [i for i, context in enumerate(contexts) if context is None]
-        return contexts, text_rows, cross_rows
+            text_rows = [i for i, item in enumerate(cross) if item is None]
+        inputs = [TaggerInput(docs[i]) for i in text_rows] + [cross[i] for i in cross_rows]
+        return inputs, ViewScores(text_rows, cross_rows, [])
 
     def update(
         self,
@@ -346,12 +370,9 @@ class ItaNer(TrainablePipe):
             return losses
         set_dropout_rate(self.model, drop)
         docs = [eg.predicted for eg in examples]
-        contexts, text_rows, cross_rows = self._training_views(docs)
-        inputs = [(docs[i], None) for i in text_rows] + [
-            (docs[i], contexts[i]) for i in cross_rows
-        ]
-        scores, backprop = self.model.begin_update(inputs)
-        loss, gradient = self.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+        inputs, views = self._training_views(docs)
+        views.scores, backprop = self.model.begin_update(inputs)
+        loss, gradient = self.get_loss(examples, views)
         backprop(gradient)
         if sgd is not None:
             self.finish_update(sgd)

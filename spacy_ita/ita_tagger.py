@@ -1,10 +1,11 @@
-"""The thinc model `spacy-ita.ItaTagger.v1`: (doc, context) pairs -> emission scores.
+"""The thinc model `spacy-ita.ItaTagger.v2`: TaggerInputs -> emission scores.
 
-Each input is a Doc and an optional context string (see `encoder_inputs` for
-how they become encoder sequences). Only the sentence's tokens get scores. The
-CRF that turns scores into tags lives in the same torch module; `decode` and
-`loss_and_gradient` reach it for the component, which itself never touches
-torch.
+Each input is a Doc, an optional context string and the mentions its
+knowledge names (see `encoder_inputs` for how they become encoder sequences,
+`token_features` for the learned per-token signals v2 adds beside the
+encoder). Only the sentence's tokens get scores. The CRF that turns scores
+into tags lives in the same torch module; `decode` and `loss_and_gradient`
+reach it for the component, which itself never touches torch.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -26,6 +27,7 @@ from .crf import pad_sequences
 from .encoder_inputs import POOLINGS, EncoderBatch, TaggerInput, encode
 from .losses import ItaLoss, ViewScores, crf_loss_terms
 from .pytorch_ita_tagger import ItaTaggerModule, deserialize_module, serialize_module
+from .token_features import TokenFeatureEmbedding, build_type_vocabulary, featurize
 
 
 @dataclass
@@ -37,13 +39,16 @@ class ScoreGradient:
     d_crf: Dict[str, torch.Tensor]
 
 
-@registry.architectures("spacy-ita.ItaTagger.v1")
+@registry.architectures("spacy-ita.ItaTagger.v2")
 def build_ita_tagger(
     name: str,
     pooling: str = "first",
     dropout: float = 0.1,
     max_length: int = 512,
     window_overlap: int = 128,
+    shape_width: int = 16,
+    mention_width: int = 16,
+    mention_type_words: int = 64,
     tokenizer_config: Dict = {},
     transformer_config: Dict = {},
     nO: Optional[int] = None,
@@ -52,11 +57,18 @@ def build_ita_tagger(
     pooling: "first" subword or "mean" of subwords per spaCy token.
     max_length: longest sequence given to the encoder (capped by the encoder's own limit).
     window_overlap: subwords shared by consecutive windows of a long sentence.
+    shape_width / mention_width: sizes of the learned token-shape and
+    knowledge-mention vectors next to the encoder's (0: off).
+    mention_type_words: how many of the training data's type words get a vector.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")
     if max_length < 8:
         raise ValueError(f"max_length must be at least 8, got {max_length}")
+    for setting, value in (("shape_width", shape_width), ("mention_width", mention_width),
+                           ("mention_type_words", mention_type_words)):
+        if value < 0:
+            raise ValueError(f"{setting} must be >= 0, got {value}")
     torch_layer = PyTorchWrapper_v3(
         None,
         convert_inputs=_convert_inputs,
@@ -76,10 +88,32 @@ def build_ita_tagger(
             "dropout": dropout,
             "max_length": max_length,
             "window_overlap": window_overlap,
+            "shape_width": shape_width,
+            "mention_width": mention_width,
+            "mention_type_words": mention_type_words,
             "tokenizer_config": dict(tokenizer_config),
             "transformer_config": dict(transformer_config),
             "allowed_moves": None,
         },
+    )
+
+
+@registry.architectures("spacy-ita.ItaTagger.v1")
+def build_ita_tagger_v1(
+    name: str,
+    pooling: str = "first",
+    dropout: float = 0.1,
+    max_length: int = 512,
+    window_overlap: int = 128,
+    tokenizer_config: Dict = {},
+    transformer_config: Dict = {},
+    nO: Optional[int] = None,
+) -> Model[List[TaggerInput], List[Floats2d]]:
+    """The encoder's vectors alone, without v2's token features: the
+    architecture of pipelines trained before them, which load unchanged."""
+    return build_ita_tagger(
+        name, pooling, dropout, max_length, window_overlap, shape_width=0, mention_width=0,
+        tokenizer_config=tokenizer_config, transformer_config=transformer_config, nO=nO,
     )
 
 
@@ -102,8 +136,10 @@ def n_scored_tags(model: Model) -> int:
     return get_module(model).emission.out_features
 
 
-def _init(model: Model, X=None, Y=None) -> None:
-    """Load the pretrained encoder (from the hub or a local path) and size the head."""
+def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
+    """Load the pretrained encoder (from the hub or a local path) and size the
+    head; the mentions' type words in X (the training inputs) make the vocabulary
+    of the mention vectors."""
     if model.get_dim("nO") is None:
         raise ValueError("ItaTagger needs nO (the number of tags) before initialisation")
     hf = huggingface_from_pretrained(
@@ -114,12 +150,19 @@ def _init(model: Model, X=None, Y=None) -> None:
     if not hf.tokenizer.is_fast:
         raise ValueError(f"ita_ner needs a fast tokenizer; {model.attrs['name']} has none")
     moves = model.attrs["allowed_moves"]
+    shape_width, mention_width = model.attrs["shape_width"], model.attrs["mention_width"]
+    features = None
+    if shape_width or mention_width:
+        mentions = (mention for item in X or [] for mention in item.mentions)
+        vocabulary = build_type_vocabulary(mentions, model.attrs["mention_type_words"])
+        features = TokenFeatureEmbedding(shape_width, mention_width, vocabulary)
     module = ItaTaggerModule(
         hf.transformer,
         hf.tokenizer,
         model.get_dim("nO"),
         model.attrs["dropout"],
         None if moves is None else tuple(torch.tensor(m) for m in moves),
+        features,
     )
     model.layers[0].shims[0]._model = module.to(get_torch_default_device())
 
@@ -127,7 +170,7 @@ def _init(model: Model, X=None, Y=None) -> None:
 def _forward(model: Model, inputs: List[TaggerInput], is_train: bool):
     torch_layer = model.layers[0]
     module = get_module(model)
-    lengths = [len(doc) for doc, _ in inputs]
+    lengths = [len(item.doc) for item in inputs]
     n_tags = module.emission.out_features
     if sum(lengths) == 0:
         empty = [model.ops.alloc2f(0, n_tags) for _ in inputs]
@@ -140,6 +183,12 @@ def _forward(model: Model, inputs: List[TaggerInput], is_train: bool):
         model.attrs["pooling"],
         module.emission.weight.device,
     )
+    if module.features is not None:
+        batch.features = featurize(
+            [(item.doc, item.mentions) for item in inputs],
+            module.features.vocabulary,
+            module.emission.weight.device,
+        )
     flat_scores, backprop_flat = torch_layer(batch, is_train)
     scores = model.ops.unflatten(flat_scores, model.ops.asarray1i(lengths))
 

@@ -1,4 +1,5 @@
-"""The PyTorch side of the tagger: encoder -> token pooling -> emissions, plus the CRF.
+"""The PyTorch side of the tagger: encoder -> token pooling (+ token features) ->
+emissions, plus the CRF.
 
 The module also carries the Hugging Face tokenizer (a plain attribute, not a
 parameter) so that one object holds everything needed to serialise and rebuild
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .crf import LinearChainCRF
 from .encoder_inputs import EncoderBatch
+from .token_features import TokenFeatureEmbedding
 
 
 class ItaTaggerModule(nn.Module):
@@ -28,12 +30,15 @@ class ItaTaggerModule(nn.Module):
         n_tags: int,
         dropout: float,
         allowed_moves: Optional[tuple] = None,
+        features: Optional[TokenFeatureEmbedding] = None,
     ):
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.dropout = nn.Dropout(dropout)
-        self.emission = nn.Linear(encoder.config.hidden_size, n_tags)
+        self.features = features
+        width = encoder.config.hidden_size + (features.width if features is not None else 0)
+        self.emission = nn.Linear(width, n_tags)
         self.crf = LinearChainCRF(n_tags, *(allowed_moves or ()))
 
     def forward(self, batch: EncoderBatch) -> torch.Tensor:
@@ -55,11 +60,14 @@ class ItaTaggerModule(nn.Module):
         tokens = tokens.index_add(
             0, batch.pool_target, flat[batch.pool_source] * batch.pool_weight[:, None]
         )
+        if self.features is not None:
+            tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
 
 
 def serialize_module(module: ItaTaggerModule) -> bytes:
-    """Encoder config, tokenizer files and all weights, in one msgpack blob."""
+    """Encoder config, tokenizer files, token-feature settings and all weights,
+    in one msgpack blob."""
     with tempfile.TemporaryDirectory() as tmp:
         module.tokenizer.save_pretrained(tmp)
         tokenizer_files = {
@@ -72,6 +80,11 @@ def serialize_module(module: ItaTaggerModule) -> bytes:
             "encoder_config": module.encoder.config.to_dict(),
             "tokenizer": tokenizer_files,
             "n_tags": module.emission.out_features,
+            "features": None if module.features is None else {
+                "shape_width": module.features.shape_width,
+                "mention_width": module.features.mention_width,
+                "vocabulary": module.features.vocabulary,
+            },
             "state": weights.getvalue(),
         }
     )
@@ -90,6 +103,7 @@ def deserialize_module(
         encoder_config = msg["encoder_config"]
         tokenizer_files = msg["tokenizer"]
         n_tags = msg["n_tags"]
+        features = msg.get("features")  # absent in models saved before token features
         state_bytes = msg["state"]
     except Exception as err:
         raise ValueError(
@@ -102,7 +116,10 @@ def deserialize_module(
         for name, content in tokenizer_files.items():
             (Path(tmp) / name).write_bytes(content)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
-    module = ItaTaggerModule(AutoModel.from_config(config), tokenizer, n_tags, dropout)
+    module = ItaTaggerModule(
+        AutoModel.from_config(config), tokenizer, n_tags, dropout,
+        features=None if features is None else TokenFeatureEmbedding(**features),
+    )
     try:
         state = torch.load(BytesIO(state_bytes), map_location=device, weights_only=True)
         module.load_state_dict(state)

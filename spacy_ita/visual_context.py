@@ -1,4 +1,5 @@
-"""The visual context of a post: the image turned into text (ITA's alignment).
+"""The visual context of a post: the image turned into text (ITA's alignment),
+plus knowledge about the post from a language model or any other source.
 
 `VisualContext` is what the `ita_context` component writes and what `ita_ner`
 reads. Importing `spacy_ita` registers it with srsly's msgpack hooks, so
@@ -12,8 +13,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import srsly
 from spacy.tokens import Doc
 
-FIELDS = ("captions", "object_tags", "ocr_text")
-DEFAULT_ORDER = FIELDS
+FIELDS = ("captions", "object_tags", "ocr_text", "knowledge")
+# ita_ner's default: knowledge first, since a context too long for the encoder is cut at its end.
+DEFAULT_ORDER = ("knowledge", "captions", "object_tags", "ocr_text")
 _MSGPACK_KEY = "__spacy_ita_visual_context__"
 # Half of a UTF-16 pair (a cut emoji in a JSON file): not text, and the
 # tokenizers cannot encode it.
@@ -22,11 +24,14 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 @dataclass
 class VisualContext:
-    """Text describing a post's image: object tags, captions and OCR lines."""
+    """Text describing a post's image (object tags, captions, OCR lines) and
+    knowledge about the post (for example a language model's list of the
+    entities it mentions, see `spacy_ita.knowledge`)."""
 
     object_tags: List[str] = field(default_factory=list)
     captions: List[str] = field(default_factory=list)
     ocr_text: List[str] = field(default_factory=list)
+    knowledge: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -69,7 +74,8 @@ class VisualContext:
     ) -> str:
         """Join the context into the string appended to the sentence.
 
-        order names the fields to include (default: captions, object tags, OCR);
+        order names the fields to include (default: knowledge, captions, object
+        tags, OCR);
         items within a field are joined by item_separator, fields by
         field_separator. Empty items and fields are skipped.
         """
@@ -144,6 +150,6 @@ def install_extensions() -> None:
     """Register the Doc extensions and msgpack hooks (idempotent)."""
     srsly.msgpack_encoders.register("spacy_ita_visual_context", func=encode_visual_context)
     srsly.msgpack_decoders.register("spacy_ita_visual_context", func=decode_visual_context)
-    for name in ("image", "image_id", "visual_context", "image_error"):
+    for name in ("image", "image_id", "visual_context", "image_error", "knowledge_error"):
         if not Doc.has_extension(name):
             Doc.set_extension(name, default=None)

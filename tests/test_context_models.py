@@ -175,7 +175,7 @@ def test_default_pipeline_turns_posts_into_contexts_offline(easyocr_extractor, t
 def test_hf_extractors_in_the_component_config(tiny_detector, tiny_captioner, photos):
     nlp = spacy.blank("en")
     nlp.add_pipe("ita_context", config={
-        "ocr": None,
+        "ocr_text": None,
         "object_tags": {"@spacy_ita_extractors": "spacy-ita.hf_object_detection.v1",
                         "model": tiny_detector, "threshold": 0.0},
         "captions": {"@spacy_ita_extractors": "spacy-ita.hf_captioner.v1",

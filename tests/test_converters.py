@@ -265,7 +265,7 @@ def run_cli(*args):
 def test_cli_help():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    for option in ("--captions", "--lang", "--n-sents", "INPUT"):
+    for option in ("--captions", "--knowledge", "--lang", "--n-sents", "INPUT"):
         assert option in result.stdout
 
 
@@ -274,10 +274,24 @@ def test_cli_converts(tmp_path, vocab):
     result = run_cli(write(tmp_path, SAMPLE), tmp_path / "out", "--captions", captions)
     assert result.returncode == 0, result.stderr
     assert "2 docs with 4 entities" in result.stdout
-    assert "2 of 2 docs have a caption" in result.stdout
+    assert "2 of 2 docs have a context" in result.stdout
     docs = list(DocBin().from_disk(tmp_path / "out" / "in.spacy").get_docs(vocab))
     assert summary(docs) == summary(read_mner(tmp_path / "in.txt", nlp_or_vocab=vocab))
     assert docs[1]._.visual_context == VisualContext(captions=["a speech"])
+
+
+def test_cli_adds_knowledge_beside_captions(tmp_path, vocab):
+    captions = write(tmp_path, "1.jpg :a street\n", "c.txt")
+    knowledge = write(tmp_path, "2.jpg :Named entities: 1. Obama (person)\n", "k.txt")
+    result = run_cli(write(tmp_path, SAMPLE), tmp_path / "out.spacy", "--captions", captions,
+                     "--knowledge", knowledge)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 docs have a context" in result.stdout
+    docs = list(DocBin().from_disk(tmp_path / "out.spacy").get_docs(vocab))
+    assert [doc._.visual_context for doc in docs] == [
+        VisualContext(captions=["a street"]),
+        VisualContext(knowledge=["Named entities: 1. Obama (person)"]),
+    ]
 
 
 def test_cli_groups_plain_conll_posts(tmp_path, vocab):
@@ -322,4 +336,4 @@ def test_twitter2015_valid(tmp_path):
     result = run_cli(valid, tmp_path, "--captions", TWITTER2015 / "blip2_captions.txt")
     assert result.returncode == 0, result.stderr
     assert "Wrote 1000 docs with 1594 entities" in result.stdout
-    assert "999 of 1000 docs have a caption (1 more an empty one)" in result.stdout
+    assert "999 of 1000 docs have a context (1 more an empty one)" in result.stdout

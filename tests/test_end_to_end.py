@@ -14,7 +14,7 @@ def nlp(tiny_encoder, tmp_path_factory):
     from PIL import Image
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("ita_context", config={"ocr": None})
+    nlp.add_pipe("ita_context", config={"ocr_text": None})
     nlp.add_pipe("ita_ner", config={"model": {"@architectures": "spacy-ita.ItaTagger.v1", "name": tiny_encoder}})
     nlp.get_pipe("ita_ner").initialize(lambda: [], nlp=nlp, labels=["PER", "ORG", "LOC"])
     path = tmp_path_factory.mktemp("images") / "chelsea.png"
@@ -31,7 +31,7 @@ def record_contexts(nlp, monkeypatch):
 
     def inference_inputs(docs):
         inputs = original(docs)
-        seen.extend(context for _, context in inputs)
+        seen.extend(item.context for item in inputs)
         return inputs
 
     monkeypatch.setattr(ner, "_inference_inputs", inference_inputs)

@@ -12,8 +12,7 @@ from spacy.training import Example
 from thinc.api import SGD, Adam, fix_random_seed
 
 from spacy_ita import VisualContext
-from spacy_ita.losses import ViewScores
-from spacy_ita.encoder_inputs import encode
+from spacy_ita.encoder_inputs import TaggerInput, encode
 from spacy_ita.ita_tagger import get_module, sequence_limit
 
 # (text, entities, caption or None): the caption tells whether "Phoenix" is a
@@ -104,7 +103,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
     ner = nlp.get_pipe("ita_ner")
     docs = fresh_docs(examples)
     inputs = ner._inference_inputs(docs)
-    assert [context is not None for _, context in inputs] == [
+    assert [item.context is not None for item in inputs] == [
         caption is not None for _, _, caption in POSTS
     ]
     module = get_module(ner.model)
@@ -112,7 +111,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
     assert n_sequences(batch) == len(docs)  # one encoder pass per doc
     ner.view = "text"
     try:
-        assert all(context is None for _, context in ner._inference_inputs(docs))
+        assert all(item.context is None for item in ner._inference_inputs(docs))
     finally:
         ner.view = "auto"
 
@@ -144,7 +143,7 @@ def test_long_sentence_is_windowed_and_fully_tagged(trained_tiny):
     module = get_module(ner.model)
     limit = sequence_limit(module, 512)
     assert limit == 64  # the tiny encoder's position limit
-    batch = encode(module.tokenizer, [(doc, "basketball " * 200)], limit, 16, "first", "cpu")
+    batch = encode(module.tokenizer, [TaggerInput(doc, "basketball " * 200)], limit, 16, "first", "cpu")
     assert max(ids.shape[1] for ids in batch.input_ids) <= limit
     assert n_sequences(batch) > 1  # windows; the context was dropped first
     assert set(batch.pool_target.tolist()) == set(range(len(doc)))
@@ -157,7 +156,7 @@ def test_context_is_cut_before_the_sentence(trained_tiny):
     nlp, _ = trained_tiny
     module = get_module(nlp.get_pipe("ita_ner").model)
     doc = nlp.make_doc("Phoenix beat Denver tonight")
-    batch = encode(module.tokenizer, [(doc, "word " * 500)], 64, 16, "first", "cpu")
+    batch = encode(module.tokenizer, [TaggerInput(doc, "word " * 500)], 64, 16, "first", "cpu")
     assert [ids.shape for ids in batch.input_ids] == [(1, 64)]
     assert set(batch.pool_target.tolist()) == set(range(len(doc)))
 
@@ -166,8 +165,8 @@ def test_mean_pooling_uses_every_subword(trained_tiny):
     nlp, _ = trained_tiny
     module = get_module(nlp.get_pipe("ita_ner").model)
     doc = nlp.make_doc("unbelievably tokenisation")
-    first = encode(module.tokenizer, [(doc, None)], 64, 16, "first", "cpu")
-    mean = encode(module.tokenizer, [(doc, None)], 64, 16, "mean", "cpu")
+    first = encode(module.tokenizer, [TaggerInput(doc)], 64, 16, "first", "cpu")
+    mean = encode(module.tokenizer, [TaggerInput(doc)], 64, 16, "mean", "cpu")
     assert len(mean.pool_source) > len(first.pool_source) == len(doc)
     totals = [0.0] * len(doc)
     for target, weight in zip(mean.pool_target.tolist(), mean.pool_weight.tolist()):
@@ -194,7 +193,6 @@ def test_saved_pipeline_loads_in_a_fresh_offline_process(trained_tiny, tmp_path)
     script = """
 import json, sys, spacy
 from spacy_ita import VisualContext
-from spacy_ita.losses import ViewScores
 nlp = spacy.load(sys.argv[1])
 docs = []
 for text, caption in json.loads(sys.argv[2]):
@@ -219,7 +217,7 @@ def test_text_only_baseline_ignores_context(tiny_encoder):
     examples = make_examples(nlp)
     train(nlp, examples, 2)
     ner = nlp.get_pipe("ita_ner")
-    assert all(context is None for _, context in ner._inference_inputs(fresh_docs(examples)))
+    assert all(item.context is None for item in ner._inference_inputs(fresh_docs(examples)))
 
 
 def test_cross_view_only_training_runs(tiny_encoder):
@@ -341,12 +339,11 @@ def test_get_loss_has_no_side_effects(trained_tiny):
     ner = nlp.get_pipe("ita_ner")
     module = get_module(ner.model)
     docs = [eg.predicted for eg in examples]
-    contexts, text_rows, cross_rows = ner._training_views(docs)
-    inputs = [(docs[i], None) for i in text_rows] + [(docs[i], contexts[i]) for i in cross_rows]
-    scores = ner.model.predict(inputs)
+    inputs, views = ner._training_views(docs)
+    views.scores = ner.model.predict(inputs)
     module.zero_grad(set_to_none=True)
-    first = ner.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
-    second = ner.get_loss(examples, ViewScores(text_rows, cross_rows, scores))
+    first = ner.get_loss(examples, views)
+    second = ner.get_loss(examples, views)
     assert all(parameter.grad is None for parameter in module.parameters())
     assert first[0] == second[0] > 0
     assert set(first[1].d_crf) == {"transitions", "start", "end"}

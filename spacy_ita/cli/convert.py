@@ -57,6 +57,12 @@ def convert_cli(
         help="Captions file with '<id>.jpg :<caption>' lines; a post whose image has a "
         "caption gets it as Doc._.visual_context.captions.",
     ),
+    knowledge: Optional[Path] = typer.Option(
+        None, "--knowledge", "-k", exists=True, dir_okay=False, readable=True, metavar="FILE",
+        help="Knowledge file with '<id>.jpg :<text>' lines (e.g. a language model's "
+        "answers, as PGIM released them); a post whose image has one gets it as "
+        "Doc._.visual_context.knowledge.",
+    ),
     lang: str = typer.Option(
         "en", "--lang", "-l", metavar="LANG", help="Language code of the blank vocab."
     ),
@@ -75,9 +81,9 @@ def convert_cli(
     output_path = output if output.suffix == ".spacy" else output / f"{input_path.stem}.spacy"
     doc_bin = DocBin(store_user_data=True)
     labels: Counter = Counter()
-    n_docs = n_captioned = n_empty = 0
+    n_docs = n_with_context = n_empty = 0
     try:
-        docs = read_mner(input_path, captions, lang=lang)
+        docs = read_mner(input_path, captions, lang=lang, knowledge_path=knowledge)
         if n_sents > 1:
             docs = group_posts(docs, n_sents)
         for doc in docs:
@@ -87,7 +93,7 @@ def convert_cli(
             if context is not None and context.is_empty():
                 n_empty += 1
             elif context is not None:
-                n_captioned += 1
+                n_with_context += 1
             labels.update(ent.label_ for ent in doc.ents)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         replace_file(output_path, doc_bin.to_bytes())
@@ -97,6 +103,6 @@ def convert_cli(
     typer.echo(f"Wrote {n_docs} docs with {sum(labels.values())} entities to {output_path}")
     for label, count in sorted(labels.items(), key=lambda item: (-item[1], item[0])):
         typer.echo(f"  {label}\t{count}")
-    if captions is not None:
+    if captions is not None or knowledge is not None:
         empty = f" ({n_empty} more an empty one)" if n_empty else ""
-        typer.echo(f"{n_captioned} of {n_docs} docs have a caption{empty}")
+        typer.echo(f"{n_with_context} of {n_docs} docs have a context{empty}")

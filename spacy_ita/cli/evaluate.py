@@ -4,6 +4,7 @@ spaCy's own `spacy evaluate` scores one configuration and reads the data with
 the stock reader, which drops the visual context. This command keeps the
 context and scores each requested `ita_ner` view on the same posts.
 """
+import random
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -56,6 +57,20 @@ def evaluate_views(
     return results
 
 
+def shuffle_contexts(examples: List[Example], seed: int = 0) -> List[Example]:
+    """The examples with each post given another post's visual context (a random
+    derangement), to measure what a wrong context costs the cross-modal view."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    donor = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    shuffled = []
+    for i, eg in enumerate(examples):
+        doc = eg.predicted.copy()
+        doc._.visual_context = examples[donor[i]].predicted._.visual_context
+        shuffled.append(Example(doc, eg.reference))
+    return shuffled
+
+
 @app.command("evaluate")
 def evaluate_cli(
     model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package"),
@@ -65,6 +80,10 @@ def evaluate_cli(
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU"),
     component: str = typer.Option("ita_ner", "--component", help="Name of the ita_ner component"),
+    shuffled: bool = typer.Option(
+        False, "--shuffled-contexts",
+        help="Also score the cross-modal view with every post given another post's "
+        "context: what a wrong context costs"),
 ) -> None:
     """Score a pipeline on gold data once per inference view (cross-modal, text-only)."""
     view_list = [view.strip() for view in views.split(",") if view.strip()]
@@ -76,12 +95,17 @@ def evaluate_cli(
     nlp = spacy.load(model)
     examples = list(MultimodalCorpus(data)(nlp))
     results = evaluate_views(nlp, examples, view_list, batch_size, component)
-    rows = [
-        (view, f"{r['ents_p']:.2%}", f"{r['ents_r']:.2%}", f"{r['ents_f']:.2%}", f"{r['words_per_second']:.0f}")
-        for view, r in results.items()
-    ]
-    msg.table(rows, header=("view", "P", "R", "F", "words/s"), divider=True)
+    metrics = {"model": model, "data": str(data), "views": results}
+    rows = [(view, r) for view, r in results.items()]
+    if shuffled:
+        metrics["shuffled_contexts"] = evaluate_views(
+            nlp, shuffle_contexts(examples), ["cross"], batch_size, component)
+        rows.append(("cross, shuffled contexts", metrics["shuffled_contexts"]["cross"]))
+    msg.table(
+        [(view, f"{r['ents_p']:.2%}", f"{r['ents_r']:.2%}", f"{r['ents_f']:.2%}",
+          f"{r['words_per_second']:.0f}") for view, r in rows],
+        header=("view", "P", "R", "F", "words/s"), divider=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        replace_json(output, {"model": model, "data": str(data), "views": results})
+        replace_json(output, metrics)
         msg.good(f"Saved metrics to {output}")

@@ -55,11 +55,11 @@ def build_extraction_nlp(
                               "existing_context": existing_context}
     device = "cuda" if gpu else "cpu"
     if ocr == OCREngine.easyocr:
-        config["ocr"] = {"@spacy_ita_extractors": "spacy-ita.easyocr.v1", "gpu": gpu}
+        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.easyocr.v1", "gpu": gpu}
     elif ocr == OCREngine.tesseract:
-        config["ocr"] = {"@spacy_ita_extractors": "spacy-ita.tesseract.v1"}
+        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.tesseract.v1"}
     else:
-        config["ocr"] = None
+        config["ocr_text"] = None
     if detector:
         config["object_tags"] = {"@spacy_ita_extractors": "spacy-ita.hf_object_detection.v1",
                                  "model": detector, "device": device}

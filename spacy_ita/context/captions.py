@@ -96,7 +96,9 @@ def _parse_jsonl(lines: NumberedLines, path: str) -> List[Tuple[str, PartialCont
     return entries
 
 
-def _parse_caption_lines(lines: NumberedLines, path: str) -> List[Tuple[str, PartialContext]]:
+def _parse_caption_lines(
+    lines: NumberedLines, path: str, line_field: str
+) -> List[Tuple[str, PartialContext]]:
     entries = []
     for number, line in lines:
         if not line.strip():
@@ -105,17 +107,19 @@ def _parse_caption_lines(lines: NumberedLines, path: str) -> List[Tuple[str, Par
         if match is None:
             raise ValueError(f"{path}:{number}: expected '<image> :<caption>', "
                              f"got {line.strip()[:80]!r}")
-        entries.append((match.group(1), {"captions": [match.group(2).strip()]}))
+        entries.append((match.group(1), {line_field: [match.group(2).strip()]}))
     return entries
 
 
 @lru_cache(maxsize=8)
-def load_precomputed(path: str, modified_ns: int) -> Dict[str, PartialContext]:
-    """Index a precomputed file by every name of its images (reloaded when it changes)."""
+def load_precomputed(path: str, modified_ns: int, line_field: str) -> Dict[str, PartialContext]:
+    """Index a precomputed file by every name of its images (reloaded when it
+    changes); `<image> :<text>` lines fill `line_field`."""
     lines = [(number, line.rstrip("\r\n")) for number, line in numbered_lines(Path(path))]
     first = next((line.strip() for _, line in lines if line.strip()), "")
     is_jsonl = path.endswith((".jsonl", ".json")) or first.startswith("{")
-    entries = _parse_jsonl(lines, path) if is_jsonl else _parse_caption_lines(lines, path)
+    entries = (_parse_jsonl(lines, path) if is_jsonl
+               else _parse_caption_lines(lines, path, line_field))
     merged: Dict[str, PartialContext] = {}
     for image, context in entries:
         target = merged.setdefault(image, {})
@@ -135,8 +139,8 @@ class PrecomputedContexts(Extractor):
     needs_pixels = False
     cacheable = False
 
-    def __init__(self, path: str, fields: List[str]):
-        unknown = [name for name in fields if name not in FIELDS]
+    def __init__(self, path: str, fields: List[str], line_field: str):
+        unknown = [name for name in [*fields, line_field] if name not in FIELDS]
         if unknown:
             raise ValueError(f"Unknown field(s) {unknown} for precomputed contexts; "
                              f"expected some of {FIELDS}")
@@ -144,12 +148,13 @@ class PrecomputedContexts(Extractor):
             raise FileNotFoundError(f"Precomputed context file not found: {path}")
         self.path = os.path.abspath(path)
         self.fields = list(fields)
+        self.line_field = line_field
 
     def settings(self) -> Dict[str, Any]:
-        return {"path": self.path, "fields": self.fields}
+        return {"path": self.path, "fields": self.fields, "line_field": self.line_field}
 
     def load(self) -> Dict[str, PartialContext]:
-        return load_precomputed(self.path, os.stat(self.path).st_mtime_ns)
+        return load_precomputed(self.path, os.stat(self.path).st_mtime_ns, self.line_field)
 
     def lookup(self, record: ImageRecord) -> PartialContext:
         index = self.load()
@@ -167,10 +172,12 @@ class PrecomputedContexts(Extractor):
 @extractors.register("spacy-ita.precomputed.v1")
 def make_precomputed(
     path: str,
-    fields: List[str] = ["captions", "object_tags", "ocr_text"],
+    fields: List[str] = list(FIELDS),
+    line_field: str = "captions",
 ) -> PrecomputedContexts:
-    """Contexts read from a file: lines '<image> :<caption>' (one caption per
-    line, repeated images add captions) or JSONL objects
-    {"image": ..., "captions": [...], "object_tags": [...], "ocr_text": [...]}.
-    Images are matched by id, file name or file name without extension."""
-    return PrecomputedContexts(path, fields)
+    """Contexts read from a file: lines '<image> :<text>' (filling `line_field`,
+    captions by default; repeated images add texts) or JSONL objects
+    {"image": ..., "captions": [...], "object_tags": [...], "ocr_text": [...],
+    "knowledge": [...]}. Only `fields` are taken. Images are matched by id,
+    file name or file name without extension."""
+    return PrecomputedContexts(path, fields, line_field)

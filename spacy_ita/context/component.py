@@ -2,10 +2,14 @@
 
 Each doc's image is read and hashed once, looked up in the optional persistent
 cache, decoded (hardened, see `images.py`) only when some extractor still has
-to run, and passed in batches to the configured extractors. A bad image gives
-that doc an empty context and a readable `Doc._.image_error`; the other docs
-of the batch are processed normally.
+to run, and passed in batches to the configured extractors, one slot per
+context field. The `knowledge` slot runs last and sees the post's text and
+what the image slots found. A bad image gives that doc an empty context and a
+readable `Doc._.image_error`, failed knowledge an empty `knowledge` field and
+`Doc._.knowledge_error`; the other docs of the batch are processed normally.
 """
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,16 +24,19 @@ from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401  (
 from .cache import ContextCache
 from .images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                      ImageSource, decode_image, read_image_source)
-from .registry import Extractor, ImageRecord, PartialContext
+from .registry import Extractor, ExtractorFailure, ImageRecord, PartialContext
 
 ON_ERROR_CHOICES = ("warn", "raise", "ignore")
 EXISTING_CONTEXT_CHOICES = ("keep", "merge", "replace")
-SLOTS = ("object_tags", "captions", "ocr")
+# The extractor slots in the order they run, each named after the field it fills.
+SLOTS = ("object_tags", "captions", "ocr_text", "knowledge")
+KNOWLEDGE = "knowledge"
 
 DEFAULT_CONFIG = {
     "object_tags": {"@spacy_ita_extractors": "spacy-ita.efficientnet_tags.v1"},
     "captions": None,
-    "ocr": {"@spacy_ita_extractors": "spacy-ita.easyocr.v1"},
+    "ocr_text": {"@spacy_ita_extractors": "spacy-ita.easyocr.v1"},
+    "knowledge": None,
     "cache_path": None,
     "on_error": "warn",
     "max_pixels": DEFAULT_MAX_PIXELS,
@@ -47,16 +54,26 @@ class _Post:
     doc: Doc
     record: ImageRecord
     source: Optional[ImageSource] = None
-    error: Optional[str] = None
+    error: Optional[str] = None  # about the image and the slots that read it
+    knowledge_error: Optional[str] = None
+    knowledge_key: Optional[str] = None  # what the knowledge answer is cached under
     parts: Dict[str, PartialContext] = field(default_factory=dict)
 
-    def fail(self, message: str) -> None:
-        self.error = message if self.error is None else f"{self.error}; {message}"
+    def fail(self, message: str, slot: Optional[str] = None) -> None:
+        if slot == KNOWLEDGE:
+            self.knowledge_error = _join_errors(self.knowledge_error, message)
+        else:
+            self.error = _join_errors(self.error, message)
+
+
+def _join_errors(previous: Optional[str], message: str) -> str:
+    return message if previous is None else f"{previous}; {message}"
 
 
 class ItaContext:
-    """Fills `Doc._.visual_context` from `Doc._.image` with object tags,
-    captions and OCR text from the configured extractors."""
+    """Fills `Doc._.visual_context` from `Doc._.image` (and the post's text)
+    with object tags, captions, OCR text and knowledge from the configured
+    extractors."""
 
     def __init__(
         self,
@@ -64,7 +81,8 @@ class ItaContext:
         *,
         object_tags: Optional[Extractor],
         captions: Optional[Extractor],
-        ocr: Optional[Extractor],
+        ocr_text: Optional[Extractor],
+        knowledge: Optional[Extractor],
         cache_path: Optional[str],
         on_error: str,
         max_pixels: int,
@@ -81,7 +99,8 @@ class ItaContext:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
-        slots = {"object_tags": object_tags, "captions": captions, "ocr": ocr}
+        slots = {"object_tags": object_tags, "captions": captions, "ocr_text": ocr_text,
+                 "knowledge": knowledge}
         self.extractors: Dict[str, Extractor] = {
             slot: extractor for slot, extractor in slots.items() if extractor is not None
         }
@@ -95,7 +114,9 @@ class ItaContext:
 
     @property
     def pixel_extractors(self) -> Dict[str, Extractor]:
-        return {slot: e for slot, e in self.extractors.items() if e.needs_pixels}
+        """The extractors that read the image: every image slot, and a knowledge
+        extractor that sends the image along with the text."""
+        return {slot: e for slot, e in self.extractors.items() if e.reads_pixels}
 
     def cache_key(self, extractor: Extractor) -> str:
         return f"{extractor.cache_key} max_side={self.max_side}"
@@ -118,6 +139,8 @@ class ItaContext:
             return
         self._read_and_decode(posts)
         for slot, extractor in self.extractors.items():
+            if slot == KNOWLEDGE:
+                self._prepare_knowledge(extractor, posts)
             todo = [post for post in posts if slot not in post.parts and
                     (post.record.image is not None or not extractor.needs_pixels)]
             self._run(slot, extractor, todo)
@@ -125,14 +148,42 @@ class ItaContext:
             post.record.image = None
             post.doc._.visual_context = self._merge(post.doc, post.parts)
             post.doc._.image_error = post.error
-            if post.error is not None:
+            post.doc._.knowledge_error = post.knowledge_error
+            if post.error is not None or post.knowledge_error is not None:
                 self._report(post)
 
     def _wants(self, doc: Doc) -> bool:
         if doc._.visual_context is not None and self.existing_context == "keep":
             return False
+        if KNOWLEDGE in self.extractors:  # knowledge needs no more than the text
+            return True
         has_lookup = any(not e.needs_pixels for e in self.extractors.values())
         return doc._.image is not None or (has_lookup and doc._.image_id is not None)
+
+    def _prepare_knowledge(self, extractor: Extractor, posts: List[_Post]) -> None:
+        """Give the knowledge extractor each post's text and the context found so
+        far, and take the answers the cache already has for exactly those (and,
+        when the extractor reads it, the same image)."""
+        for post in posts:
+            found = self._merge(post.doc, post.parts).to_dict()
+            found.pop(KNOWLEDGE)
+            post.record.text = post.doc.text
+            post.record.context = found
+            image = post.source.content_hash if post.source and extractor.reads_pixels else None
+            key = json.dumps([image, post.record.text, found], sort_keys=True, ensure_ascii=False)
+            post.knowledge_key = hashlib.sha256(key.encode("utf-8")).hexdigest()
+            if self.cache is not None:
+                cached = self.cache.get(post.knowledge_key, self.cache_key(extractor))
+                if cached is not None:
+                    post.parts[KNOWLEDGE] = cached
+
+    @staticmethod
+    def _cache_id(slot: str, post: _Post) -> Optional[str]:
+        """What a slot's cached output is filed under: the image's content hash,
+        or for knowledge the hash of the image, text and context it saw."""
+        if slot == KNOWLEDGE:
+            return post.knowledge_key
+        return None if post.source is None else post.source.content_hash
 
     def _post(self, doc: Doc) -> _Post:
         image, image_id = doc._.image, doc._.image_id
@@ -165,7 +216,8 @@ class ItaContext:
 
     def _run(self, slot: str, extractor: Extractor, posts: List[_Post]) -> None:
         """Run one extractor over a batch; if the batch fails, retry image by
-        image so that one failing image only costs its own context. Loading the
+        image so that one failing image only costs its own context, and an
+        ExtractorFailure in the output costs only its post's. Loading the
         model stays outside that net: a broken setup fails loudly."""
         if not posts:
             return
@@ -179,14 +231,18 @@ class ItaContext:
                 for post in posts:
                     self._run(slot, extractor, [post])
             else:
-                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}")
+                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot)
             return
         self._check_outputs(extractor, outputs, len(posts))
         rows = []
         for post, output in zip(posts, outputs):
+            if isinstance(output, ExtractorFailure):
+                post.fail(f"{extractor.name} failed: {output.reason}", slot)
+                continue
             post.parts[slot] = output
-            if self.cache is not None and extractor.cacheable and post.source is not None:
-                rows.append((post.source.content_hash, self.cache_key(extractor), output))
+            cache_id = self._cache_id(slot, post)
+            if self.cache is not None and extractor.cacheable and cache_id is not None:
+                rows.append((cache_id, self.cache_key(extractor), output))
         if self.cache is not None:
             self.cache.put_many(rows)
 
@@ -195,6 +251,8 @@ class ItaContext:
         if len(outputs) != n:
             raise ValueError(f"{extractor.name} returned {len(outputs)} contexts for {n} images")
         for output in outputs:
+            if isinstance(output, ExtractorFailure):
+                continue
             unknown = set(output) - set(FIELDS)
             if unknown:
                 raise ValueError(f"{extractor.name} returned unknown field(s) "
@@ -217,20 +275,31 @@ class ItaContext:
         where = f"doc {post.doc.text[:40]!r}"
         if post.record.image_id is not None:
             where += f" (image_id {post.record.image_id!r})"
-        message = f"{self.name}: no visual context from the image of {where}: {post.error}"
+        problems = []
+        if post.error is not None:
+            problems.append(f"no visual context from the image of {where}: {post.error}")
+        if post.knowledge_error is not None:
+            problems.append(f"no knowledge for {where}: {post.knowledge_error}")
+        message = f"{self.name}: " + "; ".join(problems)
         if self.on_error == "raise":
-            raise ImageError(message)
+            raise (ImageError if post.error is not None else RuntimeError)(message)
         if self.on_error == "warn":
             warnings.warn(message, stacklevel=3)
 
 
-@Language.factory("ita_context", default_config=DEFAULT_CONFIG)
+@Language.factory(
+    "ita_context",
+    default_config=DEFAULT_CONFIG,
+    assigns=["doc._.visual_context", "doc._.image_error", "doc._.knowledge_error"],
+    requires=["doc._.image"],
+)
 def make_ita_context(
     nlp: Language,
     name: str,
     object_tags: Optional[Extractor],
     captions: Optional[Extractor],
-    ocr: Optional[Extractor],
+    ocr_text: Optional[Extractor],
+    knowledge: Optional[Extractor],
     cache_path: Optional[str],
     on_error: str,
     max_pixels: int,
@@ -239,14 +308,17 @@ def make_ita_context(
     batch_size: int,
     existing_context: str,
 ) -> ItaContext:
-    """Create the `ita_context` component. Extractor slots set to null are off;
+    """Create the `ita_context` component. Each extractor slot fills the
+    context field of its name; slots set to null are off. `knowledge` runs last,
+    on every doc, with the post's text and the other slots' output;
     `cache_path` names an SQLite file that keeps contexts across runs;
     `on_error` is "warn", "raise" or "ignore" for unreadable images, including
-    files over `max_bytes` and images over `max_pixels`;
+    files over `max_bytes` and images over `max_pixels`, and failed knowledge;
     `existing_context` says what happens to a doc that already has a context:
     "keep" it untouched, "merge" the extracted text into it, or "replace" it."""
     return ItaContext(
-        name, object_tags=object_tags, captions=captions, ocr=ocr, cache_path=cache_path,
+        name, object_tags=object_tags, captions=captions, ocr_text=ocr_text,
+        knowledge=knowledge, cache_path=cache_path,
         on_error=on_error, max_pixels=max_pixels, max_side=max_side,
         max_bytes=max_bytes, batch_size=batch_size, existing_context=existing_context,
     )

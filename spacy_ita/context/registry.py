@@ -6,7 +6,7 @@ packages can add extractors without importing this one.
 """
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import catalogue
 from spacy.util import registry
@@ -23,11 +23,23 @@ PartialContext = Dict[str, List[str]]
 @dataclass
 class ImageRecord:
     """What an extractor sees of one post: the decoded RGB image (None when it
-    could not be read) plus the names a lookup table may use for it."""
+    could not be read or no extractor reads pixels) plus the names a lookup
+    table may use for it. The knowledge slot also gets the post's text and the
+    context the image slots found."""
 
     image: Any
     image_id: Optional[str] = None
     file_name: Optional[str] = None
+    text: Optional[str] = None
+    context: Optional[PartialContext] = None
+
+
+@dataclass
+class ExtractorFailure:
+    """An extractor's output for a post it could not handle (a failed call,
+    say): that post gets no context from it and the reason as its error."""
+
+    reason: str
 
 
 class Extractor:
@@ -39,8 +51,13 @@ class Extractor:
     """
 
     name = ""
-    needs_pixels = True
+    needs_pixels = True  # it cannot run on a post without a readable image
     cacheable = True
+
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether it uses the image when there is one (so it must be decoded)."""
+        return self.needs_pixels
 
     def settings(self) -> Dict[str, Any]:
         """The settings that change the output; part of the persistent cache key."""
@@ -54,7 +71,9 @@ class Extractor:
         """Load the model (or table) once per process and return it; called
         before the first batch so that a broken setup fails loudly."""
 
-    def __call__(self, records: List[ImageRecord]) -> List[PartialContext]:
+    def __call__(
+        self, records: List[ImageRecord]
+    ) -> List[Union[PartialContext, ExtractorFailure]]:
         raise NotImplementedError
 
 

@@ -176,7 +176,7 @@ def make_pixel_tags() -> PixelTags:
 def context_nlp(**config) -> spacy.Language:
     """A pipeline with only ita_context and the cheap extractor."""
     nlp = spacy.blank("en")
-    settings = {"ocr": None, "object_tags": {"@spacy_ita_extractors": "robustness.pixel_tags.v1"}}
+    settings = {"ocr_text": None, "object_tags": {"@spacy_ita_extractors": "robustness.pixel_tags.v1"}}
     settings.update(config)
     nlp.add_pipe("ita_context", config=settings)
     return nlp
@@ -233,7 +233,7 @@ def multimodal_pipeline(encoder: str, folder) -> spacy.Language:
     trained_pipeline(encoder).to_disk(trained_dir)
     nlp = spacy.load(trained_dir)
     nlp.add_pipe("ita_context", first=True, config={
-        "ocr": None, "object_tags": {"@spacy_ita_extractors": "robustness.pixel_tags.v1"},
+        "ocr_text": None, "object_tags": {"@spacy_ita_extractors": "robustness.pixel_tags.v1"},
         "existing_context": "merge", "batch_size": 8})
     nlp.to_disk(Path(folder) / "multimodal")
     return nlp

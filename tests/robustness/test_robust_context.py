@@ -11,7 +11,7 @@ import pytest
 
 from robust_helpers import check_tagged, trained_pipeline
 from spacy_ita import VisualContext
-from spacy_ita.encoder_inputs import encode, special_tokens
+from spacy_ita.encoder_inputs import TaggerInput, encode, special_tokens
 from spacy_ita.ita_tagger import get_module, sequence_limit
 
 
@@ -34,7 +34,7 @@ def test_context_is_cut_never_the_post(nlp, n_tokens, pooling):
     assert limit == 64
     doc = nlp.make_doc(" ".join(["a"] * n_tokens))  # "a" is one word piece
     context = "basketball court " * 5000
-    batch = encode(module.tokenizer, [(doc, context)], limit, 16, pooling, "cpu")
+    batch = encode(module.tokenizer, [TaggerInput(doc, context)], limit, 16, pooling, "cpu")
     widths = [ids.shape[1] for ids in batch.input_ids]
     assert max(widths) <= limit
     assert sorted(set(batch.pool_target.tolist())) == list(range(n_tokens))
@@ -76,7 +76,7 @@ def test_none_context_is_the_text_view(nlp):
     ner = nlp.get_pipe("ita_ner")
     doc = nlp.make_doc("Kobe visits Boston")
     doc._.visual_context = None
-    assert ner._inference_inputs([doc]) == [(doc, None)]
+    assert ner._inference_inputs([doc]) == [TaggerInput(doc)]
     check_tagged(nlp(doc), "Kobe visits Boston", ner.labels)
 
 

@@ -1,0 +1,123 @@
+"""Knowledge about a post as entity mentions: read a language model's answer,
+render it compactly, and find the mentions among the post's tokens.
+
+Answers come in many shapes. PGIM's released ChatGPT answers read
+`Named entities: 1. X (type) 2. Y (type) Reasoning: ...`; spacy-ita's own
+extractor writes `X (type) ; Y (type)`. Both parse to the same mentions; the
+reasoning is dropped, since a small encoder cannot pull entities out of long
+free text while it can use a short list of them.
+"""
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+_HEADER = re.compile(r"named\s+entit(?:y|ies)\s*:", re.IGNORECASE)
+_REASONING = re.compile(r"\breasoning\s*:", re.IGNORECASE)
+_TYPED_ITEM = re.compile(r"([^()]+?)\s*\(([^()]*)\)")
+_NUMBERING = re.compile(r"^\s*(?:\d+\s*[.)]|[-*•;,])\s*")
+_POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
+_NO_MENTION = {"", "none", "na", "n/a", "nil", "null"}
+# An untyped item longer than this is prose ("The sentence has no entities"), not a mention.
+MAX_UNTYPED_WORDS = 6
+# Longest mention, in tokens, looked for in a post.
+MAX_MENTION_TOKENS = 10
+
+
+@dataclass(frozen=True)
+class Mention:
+    """An entity the knowledge names, with its type as the source wrote it ("" if none)."""
+
+    text: str
+    type: str = ""
+
+
+def parse_mentions(text: str) -> List[Mention]:
+    """The mentions in one knowledge text, in order, without repeats.
+
+    The text after an optional `Named entities:` header and before an optional
+    `Reasoning:` is split at `;` and line breaks; in each piece, typed items
+    `X (type)` are read wherever they stand, and a piece without any is one
+    untyped mention if it is short (a long one is prose, not a mention).
+    """
+    header = _HEADER.search(text)
+    body = text[header.end():] if header else text
+    body = _REASONING.split(body, maxsplit=1)[0]
+    mentions = []
+    for piece in re.split(r"[;\n]", body):
+        typed = _TYPED_ITEM.findall(piece)
+        if typed:
+            mentions += [Mention(_clean(m), " ".join(kind.split()).lower()) for m, kind in typed]
+        elif len(_clean(piece).split()) <= MAX_UNTYPED_WORDS:
+            mentions.append(Mention(_clean(piece)))
+    return list(dict.fromkeys(m for m in mentions if m.text.lower() not in _NO_MENTION))
+
+
+def _clean(item: str) -> str:
+    item = _NUMBERING.sub("", item.strip())
+    return " ".join(item.strip(" \t\"'“”:;,.").split())
+
+
+def render_mentions(mentions: Iterable[Mention]) -> str:
+    """The compact form the tagger reads: `X (type) ; Y ; Z (type)`."""
+    return " ; ".join(f"{m.text} ({m.type})" if m.type else m.text for m in mentions)
+
+
+def _normalize(text: str) -> str:
+    """Lower-cased letters and digits only: `#NewYorkMets`, `New York Mets` and
+    `@newyorkmets` all become `newyorkmets`."""
+    return "".join(char for char in text.lower() if char.isalnum())
+
+
+def align_mentions(
+    words: Sequence[str], mentions: Sequence[Mention]
+) -> List[Optional[Tuple[bool, Mention]]]:
+    """For each token, (whether it begins a mention, the mention) if it lies in
+    a span of tokens that spells a mention, else None.
+
+    Spans are matched on normalised text (case, spaces, `#`/`@` and punctuation
+    ignored; a final possessive `'s` optional), longest first, left to right;
+    they start and end on tokens with letters or digits.
+    """
+    index: Dict[str, Mention] = {}
+    for mention in mentions:
+        for key in (_normalize(mention.text), _normalize(_POSSESSIVE.sub("", mention.text))):
+            if len(key) >= 2:
+                index.setdefault(key, mention)
+    result: List[Optional[Tuple[bool, Mention]]] = [None] * len(words)
+    if not index:
+        return result
+    longest = max(len(key) for key in index)
+    normalized = [_normalize(word) for word in words]
+    start = 0
+    while start < len(words):
+        match = _longest_match(words, normalized, start, index, longest)
+        if match is None:
+            start += 1
+            continue
+        end, mention = match
+        for i in range(start, end):
+            result[i] = (i == start, mention)
+        start = end
+    return result
+
+
+def _longest_match(
+    words: Sequence[str], normalized: Sequence[str], start: int, index: Dict[str, Mention],
+    longest: int,
+) -> Optional[Tuple[int, Mention]]:
+    """The end and mention of the longest span from `start` that spells a mention."""
+    if not normalized[start]:
+        return None
+    best = None
+    joined = ""
+    for end in range(start + 1, min(len(words), start + MAX_MENTION_TOKENS) + 1):
+        last = normalized[end - 1]
+        if last:
+            for key in (joined + last, joined + _normalize(_POSSESSIVE.sub("", words[end - 1]))):
+                if key in index:
+                    best = (end, index[key])
+                    break
+        joined += last
+        if len(joined) > longest:
+            break
+    return best

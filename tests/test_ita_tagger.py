@@ -1,0 +1,101 @@
+"""The ItaTagger architectures: v2's token features, and v1 pipelines loading unchanged."""
+import pytest
+import spacy
+from spacy.training import Example
+from thinc.api import Adam, fix_random_seed
+
+from spacy_ita import VisualContext
+from spacy_ita.encoder_inputs import TaggerInput
+from spacy_ita.knowledge import Mention
+from spacy_ita.ita_tagger import get_module
+
+KNOWLEDGE_POSTS = [
+    ("Phoenix beat Denver tonight", [(0, 7, "ORG"), (13, 19, "ORG")],
+     "Named entities: 1. Phoenix (basketball team) 2. Denver (team) Reasoning: a game."),
+    ("Sunset over Phoenix", [(12, 19, "LOC")], "Phoenix (city)"),
+    ("Jordan scores again", [(0, 6, "PER")], "Jordan (person/player)"),
+    ("Flying to Jordan next week", [(10, 16, "LOC")], None),
+    ("Great concert by Adele", [(17, 22, "PER")], "Adele (person) ; Wembley (venue)"),
+    ("Messi joins Miami", [(0, 5, "PER"), (12, 17, "ORG")], "Messi (person) ; Miami (team)"),
+]
+
+
+def knowledge_pipeline(encoder, **model):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_ner", config={"model": {
+        "@architectures": "spacy-ita.ItaTagger.v2", "name": encoder, **model}})
+    examples = []
+    for text, entities, knowledge in KNOWLEDGE_POSTS:
+        doc = nlp.make_doc(text)
+        if knowledge:
+            doc._.visual_context = VisualContext(knowledge=[knowledge])
+        examples.append(Example.from_dict(doc, {"entities": entities}))
+    fix_random_seed(0)
+    nlp.initialize(lambda: examples)
+    optimizer = Adam(1e-3)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    return nlp, examples
+
+
+def predictions(nlp, examples):
+    return [[(e.start_char, e.end_char, e.label_) for e in doc.ents]
+            for doc in nlp.pipe(eg.predicted.copy() for eg in examples)]
+
+
+def test_v2_learns_type_words_from_the_training_knowledge(tiny_encoder):
+    nlp, _ = knowledge_pipeline(tiny_encoder, mention_type_words=64)
+    features = get_module(nlp.get_pipe("ita_ner").model).features
+    # "team" and "person" occur 3 times or more; "city", "venue" do not.
+    assert features.vocabulary == ["person", "team"]
+    assert features.width == 32
+
+
+def test_v2_features_survive_serialisation(tiny_encoder, tmp_path):
+    nlp, examples = knowledge_pipeline(tiny_encoder, shape_width=8, mention_width=4)
+    module = get_module(nlp.get_pipe("ita_ner").model)
+    assert module.emission.in_features == module.encoder.config.hidden_size + 12
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    loaded_module = get_module(loaded.get_pipe("ita_ner").model)
+    assert loaded_module.features.vocabulary == module.features.vocabulary
+    for name, value in module.state_dict().items():
+        assert (loaded_module.state_dict()[name] == value).all(), name
+    assert predictions(loaded, examples) == predictions(nlp, examples)
+
+
+def test_mentions_change_the_scores_only_where_they_align(tiny_encoder):
+    """Same text and context; only the mentions differ, so only the token they
+    name gets other scores (the features enter at the emission layer)."""
+    nlp, _ = knowledge_pipeline(tiny_encoder, shape_width=0)
+    model = nlp.get_pipe("ita_ner").model
+    doc = nlp.make_doc("Kawhi joins Toronto")
+    context = "Toronto (team)"
+    with_mention = TaggerInput(doc, context, (Mention("Toronto", "team"),))
+    without = TaggerInput(doc, context, ())
+    unmatched = TaggerInput(doc, context, (Mention("Raptors", "team"),))
+    scores = model.predict([with_mention, without, unmatched])
+    assert (scores[0][:2] == scores[1][:2]).all()
+    assert not (scores[0][2] == scores[1][2]).all()
+    assert (scores[2] == scores[1]).all()  # a mention not in the post changes nothing
+
+
+def test_v1_has_no_token_features(tiny_encoder, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_ner", config={"model": {
+        "@architectures": "spacy-ita.ItaTagger.v1", "name": tiny_encoder}})
+    doc = nlp.make_doc("Adele sings")
+    nlp.initialize(lambda: [Example.from_dict(doc, {"entities": [(0, 5, "PER")]})])
+    module = get_module(nlp.get_pipe("ita_ner").model)
+    assert module.features is None
+    assert module.emission.in_features == module.encoder.config.hidden_size
+    nlp.to_disk(tmp_path / "v1")
+    assert get_module(spacy.load(tmp_path / "v1").get_pipe("ita_ner").model).features is None
+
+
+@pytest.mark.parametrize("setting", ["shape_width", "mention_width", "mention_type_words"])
+def test_negative_widths_are_rejected(tiny_encoder, setting):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=setting):
+        nlp.add_pipe("ita_ner", config={"model": {
+            "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder, setting: -1}})
