@@ -21,7 +21,7 @@ from thinc.types import Ints1d
 
 from .encoder_inputs import TaggerInput
 from .files import replace_file, replace_json
-from .knowledge import parse_mentions, render_mentions
+from .knowledge import matched_mentions, parse_mentions, render_mentions
 from .ita_tagger import ScoreGradient, decode, is_initialized, loss_and_gradient, n_scored_tags
 from .losses import ItaLoss, ViewScores
 from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
@@ -29,6 +29,7 @@ from .views import VIEWS
 from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
 
 KNOWLEDGE_FORMS = ("mentions", "text")
+UNMATCHED_KNOWLEDGE = ("keep", "drop")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -56,6 +57,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "context_order": list(DEFAULT_ORDER),
         "context_separator": " ",
         "knowledge_form": "mentions",
+        "unmatched_knowledge": "keep",
         "loss": {"@losses": "spacy-ita.ita_loss.v1"},
         "head_lr_scale": 1.0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
@@ -77,6 +79,7 @@ def make_ita_ner(
     context_order: List[str],
     context_separator: str,
     knowledge_form: str,
+    unmatched_knowledge: str,
     loss: ItaLoss,
     head_lr_scale: float,
     scorer: Optional[Callable],
@@ -88,6 +91,9 @@ def make_ita_ner(
     context_order / context_separator: how Doc._.visual_context becomes text.
     knowledge_form: "mentions" reads only the entity mentions (and their types)
     out of the knowledge field, "text" appends it as it is.
+    unmatched_knowledge: "drop" keeps only the knowledge's mentions found in the
+    post (and drops knowledge that names none of its tokens, which is about
+    something else), "keep" keeps them all.
     head_lr_scale: learning rate of the emission layer and CRF, as a multiple of
     the encoder's (the optimizer's own rate).
     """
@@ -101,6 +107,7 @@ def make_ita_ner(
         context_order=context_order,
         context_separator=context_separator,
         knowledge_form=knowledge_form,
+        unmatched_knowledge=unmatched_knowledge,
         loss=loss,
         head_lr_scale=head_lr_scale,
         scorer=scorer,
@@ -145,6 +152,7 @@ class ItaNer(TrainablePipe):
         context_order: Sequence[str] = DEFAULT_ORDER,
         context_separator: str = " ",
         knowledge_form: str = "mentions",
+        unmatched_knowledge: str = "keep",
         loss: Optional[ItaLoss] = None,
         head_lr_scale: float = 1.0,
         scorer: Optional[Callable] = None,
@@ -168,6 +176,12 @@ class ItaNer(TrainablePipe):
                 f"Unknown knowledge_form {knowledge_form!r}; expected one of {KNOWLEDGE_FORMS}"
             )
         self.knowledge_form = knowledge_form
+        if unmatched_knowledge not in UNMATCHED_KNOWLEDGE:
+            raise ValueError(
+                f"Unknown unmatched_knowledge {unmatched_knowledge!r}; expected one of "
+                f"{UNMATCHED_KNOWLEDGE}"
+            )
+        self.unmatched_knowledge = unmatched_knowledge
         self.loss = loss if loss is not None else ItaLoss()
         self.head_lr_scale = head_lr_scale
         self.scorer = scorer
@@ -311,6 +325,10 @@ class ItaNer(TrainablePipe):
         mentions = tuple(
             dict.fromkeys(m for item in context.knowledge for m in parse_mentions(item))
         )
+        if self.unmatched_knowledge == "drop":
+            mentions = tuple(matched_mentions([token.text for token in doc], mentions))
+            if not mentions:  # knowledge about something else: not this post's
+                context = replace(context, knowledge=[])
         if self.knowledge_form == "mentions":
             context = replace(context, knowledge=[render_mentions(mentions)] if mentions else [])
         text = context.render(self.context_order, " ", self.context_separator)

@@ -121,3 +121,9 @@ def _longest_match(
         if len(joined) > longest:
             break
     return best
+
+
+def matched_mentions(words: Sequence[str], mentions: Sequence[Mention]) -> List[Mention]:
+    """The mentions that `align_mentions` finds among the words, in their order."""
+    found = {item[1] for item in align_mentions(words, mentions) if item is not None}
+    return [mention for mention in mentions if mention in found]

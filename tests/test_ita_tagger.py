@@ -99,3 +99,23 @@ def test_negative_widths_are_rejected(tiny_encoder, setting):
     with pytest.raises(ValueError, match=setting):
         nlp.add_pipe("ita_ner", config={"model": {
             "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder, setting: -1}})
+
+
+@pytest.mark.parametrize("unmatched, expected", [
+    ("keep", [("Toronto (team) ; Lakers (team)", ["Toronto", "Lakers"]),
+              ("Lakers (team) a court", ["Lakers"]), ("Lakers (team)", ["Lakers"])]),
+    ("drop", [("Toronto (team)", ["Toronto"]), ("a court", []), None]),
+])
+def test_unmatched_knowledge_is_kept_or_dropped(tiny_encoder, unmatched, expected):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_ner", config={"unmatched_knowledge": unmatched, "model": {
+        "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder}})
+    ner = nlp.get_pipe("ita_ner")
+    docs = [nlp.make_doc(text) for text in ("Kawhi joins Toronto", "Kawhi joins", "Kawhi")]
+    docs[0]._.visual_context = VisualContext(knowledge=["Toronto (team) ; Lakers (team)"])
+    docs[1]._.visual_context = VisualContext(knowledge=["Lakers (team)"], captions=["a court"])
+    docs[2]._.visual_context = VisualContext(knowledge=["Lakers (team)"])
+    inputs = [ner._cross_input(doc, i) for i, doc in enumerate(docs)]
+    found = [None if item is None else (item.context, [m.text for m in item.mentions])
+             for item in inputs]
+    assert found == expected

@@ -1,7 +1,13 @@
 """Knowledge as mentions: parsing language-model answers, the compact form, alignment."""
 import pytest
 
-from spacy_ita.knowledge import Mention, align_mentions, parse_mentions, render_mentions
+from spacy_ita.knowledge import (
+    Mention,
+    align_mentions,
+    matched_mentions,
+    parse_mentions,
+    render_mentions,
+)
 
 PGIM_ANSWER = (
     "Named entities:1. JayKenMinaj (person/handle)2. George Zimmerman (person)"
@@ -73,3 +79,10 @@ def test_a_context_that_names_nothing_in_the_post_marks_nothing():
     words = "Sunset over Phoenix".split()
     assert align_mentions(words, [Mention("Kawhi Leonard", "person")]) == [None] * 3
     assert align_mentions(words, []) == [None] * 3
+
+
+def test_matched_mentions_keeps_those_found_in_order():
+    words = "Kawhi joins Toronto".split()
+    mentions = [Mention("NBA"), Mention("Toronto", "team"), Mention("Kawhi", "person")]
+    assert matched_mentions(words, mentions) == [Mention("Toronto", "team"), Mention("Kawhi", "person")]
+    assert matched_mentions(words, [Mention("Lakers")]) == []
