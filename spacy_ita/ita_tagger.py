@@ -27,7 +27,12 @@ from .crf import pad_sequences
 from .encoder_inputs import POOLINGS, EncoderBatch, TaggerInput, encode
 from .losses import ItaLoss, ViewScores, crf_loss_terms
 from .pytorch_ita_tagger import ItaTaggerModule, deserialize_module, serialize_module
-from .token_features import TokenFeatureEmbedding, build_type_vocabulary, featurize
+from .token_features import (
+    MENTION_PLACES,
+    TokenFeatureEmbedding,
+    build_type_vocabulary,
+    featurize,
+)
 
 
 @dataclass
@@ -49,6 +54,7 @@ def build_ita_tagger(
     shape_width: int = 16,
     mention_width: int = 16,
     mention_type_words: int = 64,
+    mention_place: str = "emission",
     tokenizer_config: Dict = {},
     transformer_config: Dict = {},
     nO: Optional[int] = None,
@@ -60,6 +66,9 @@ def build_ita_tagger(
     shape_width / mention_width: sizes of the learned token-shape and
     knowledge-mention vectors next to the encoder's (0: off).
     mention_type_words: how many of the training data's type words get a vector.
+    mention_place: "emission" (next to the encoder's output) or "encoder"
+    (added to the first subword's input embedding; mention_width then follows
+    the encoder's hidden size, and 0 still switches it off).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -69,6 +78,8 @@ def build_ita_tagger(
                            ("mention_type_words", mention_type_words)):
         if value < 0:
             raise ValueError(f"{setting} must be >= 0, got {value}")
+    if mention_place not in MENTION_PLACES:
+        raise ValueError(f"Unknown mention_place {mention_place!r}; expected {MENTION_PLACES}")
     torch_layer = PyTorchWrapper_v3(
         None,
         convert_inputs=_convert_inputs,
@@ -91,6 +102,7 @@ def build_ita_tagger(
             "shape_width": shape_width,
             "mention_width": mention_width,
             "mention_type_words": mention_type_words,
+            "mention_place": mention_place,
             "tokenizer_config": dict(tokenizer_config),
             "transformer_config": dict(transformer_config),
             "allowed_moves": None,
@@ -155,7 +167,10 @@ def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
     if shape_width or mention_width:
         mentions = (mention for item in X or [] for mention in item.mentions)
         vocabulary = build_type_vocabulary(mentions, model.attrs["mention_type_words"])
-        features = TokenFeatureEmbedding(shape_width, mention_width, vocabulary)
+        place = model.attrs["mention_place"]
+        if place == "encoder" and mention_width:
+            mention_width = hf.transformer.config.hidden_size
+        features = TokenFeatureEmbedding(shape_width, mention_width, vocabulary, place)
     module = ItaTaggerModule(
         hf.transformer,
         hf.tokenizer,

@@ -8,7 +8,7 @@ the model without a network.
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import srsly
 import torch
@@ -48,21 +48,37 @@ class ItaTaggerModule(nn.Module):
         vectors are pooled from the subword vectors as the batch's pooling
         index says (see `EncoderBatch`).
         """
+        added = self._encoder_input_additions(batch)
         outputs = []
         for i, ids in enumerate(batch.input_ids):
             extra = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids[i]}
-            hidden = self.encoder(
-                input_ids=ids, attention_mask=batch.attention_mask[i], **extra
-            ).last_hidden_state
+            if added is None:
+                extra["input_ids"] = ids
+            else:
+                embeddings = self.encoder.get_input_embeddings()(ids)
+                extra["inputs_embeds"] = embeddings + added[i].view_as(embeddings)
+            hidden = self.encoder(attention_mask=batch.attention_mask[i], **extra).last_hidden_state
             outputs.append(hidden.reshape(-1, hidden.shape[-1]))
         flat = torch.cat(outputs)
         tokens = flat.new_zeros((batch.n_tokens, flat.shape[-1]))
         tokens = tokens.index_add(
             0, batch.pool_target, flat[batch.pool_source] * batch.pool_weight[:, None]
         )
-        if self.features is not None:
+        if self.features is not None and self.features.width:
             tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
+
+    def _encoder_input_additions(self, batch: EncoderBatch) -> Optional[List[torch.Tensor]]:
+        """Per chunk, what to add to the encoder's input embeddings: each token's
+        mention vector at the subword positions it is pooled from; None when the
+        mentions do not go into the encoder."""
+        if self.features is None or not self.features.in_encoder:
+            return None
+        sizes = [ids.numel() for ids in batch.input_ids]
+        vectors = self.features.mentions(batch.features)
+        flat = vectors.new_zeros((sum(sizes), vectors.shape[-1]))
+        flat = flat.index_add(0, batch.pool_source, vectors[batch.pool_target])
+        return list(torch.split(flat, sizes))
 
 
 def serialize_module(module: ItaTaggerModule) -> bytes:
@@ -84,6 +100,7 @@ def serialize_module(module: ItaTaggerModule) -> bytes:
                 "shape_width": module.features.shape_width,
                 "mention_width": module.features.mention_width,
                 "vocabulary": module.features.vocabulary,
+                "mention_place": module.features.mention_place,
             },
             "state": weights.getvalue(),
         }

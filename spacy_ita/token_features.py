@@ -112,33 +112,64 @@ def featurize(
     )
 
 
-class TokenFeatureEmbedding(nn.Module):
-    """Learned vectors for the token features, concatenated: `shape_width`
-    dimensions for the shape, `mention_width` for the mention (position + the
-    sum of its type words). A width of 0 switches that feature off."""
+MENTION_PLACES = ("emission", "encoder")
 
-    def __init__(self, shape_width: int, mention_width: int, vocabulary: Sequence[str]):
+
+class TokenFeatureEmbedding(nn.Module):
+    """Learned vectors for the token features: `shape_width` dimensions for the
+    shape, `mention_width` for the mention (position + the sum of its type
+    words). A width of 0 switches that feature off.
+
+    mention_place "emission": the mention vector joins the shape vector next to
+    the encoder's output. "encoder": it is added to the input embedding of the
+    token's first subword, so the encoder reads the alignment in context; its
+    width is then the encoder's and it starts at zero (the encoder's input is
+    unchanged until training says otherwise).
+    """
+
+    def __init__(
+        self,
+        shape_width: int,
+        mention_width: int,
+        vocabulary: Sequence[str],
+        mention_place: str = "emission",
+    ):
         super().__init__()
+        if mention_place not in MENTION_PLACES:
+            raise ValueError(f"Unknown mention_place {mention_place!r}; expected {MENTION_PLACES}")
         self.shape_width = shape_width
         self.mention_width = mention_width
         self.vocabulary = list(vocabulary)
+        self.mention_place = mention_place
         if shape_width:
             self.shape = nn.Embedding(N_SHAPES, shape_width)
         if mention_width:
             self.mention_position = nn.Embedding(3, mention_width)
             self.mention_type = nn.Embedding(len(self.vocabulary) + 2, mention_width, padding_idx=PAD)
+            if mention_place == "encoder":
+                nn.init.zeros_(self.mention_position.weight)
+                nn.init.zeros_(self.mention_type.weight)
+
+    @property
+    def in_encoder(self) -> bool:
+        return bool(self.mention_width) and self.mention_place == "encoder"
 
     @property
     def width(self) -> int:
-        return self.shape_width + self.mention_width
+        """Dimensions added next to the encoder's output."""
+        return self.shape_width + (0 if self.in_encoder else self.mention_width)
+
+    def mentions(self, features: TokenFeatures) -> torch.Tensor:
+        """The mention vector of each token, `(n_tokens, mention_width)`."""
+        return self.mention_position(features.mention_position) + self.mention_type(
+            features.mention_type
+        ).sum(dim=1)
 
     def forward(self, features: TokenFeatures) -> torch.Tensor:
+        """The vectors that join the encoder's output, `(n_tokens, width)`."""
         parts = []
         if self.shape_width:
             parts.append(self.shape(features.shape))
-        if self.mention_width:
-            parts.append(
-                self.mention_position(features.mention_position)
-                + self.mention_type(features.mention_type).sum(dim=1)
-            )
+        if self.mention_width and not self.in_encoder:
+            parts.append(self.mentions(features))
         return torch.cat(parts, dim=-1)

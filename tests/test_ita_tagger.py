@@ -119,3 +119,32 @@ def test_unmatched_knowledge_is_kept_or_dropped(tiny_encoder, unmatched, expecte
     found = [None if item is None else (item.context, [m.text for m in item.mentions])
              for item in inputs]
     assert found == expected
+
+
+def test_mentions_in_the_encoder_start_as_no_change_and_then_learn(tiny_encoder, tmp_path):
+    """mention_place "encoder": zero vectors at first (the encoder's input is
+    unchanged), learned from the training knowledge, saved and loaded."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_ner", config={"model": {
+        "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder, "shape_width": 0,
+        "mention_place": "encoder"}})
+    doc = nlp.make_doc("Adele sings")
+    doc._.visual_context = VisualContext(knowledge=["Adele (person)"])
+    examples = [Example.from_dict(doc, {"entities": [(0, 5, "PER")]})]
+    nlp.initialize(lambda: examples)
+    model = nlp.get_pipe("ita_ner").model
+    module = get_module(model)
+    assert module.features.mention_width == module.encoder.config.hidden_size
+    assert module.emission.in_features == module.encoder.config.hidden_size
+    with_mention = TaggerInput(doc, "Adele (person)", (Mention("Adele", "person"),))
+    without = TaggerInput(doc, "Adele (person)", ())
+    before = model.predict([with_mention, without])
+    assert (before[0] == before[1]).all()
+    optimizer = Adam(1e-2)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    after = model.predict([with_mention, without])
+    assert not (after[0] == after[1]).all()
+    nlp.to_disk(tmp_path / "encoder_mentions")
+    loaded = spacy.load(tmp_path / "encoder_mentions").get_pipe("ita_ner").model
+    assert (loaded.predict([with_mention, without])[0] == after[0]).all()
