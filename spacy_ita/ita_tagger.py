@@ -28,7 +28,7 @@ from .encoder_inputs import POOLINGS, EncoderBatch, TaggerInput, encode
 from .losses import ItaLoss, ViewScores, crf_loss_terms
 from .pytorch_ita_tagger import ItaTaggerModule, deserialize_module, serialize_module
 from .token_features import (
-    MENTION_PLACES,
+    PLACES,
     TokenFeatureEmbedding,
     build_type_vocabulary,
     featurize,
@@ -54,6 +54,7 @@ def build_ita_tagger(
     shape_width: int = 16,
     mention_width: int = 16,
     mention_type_words: int = 64,
+    shape_place: str = "emission",
     mention_place: str = "emission",
     tokenizer_config: Dict = {},
     transformer_config: Dict = {},
@@ -66,9 +67,9 @@ def build_ita_tagger(
     shape_width / mention_width: sizes of the learned token-shape and
     knowledge-mention vectors next to the encoder's (0: off).
     mention_type_words: how many of the training data's type words get a vector.
-    mention_place: "emission" (next to the encoder's output) or "encoder"
-    (added to the first subword's input embedding; mention_width then follows
-    the encoder's hidden size, and 0 still switches it off).
+    shape_place / mention_place: "emission" (next to the encoder's output) or
+    "encoder" (added to the first subword's input embedding; the width then
+    follows the encoder's hidden size, and 0 still switches it off).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -78,8 +79,9 @@ def build_ita_tagger(
                            ("mention_type_words", mention_type_words)):
         if value < 0:
             raise ValueError(f"{setting} must be >= 0, got {value}")
-    if mention_place not in MENTION_PLACES:
-        raise ValueError(f"Unknown mention_place {mention_place!r}; expected {MENTION_PLACES}")
+    for setting, place in (("shape_place", shape_place), ("mention_place", mention_place)):
+        if place not in PLACES:
+            raise ValueError(f"Unknown {setting} {place!r}; expected one of {PLACES}")
     torch_layer = PyTorchWrapper_v3(
         None,
         convert_inputs=_convert_inputs,
@@ -102,6 +104,7 @@ def build_ita_tagger(
             "shape_width": shape_width,
             "mention_width": mention_width,
             "mention_type_words": mention_type_words,
+            "shape_place": shape_place,
             "mention_place": mention_place,
             "tokenizer_config": dict(tokenizer_config),
             "transformer_config": dict(transformer_config),
@@ -167,10 +170,15 @@ def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
     if shape_width or mention_width:
         mentions = (mention for item in X or [] for mention in item.mentions)
         vocabulary = build_type_vocabulary(mentions, model.attrs["mention_type_words"])
-        place = model.attrs["mention_place"]
-        if place == "encoder" and mention_width:
-            mention_width = hf.transformer.config.hidden_size
-        features = TokenFeatureEmbedding(shape_width, mention_width, vocabulary, place)
+        shape_place, mention_place = model.attrs["shape_place"], model.attrs["mention_place"]
+        hidden = hf.transformer.config.hidden_size
+        features = TokenFeatureEmbedding(
+            hidden if shape_width and shape_place == "encoder" else shape_width,
+            hidden if mention_width and mention_place == "encoder" else mention_width,
+            vocabulary,
+            shape_place,
+            mention_place,
+        )
     module = ItaTaggerModule(
         hf.transformer,
         hf.tokenizer,

@@ -70,12 +70,12 @@ class ItaTaggerModule(nn.Module):
 
     def _encoder_input_additions(self, batch: EncoderBatch) -> Optional[List[torch.Tensor]]:
         """Per chunk, what to add to the encoder's input embeddings: each token's
-        mention vector at the subword positions it is pooled from; None when the
-        mentions do not go into the encoder."""
+        encoder-side feature vectors at the subword positions it is pooled from;
+        None when no feature goes into the encoder."""
         if self.features is None or not self.features.in_encoder:
             return None
         sizes = [ids.numel() for ids in batch.input_ids]
-        vectors = self.features.mentions(batch.features)
+        vectors = self.features.encoder_vectors(batch.features)
         flat = vectors.new_zeros((sum(sizes), vectors.shape[-1]))
         flat = flat.index_add(0, batch.pool_source, vectors[batch.pool_target])
         return list(torch.split(flat, sizes))
@@ -100,6 +100,7 @@ def serialize_module(module: ItaTaggerModule) -> bytes:
                 "shape_width": module.features.shape_width,
                 "mention_width": module.features.mention_width,
                 "vocabulary": module.features.vocabulary,
+                "shape_place": module.features.shape_place,
                 "mention_place": module.features.mention_place,
             },
             "state": weights.getvalue(),

@@ -112,7 +112,7 @@ def featurize(
     )
 
 
-MENTION_PLACES = ("emission", "encoder")
+PLACES = ("emission", "encoder")
 
 
 class TokenFeatureEmbedding(nn.Module):
@@ -120,11 +120,11 @@ class TokenFeatureEmbedding(nn.Module):
     shape, `mention_width` for the mention (position + the sum of its type
     words). A width of 0 switches that feature off.
 
-    mention_place "emission": the mention vector joins the shape vector next to
-    the encoder's output. "encoder": it is added to the input embedding of the
-    token's first subword, so the encoder reads the alignment in context; its
-    width is then the encoder's and it starts at zero (the encoder's input is
-    unchanged until training says otherwise).
+    A feature's place "emission" puts its vector next to the encoder's output;
+    "encoder" adds it to the input embedding of the token's first subword, so
+    that the encoder reads it in context. An encoder-side feature has the
+    encoder's width and starts at zero: the encoder's input is unchanged until
+    training says otherwise.
     """
 
     def __init__(
@@ -132,44 +132,58 @@ class TokenFeatureEmbedding(nn.Module):
         shape_width: int,
         mention_width: int,
         vocabulary: Sequence[str],
+        shape_place: str = "emission",
         mention_place: str = "emission",
     ):
         super().__init__()
-        if mention_place not in MENTION_PLACES:
-            raise ValueError(f"Unknown mention_place {mention_place!r}; expected {MENTION_PLACES}")
+        for place in (shape_place, mention_place):
+            if place not in PLACES:
+                raise ValueError(f"Unknown feature place {place!r}; expected one of {PLACES}")
         self.shape_width = shape_width
         self.mention_width = mention_width
         self.vocabulary = list(vocabulary)
+        self.shape_place = shape_place
         self.mention_place = mention_place
+        tables = []
         if shape_width:
             self.shape = nn.Embedding(N_SHAPES, shape_width)
+            tables += [self.shape] if shape_place == "encoder" else []
         if mention_width:
             self.mention_position = nn.Embedding(3, mention_width)
             self.mention_type = nn.Embedding(len(self.vocabulary) + 2, mention_width, padding_idx=PAD)
             if mention_place == "encoder":
-                nn.init.zeros_(self.mention_position.weight)
-                nn.init.zeros_(self.mention_type.weight)
+                tables += [self.mention_position, self.mention_type]
+        for table in tables:
+            nn.init.zeros_(table.weight)
+
+    def _vectors(self, features: TokenFeatures, place: str) -> List[torch.Tensor]:
+        vectors = []
+        if self.shape_width and self.shape_place == place:
+            vectors.append(self.shape(features.shape))
+        if self.mention_width and self.mention_place == place:
+            vectors.append(
+                self.mention_position(features.mention_position)
+                + self.mention_type(features.mention_type).sum(dim=1)
+            )
+        return vectors
 
     @property
     def in_encoder(self) -> bool:
-        return bool(self.mention_width) and self.mention_place == "encoder"
+        return bool(self.shape_width and self.shape_place == "encoder") or bool(
+            self.mention_width and self.mention_place == "encoder"
+        )
 
     @property
     def width(self) -> int:
         """Dimensions added next to the encoder's output."""
-        return self.shape_width + (0 if self.in_encoder else self.mention_width)
+        return (self.shape_width if self.shape_place == "emission" else 0) + (
+            self.mention_width if self.mention_place == "emission" else 0
+        )
 
-    def mentions(self, features: TokenFeatures) -> torch.Tensor:
-        """The mention vector of each token, `(n_tokens, mention_width)`."""
-        return self.mention_position(features.mention_position) + self.mention_type(
-            features.mention_type
-        ).sum(dim=1)
+    def encoder_vectors(self, features: TokenFeatures) -> torch.Tensor:
+        """The sum of the encoder-side vectors of each token, `(n_tokens, hidden)`."""
+        return sum(self._vectors(features, "encoder"))
 
     def forward(self, features: TokenFeatures) -> torch.Tensor:
         """The vectors that join the encoder's output, `(n_tokens, width)`."""
-        parts = []
-        if self.shape_width:
-            parts.append(self.shape(features.shape))
-        if self.mention_width and not self.in_encoder:
-            parts.append(self.mentions(features))
-        return torch.cat(parts, dim=-1)
+        return torch.cat(self._vectors(features, "emission"), dim=-1)

@@ -1,4 +1,5 @@
 """Token features: shapes, mention ids and their embedding."""
+import pytest
 import spacy
 import torch
 
@@ -57,3 +58,17 @@ def test_embedding_widths_and_switches():
     mention_only = TokenFeatureEmbedding(0, 4, ["person"])
     vectors = mention_only(features)
     assert not torch.equal(vectors[0], vectors[1])  # the mention token differs
+
+
+def test_encoder_side_features_start_at_zero_and_leave_the_emission_width():
+    nlp = spacy.blank("en")
+    features = featurize([(nlp.make_doc("Kawhi plays"), (Mention("Kawhi", "person"),))],
+                         ["person"], "cpu")
+    both_in = TokenFeatureEmbedding(8, 8, ["person"], shape_place="encoder", mention_place="encoder")
+    assert both_in.width == 0 and both_in.in_encoder
+    assert torch.equal(both_in.encoder_vectors(features), torch.zeros(2, 8))
+    mixed = TokenFeatureEmbedding(8, 4, ["person"], shape_place="encoder")
+    assert mixed.width == 4 and mixed(features).shape == (2, 4)
+    assert mixed.encoder_vectors(features).shape == (2, 8)
+    with pytest.raises(ValueError, match="place"):
+        TokenFeatureEmbedding(8, 4, [], shape_place="middle")
