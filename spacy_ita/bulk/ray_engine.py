@@ -55,7 +55,10 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
         ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local Ray
     units = [{"unit": pickle.dumps((item, columns, done.bitmaps.get(item.name), batch_size))}
              for item in inputs]
-    dataset = ray.data.from_items(units).map_batches(_read_unit, batch_size=1)
+    # Reading takes no reserved CPU: actors holding every CPU must not starve it.
+    dataset = ray.data.from_items(units).map_batches(
+        _read_unit, batch_size=1, num_cpus=0,
+        concurrency=settings.workers + settings.extract_workers)
     stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     if settings.extract_workers:
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),

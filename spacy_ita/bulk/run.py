@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..context.images import DEFAULT_MAX_BYTES
 from .annotate import PipelineSpec
 from .fetch import Fetcher
-from .inputs import Columns, Post, count_rows, find_inputs, read_posts
+from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, read_posts
 from .outputs import open_writer
 
 ENGINES = ("local", "ray")
@@ -99,7 +99,8 @@ def apply(
                             fetcher)
     total = sum(count_rows(item) for item in inputs) - done.count if progress else None
     try:
-        _write_all(batches, writer, summary, tqdm(total=total, unit="post", disable=not progress))
+        _write_all(batches, writer, done, summary,
+                   tqdm(total=total, unit="post", disable=not progress))
     except BaseException:
         writer.stop()
         raise
@@ -108,13 +109,17 @@ def apply(
     return summary
 
 
-def _write_all(batches: Iterator[List[Post]], writer, summary: ApplySummary, bar) -> None:
+def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: ApplySummary,
+               bar) -> None:
+    """Write each post once: a post already written (a retried batch that
+    came back twice) is dropped."""
     with bar:
-        for posts in batches:
+        for batch in batches:
+            posts = [post for post in batch if done.add(post.file, post.row)]
             writer.write([post.output_row() for post in posts])
             for post in posts:
                 summary.n_written += 1
                 summary.n_errors += post.error is not None
                 summary.n_image_errors += post.image_error is not None
                 summary.n_entities += len(post.entities)
-            bar.update(len(posts))
+            bar.update(len(batch))
