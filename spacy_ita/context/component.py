@@ -29,7 +29,7 @@ SLOTS = ("object_tags", "captions", "ocr")
 DEFAULT_CONFIG = {
     "object_tags": {"@spacy_ita_extractors": "spacy-ita.efficientnet_tags.v1"},
     "captions": None,
-    "ocr": {"@spacy_ita_extractors": "spacy-ita.easyocr.v1"},
+    "ocr": {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"},
     "cache_path": None,
     "on_error": "warn",
     "max_pixels": DEFAULT_MAX_PIXELS,
