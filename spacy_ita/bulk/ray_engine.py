@@ -1,6 +1,7 @@
 """The Ray Data engine of `apply` (`--engine ray`, extra `spacy-ita[ray]`).
 
-The job: one read task per input file (skipping rows already written), then
+The job: one read task per input file on the driver's node (skipping rows
+already written), then
 `map_batches` over a pool of actors that each load the pipeline once, and the
 annotated rows stream back to the driver, whose writer makes the run
 resumable exactly as in-process. With `extract_workers`, image extraction and
@@ -55,9 +56,13 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
         ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local Ray
     units = [{"unit": pickle.dumps((item, columns, done.bitmaps.get(item.name), batch_size))}
              for item in inputs]
-    # Reading takes no reserved CPU: actors holding every CPU must not starve it.
+    # Reading takes no reserved CPU (actors holding every CPU must not starve
+    # it) and runs on the driver's node, where INPUT is.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     dataset = ray.data.from_items(units).map_batches(
-        _read_unit, batch_size=1, num_cpus=0,
+        _read_unit, batch_size=1, num_cpus=0, scheduling_strategy=here,
         concurrency=settings.workers + settings.extract_workers)
     stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     if settings.extract_workers:
