@@ -52,8 +52,19 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
             batch_size: int, fetcher: Fetcher, settings: RaySettings) -> Iterator[List[Post]]:
     """Annotated batches, in the order Ray finishes them."""
     ray = import_ray()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local Ray
+    try:
+        yield from _run(ray, spec, inputs, columns, done, batch_size, fetcher, settings)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
+         done: DoneRows, batch_size: int, fetcher: Fetcher,
+         settings: RaySettings) -> Iterator[List[Post]]:
     units = [{"unit": pickle.dumps((item, columns, done.bitmaps.get(item.name), batch_size))}
              for item in inputs]
     # Reading takes no reserved CPU (actors holding every CPU must not starve
@@ -61,9 +72,9 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    dataset = ray.data.from_items(units).map_batches(
+    dataset = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         _read_unit, batch_size=1, num_cpus=0, scheduling_strategy=here,
-        concurrency=settings.workers + settings.extract_workers)
+        concurrency=min(len(units), settings.workers + settings.extract_workers))
     stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     if settings.extract_workers:
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
