@@ -361,3 +361,25 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     assert "the pipeline failed on this post: RuntimeError: kaboom" in rows[3]["error"]
     assert [row["error"] is None for row in rows] == [True, True, True, False, True, True]
     assert rows[0]["visual_context"]["object_tags"] == ["red"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--engine", "spark"], "engine must be one of ('local', 'ray')"),
+    (["--keep", "id,entities"], "cannot keep column(s) ['entities']"),
+], ids=["engine", "keep"])
+def test_cli_refuses_bad_options_with_a_clear_error(pipeline, tmp_path, options, message):
+    from typer.testing import CliRunner
+
+    from spacy_ita.cli import app
+
+    write_jsonl(tmp_path / "posts.jsonl", [{"id": 1, "text": "hello"}])
+    result = CliRunner().invoke(app, ["apply", pipeline, str(tmp_path / "posts.jsonl"),
+                                      str(tmp_path / "out.jsonl"), *options])
+    assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_output_must_be_jsonl_or_parquet(pipeline, tmp_path):
+    write_jsonl(tmp_path / "posts.jsonl", [{"text": "hello"}])
+    with pytest.raises(ValueError, match="must end in .jsonl or .parquet"):
+        apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.csv", progress=False)
