@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray starts its workers at nice +15 by default; level with the in-process runs.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import spacy  # noqa: E402
 import srsly  # noqa: E402

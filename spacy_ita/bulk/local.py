@@ -34,6 +34,8 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int, n_proc
     # The platform's default start method, as spaCy's own n_process: fork on
     # Linux (quick: nothing to re-import; this process has loaded no model).
     context = multiprocessing.get_context()
+    # The tokenizers library warns in every forked child unless told before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with ProcessPoolExecutor(n_process, mp_context=context, initializer=_start_worker,
                              initargs=(spec, fetcher)) as pool:
         window = deque()
