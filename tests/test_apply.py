@@ -383,3 +383,23 @@ def test_output_must_be_jsonl_or_parquet(pipeline, tmp_path):
     write_jsonl(tmp_path / "posts.jsonl", [{"text": "hello"}])
     with pytest.raises(ValueError, match="must end in .jsonl or .parquet"):
         apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.csv", progress=False)
+
+
+def test_parquet_image_bytes_and_which_columns_are_carried(pipeline, images, tmp_path):
+    import pandas
+
+    red = (images / "red.png").read_bytes()
+    pandas.DataFrame({"id": [1, 2], "text": ["Kobe scores again", "hello"],
+                      "image": [red, None], "lang": ["en", "en"]}).to_parquet(
+        tmp_path / "posts.parquet")
+    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "all.jsonl", code=CODE,
+          progress=False)
+    rows = read_jsonl(tmp_path / "all.jsonl")
+    assert rows[0]["visual_context"]["object_tags"] == ["red"] and rows[1]["view"] == "text"
+    # Binary cells (the embedded image) are not carried unless asked for.
+    assert [sorted(set(row) - set(results(row)) - {"input_file", "input_row"})
+            for row in rows] == [["id", "lang", "text"], ["id", "lang", "text"]]
+    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "id.jsonl", code=CODE, keep=["id"],
+          progress=False)
+    assert [row["id"] for row in read_jsonl(tmp_path / "id.jsonl")] == [1, 2]
+    assert "text" not in read_jsonl(tmp_path / "id.jsonl")[0]

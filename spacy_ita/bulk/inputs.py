@@ -158,22 +158,28 @@ def read_file_posts(item: InputFile, columns: Columns,
                     bitmap: Optional[bytearray] = None) -> Iterator[Post]:
     """The posts of one file, skipping the rows whose bit is set in `bitmap`."""
     reader = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
+    keep = columns.keep
+    if keep is None and item.format == "parquet":
+        schema = _parquet(item.path).schema_arrow
+        binary = require_pyarrow().types.is_binary, require_pyarrow().types.is_large_binary
+        keep = [field.name for field in schema if field.name not in RESULT_COLUMNS
+                and not any(is_binary(field.type) for is_binary in binary)]
     for row, where, record, error in reader[item.format](item.path):
         if has_row(bitmap, row):
             continue
-        yield make_post(item, row, where, record, error, columns)
+        yield make_post(item, row, where, record, error, columns, keep)
 
 
 def make_post(item: InputFile, row: int, where: str, record: Dict[str, Any],
-              error: Optional[str], columns: Columns) -> Post:
-    """A Post from one record, or from the error that made the row unreadable."""
+              error: Optional[str], columns: Columns, keep: Optional[Sequence[str]]) -> Post:
+    """A Post from one record, or from the error that made the row unreadable;
+    `keep` names the carried columns (None: all but those apply writes)."""
     post = Post(item.name, row, where)
     if error is not None:
         post.error = f"{where}: {error}"
         return post
-    keep = columns.keep if columns.keep is not None else [
-        name for name, value in record.items()
-        if name not in RESULT_COLUMNS and not isinstance(value, (bytes, bytearray))]
+    if keep is None:
+        keep = [name for name in record if name not in RESULT_COLUMNS]
     post.carried = {name: record.get(name) for name in keep}
     text = record.get(columns.text)
     if not isinstance(text, str):
