@@ -30,7 +30,7 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int, n_proc
             yield annotator(batch)
         return
     if spec.threads is None:
-        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // n_process))
+        spec = replace(spec, threads=max(1, _usable_cpus() // n_process))
     # The platform's default start method, as spaCy's own n_process: fork on
     # Linux (quick: nothing to re-import; this process has loaded no model).
     context = multiprocessing.get_context()
@@ -45,6 +45,13 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int, n_proc
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _start_worker(spec: PipelineSpec, fetcher: Fetcher) -> None:
