@@ -298,7 +298,7 @@ def make_rapidocr(
     use_angle_classifier: bool = False,
     threads: Optional[int] = None,
 ) -> RapidOCRExtractor:
-    """RapidOCR text lines (English and Chinese PP-OCR models in the wheel).
+    """RapidOCR text lines (PP-OCR models for Latin script and Chinese, in the wheel).
     Text detection sees the image with its longer side at most `max_side`;
     the angle classifier (for upside-down text) is off by default, for speed;
     threads=null uses as many as torch does in the process."""
