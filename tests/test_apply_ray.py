@@ -1,5 +1,7 @@
 """`apply --engine ray` on a local 2-CPU Ray: the rows of the in-process run,
 in one stage or two, and none lost or doubled when a worker is SIGKILLed."""
+import os
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -11,10 +13,18 @@ from spacy_ita.bulk import apply  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """A local Ray of 2 CPUs whose workers run at the tests' own priority (Ray
+    starts them at nice +15, which starves them on a busy machine)."""
+    niceness = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield
     ray.shutdown()
+    if niceness is None:
+        del os.environ["RAY_worker_niceness"]
+    else:
+        os.environ["RAY_worker_niceness"] = niceness
 
 
 @pytest.fixture(scope="module")
