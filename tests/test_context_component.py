@@ -254,15 +254,15 @@ def test_pipeline_with_ita_context_saves_and_loads(tmp_path):
 def test_default_config_is_offline_ocr_and_tags_without_captions():
     from spacy_ita.context import ocr, tags
 
-    loads_before = (ocr._easyocr_reader.cache_info().misses,
+    loads_before = (ocr._rapidocr_engine.cache_info().misses,
                     tags._efficientnet.cache_info().misses)
     nlp = spacy.blank("en")
     component = nlp.add_pipe("ita_context")
     assert {slot: e.name for slot, e in component.extractors.items()} == {
-        "object_tags": "spacy-ita.efficientnet_tags.v1", "ocr_text": "spacy-ita.easyocr.v1"}
+        "object_tags": "spacy-ita.efficientnet_tags.v1", "ocr_text": "spacy-ita.rapidocr.v1"}
     assert component.cache is None and component.on_error == "warn"
     # Building the pipeline loads no model: that waits for the first image.
-    assert (ocr._easyocr_reader.cache_info().misses,
+    assert (ocr._rapidocr_engine.cache_info().misses,
             tags._efficientnet.cache_info().misses) == loads_before
 
 

@@ -22,6 +22,7 @@ MAX_LISTED_FAILURES = 20
 
 
 class OCREngine(str, Enum):
+    rapidocr = "rapidocr"
     easyocr = "easyocr"
     tesseract = "tesseract"
     none = "none"
@@ -37,9 +38,8 @@ class ExtractSummary:
     seconds: float = 0.0
 
 
-def build_extraction_nlp(
-    lang: str = "en",
-    ocr: OCREngine = OCREngine.easyocr,
+def context_config(
+    ocr: OCREngine = OCREngine.rapidocr,
     tags: bool = True,
     detector: Optional[str] = None,
     captioner: Optional[str] = None,
@@ -48,13 +48,15 @@ def build_extraction_nlp(
     gpu: bool = False,
     batch_size: int = 16,
     existing_context: str = "merge",
-) -> Language:
-    """A blank pipeline with only `ita_context`, configured from CLI options."""
+) -> Dict[str, Any]:
+    """The `ita_context` config for the CLI options of `extract` (and `apply`)."""
     config: Dict[str, Any] = {"cache_path": str(cache) if cache else None,
                               "on_error": "ignore", "batch_size": batch_size,
                               "existing_context": existing_context}
     device = "cuda" if gpu else "cpu"
-    if ocr == OCREngine.easyocr:
+    if ocr == OCREngine.rapidocr:
+        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"}
+    elif ocr == OCREngine.easyocr:
         config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.easyocr.v1", "gpu": gpu}
     elif ocr == OCREngine.tesseract:
         config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.tesseract.v1"}
@@ -74,8 +76,15 @@ def build_extraction_nlp(
     elif precomputed:
         config["captions"] = {"@spacy_ita_extractors": "spacy-ita.precomputed.v1",
                               "path": str(precomputed)}
+    return config
+
+
+def build_extraction_nlp(lang: str = "en", ocr: OCREngine = OCREngine.rapidocr,
+                         **options: Any) -> Language:
+    """A blank pipeline with only `ita_context`, configured from CLI options
+    (those of `context_config`)."""
     nlp = spacy.blank(lang)
-    nlp.add_pipe("ita_context", config=config)
+    nlp.add_pipe("ita_context", config=context_config(ocr, **options))
     return nlp
 
 
@@ -191,7 +200,7 @@ def extract_cli(
         help="Folder that relative image paths and image ids (by file name or stem) "
         "are found in; default: the JSONL file's folder.",
     ),
-    ocr: OCREngine = typer.Option(OCREngine.easyocr, "--ocr", help="OCR engine."),
+    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", help="OCR engine."),
     tags: bool = typer.Option(True, "--tags/--no-tags",
                               help="Offline EfficientNet ImageNet object tags."),
     detector: Optional[str] = typer.Option(
@@ -221,8 +230,9 @@ def extract_cli(
     give an empty context, their error in Doc._.image_error, and are listed at
     the end."""
     try:
-        nlp = build_extraction_nlp(lang, ocr, tags, detector, captioner, precomputed, cache,
-                                   gpu, batch_size, existing)
+        nlp = build_extraction_nlp(lang, ocr, tags=tags, detector=detector,
+                                   captioner=captioner, precomputed=precomputed, cache=cache,
+                                   gpu=gpu, batch_size=batch_size, existing_context=existing)
         summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size)
     except (ValueError, OSError, RuntimeError) as err:
         typer.echo(f"Error: {err}", err=True)

@@ -35,7 +35,7 @@ KNOWLEDGE = "knowledge"
 DEFAULT_CONFIG = {
     "object_tags": {"@spacy_ita_extractors": "spacy-ita.efficientnet_tags.v1"},
     "captions": None,
-    "ocr_text": {"@spacy_ita_extractors": "spacy-ita.easyocr.v1"},
+    "ocr_text": {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"},
     "knowledge": None,
     "cache_path": None,
     "on_error": "warn",

@@ -1,18 +1,21 @@
-"""OCR extractors: EasyOCR (default, offline English weights) and Tesseract.
+"""OCR extractors: RapidOCR (default: ONNX models inside its wheel), EasyOCR
+(offline English weights) and Tesseract.
 
-Both return the text as lines in reading order (top-to-bottom, then
+All return the text as lines in reading order (top-to-bottom, then
 left-to-right) and drop fragments whose confidence (0-1) is below
 `min_confidence`.
 """
 import csv
 import io
+import os
 import shutil
+import sys
 import subprocess
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .registry import ImageExtractor, extractors
 
@@ -50,6 +53,20 @@ def reading_order_lines(fragments: Sequence[TextFragment]) -> List[str]:
         if text.strip():
             ordered.append(text.strip())
     return ordered
+
+
+def polygon_fragments(found: Iterable[Tuple[Any, str, float]],
+                      min_confidence: float) -> List[TextFragment]:
+    """(polygon, text, confidence) triples, as EasyOCR and RapidOCR give them,
+    to fragments bounded by each polygon's box; unconfident ones are dropped."""
+    fragments = []
+    for polygon, text, confidence in found:
+        if confidence < min_confidence:
+            continue
+        xs = [float(point[0]) for point in polygon]
+        ys = [float(point[1]) for point in polygon]
+        fragments.append(TextFragment(text, min(xs), min(ys), max(xs), max(ys)))
+    return fragments
 
 
 @contextmanager
@@ -111,14 +128,7 @@ class EasyOCRExtractor(ImageExtractor):
         for image in images:
             with _quiet_easyocr():
                 found = reader.readtext(numpy.asarray(image))
-            fragments = []
-            for box, text, confidence in found:
-                if confidence < self.min_confidence:
-                    continue
-                xs = [float(point[0]) for point in box]
-                ys = [float(point[1]) for point in box]
-                fragments.append(TextFragment(text, min(xs), min(ys), max(xs), max(ys)))
-            results.append(reading_order_lines(fragments))
+            results.append(reading_order_lines(polygon_fragments(found, self.min_confidence)))
         return results
 
 
@@ -210,3 +220,86 @@ def make_tesseract(
     Tesseract codes such as "eng"). Mode 11 finds sparse text such as signs."""
     return TesseractExtractor(languages, min_confidence, page_segmentation_mode, binary,
                               timeout)
+
+
+def default_thread_count() -> int:
+    """As many threads as torch uses in this process (1 in `n_process` workers,
+    OMP_NUM_THREADS in a Ray worker), so OCR and tagger share one budget."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=None)
+def _rapidocr_engine(max_side: int, use_angle_classifier: bool, min_confidence: float,
+                     threads: int):
+    try:
+        from rapidocr import RapidOCR
+    except ImportError:
+        raise RuntimeError(
+            "RapidOCR needs: pip install rapidocr onnxruntime (or spacy-ita[vision]); "
+            "or choose spacy-ita.easyocr.v1 / spacy-ita.tesseract.v1 instead."
+        ) from None
+    return RapidOCR(params={
+        "Global.log_level": "error",
+        "Global.use_cls": use_angle_classifier,
+        "Global.text_score": min_confidence,
+        # Scale the longer side down to max_side (RapidOCR's own default scales the
+        # shorter side up to 736, which costs several times more on photos).
+        "Det.limit_type": "max",
+        "Det.limit_side_len": max_side,
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+    })
+
+
+class RapidOCRExtractor(ImageExtractor):
+    """OCR with RapidOCR on onnxruntime: PP-OCR detection and recognition
+    models shipped inside the `rapidocr` wheel, so it runs offline."""
+
+    name = "spacy-ita.rapidocr.v1"
+    field = "ocr_text"
+
+    def __init__(self, min_confidence: float, max_side: int, use_angle_classifier: bool,
+                 threads: Optional[int]):
+        if max_side < 32:
+            raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
+        self.min_confidence = min_confidence
+        self.max_side = max_side
+        self.use_angle_classifier = use_angle_classifier
+        self.threads = threads
+
+    def settings(self) -> Dict[str, Any]:
+        return {"min_confidence": self.min_confidence, "max_side": self.max_side,
+                "use_angle_classifier": self.use_angle_classifier}
+
+    def load(self):
+        threads = self.threads if self.threads else default_thread_count()
+        return _rapidocr_engine(self.max_side, self.use_angle_classifier,
+                                self.min_confidence, threads)
+
+    def extract(self, images: List[Any]) -> List[List[str]]:
+        engine = self.load()
+        results = []
+        for image in images:
+            found = engine(image)
+            boxes = found.boxes if found.boxes is not None else ()
+            triples = zip(boxes, found.txts or (), found.scores or ())
+            results.append(reading_order_lines(polygon_fragments(triples,
+                                                                 self.min_confidence)))
+        return results
+
+
+@extractors.register("spacy-ita.rapidocr.v1")
+def make_rapidocr(
+    min_confidence: float = 0.5,
+    max_side: int = 960,
+    use_angle_classifier: bool = False,
+    threads: Optional[int] = None,
+) -> RapidOCRExtractor:
+    """RapidOCR text lines (PP-OCR models for Latin script and Chinese, in the wheel).
+    Text detection sees the image with its longer side at most `max_side`;
+    the angle classifier (for upside-down text) is off by default, for speed;
+    threads=null uses as many as torch does in the process."""
+    return RapidOCRExtractor(min_confidence, max_side, use_angle_classifier, threads)

@@ -1,0 +1,168 @@
+"""What every `apply` worker does to a batch of posts, in-process, in a
+`--n-process` worker or in a Ray actor: fetch image URLs, run the pipeline,
+fill in entities, visual context and view.
+
+A pipeline loads once per worker from a picklable `PipelineSpec`. The work can
+be split in two stages, "extract" (image -> visual context) and "tag"
+(text + context -> entities), so that Ray can give each its own workers.
+"""
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from ..visual_context import get_visual_context
+from .fetch import Fetcher
+from .inputs import Post
+
+STAGES = ("all", "extract", "tag")
+
+
+@dataclass
+class PipelineSpec:
+    """How to build the pipeline in a worker: the model, and the `ita_context`
+    to add when the model has none (settings of `extract`'s CLI options)."""
+
+    model: str
+    context: Optional[Dict[str, Any]] = field(default_factory=dict)  # None: add none
+    cache: Optional[str] = None
+    gpu_id: int = -1
+    threads: Optional[int] = None  # torch threads per worker; None: leave as is
+    code: Optional[str] = None  # a Python file to import first (custom components)
+
+    def load(self, stage: str = "all") -> Language:
+        """The pipeline for one stage: "all", "extract" (only the context
+        component) or "tag" (everything but it)."""
+        import spacy
+
+        from ..cli.extract import context_config
+
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if self.code:
+            spacy.util.import_file("spacy_ita_apply_code", self.code)
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        if self.gpu_id >= 0:
+            spacy.require_gpu(self.gpu_id)
+        nlp = spacy.load(self.model, exclude=self._excluded(stage))
+        contexts = context_components(nlp)
+        if not contexts and stage != "tag" and self.context is not None:
+            config = context_config(**self.context)
+            before = tagging_components(nlp)
+            nlp.add_pipe("ita_context", config=config,
+                         **({"before": before[0]} if before else {"first": True}))
+            contexts = context_components(nlp)
+        for name in contexts:
+            component = nlp.get_pipe(name)
+            component.on_error = "ignore"  # errors go into the output rows
+            if self.cache:
+                from ..context.cache import ContextCache
+
+                component.cache = ContextCache(self.cache)
+        return nlp
+
+    def _excluded(self, stage: str) -> List[str]:
+        """The components a stage does without, read from the model's config so
+        that the extract stage never loads the tagger's weights."""
+        if stage == "all":
+            return []
+        import spacy
+
+        components = spacy.util.load_config(_config_path(self.model)).get("components", {})
+        return [name for name, block in components.items()
+                if (block.get("factory") == "ita_context") == (stage == "tag")]
+
+
+def _config_path(model: str):
+    from pathlib import Path
+
+    import spacy
+
+    path = Path(model)
+    if not path.exists():  # an installed package
+        path = spacy.util.get_package_path(model)
+        path = next(p for p in path.iterdir() if (p / "config.cfg").exists())
+    return path / "config.cfg"
+
+
+def context_components(nlp: Language) -> List[str]:
+    return [name for name in nlp.pipe_names
+            if nlp.get_pipe_meta(name).factory == "ita_context"]
+
+
+def tagging_components(nlp: Language) -> List[str]:
+    return [name for name in nlp.pipe_names
+            if nlp.get_pipe_meta(name).factory != "ita_context"]
+
+
+class Annotator:
+    """Runs one stage of the pipeline over batches of posts; a failing batch
+    is retried post by post, so one bad post costs only its own row."""
+
+    def __init__(self, spec: PipelineSpec, stage: str = "all", fetcher: Optional[Fetcher] = None):
+        self.stage = stage
+        self.nlp = spec.load(stage)
+        self.fetcher = fetcher or Fetcher()
+        self.ner = next((self.nlp.get_pipe(name) for name in self.nlp.pipe_names
+                         if self.nlp.get_pipe_meta(name).factory == "ita_ner"), None)
+
+    def __call__(self, posts: List[Post]) -> List[Post]:
+        if self.stage != "tag":
+            self.fetcher.fetch_posts(posts)
+        todo = [post for post in posts if post.error is None]
+        try:
+            self._run(todo)
+        except Exception:
+            for post in todo:
+                try:
+                    self._run([post])
+                except Exception as err:
+                    post.error = (f"{post.where}: the pipeline failed on this post: "
+                                  f"{type(err).__name__}: {err}")
+        return posts
+
+    def _run(self, posts: List[Post]) -> None:
+        docs = [self._doc(post) for post in posts]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # per-post errors go into rows
+            docs = list(self.nlp.pipe(docs))
+        for post, doc in zip(posts, docs):
+            self._record(post, doc)
+
+    def _doc(self, post: Post) -> Doc:
+        doc = self.nlp.make_doc(post.text)
+        if self.stage == "tag":
+            doc._.visual_context = post.visual_context
+        else:
+            doc._.image = post.image
+        return doc
+
+    def _record(self, post: Post, doc: Doc) -> None:
+        if self.stage != "tag":
+            context = get_visual_context(doc)
+            post.visual_context = None if context is None else context.to_dict()
+            if doc._.image_error is not None:
+                post.image_error = f"{post.where}: {doc._.image_error}"
+            post.image = None  # the bytes of a fetched image are not needed any more
+        if self.stage != "extract":
+            post.entities = [{"text": ent.text, "label": ent.label_, "start_char": ent.start_char,
+                              "end_char": ent.end_char} for ent in doc.ents]
+            post.view = self._view(doc)
+
+    def _view(self, doc: Doc) -> Optional[str]:
+        """"cross" when ita_ner tagged the doc with its visual context, "text"
+        when without; None for a pipeline without ita_ner."""
+        ner = self.ner
+        if ner is None:
+            return None
+        if not ner.use_context or ner.view == "text":
+            return "text"
+        context = get_visual_context(doc)
+        if context is None or not context.render(ner.context_order):
+            return "text"
+        return "cross"

@@ -1,0 +1,63 @@
+"""The in-process engine of `apply`: batches of posts through one pipeline,
+or through `n_process` worker processes that each load it once.
+
+Results come back in input order. At most two batches per worker are in
+flight, so memory stays flat however long the input is.
+"""
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from typing import Iterable, Iterator, List, Optional
+
+from spacy.util import minibatch
+
+from .annotate import Annotator, PipelineSpec
+from .fetch import Fetcher
+from .inputs import Post
+
+_WORKER: Optional[Annotator] = None
+
+
+def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int, n_process: int,
+              fetcher: Fetcher) -> Iterator[List[Post]]:
+    """Annotated batches of `posts`, in order."""
+    batches = minibatch(posts, batch_size)
+    if n_process == 1:
+        annotator = Annotator(spec, "all", fetcher)
+        for batch in batches:
+            yield annotator(batch)
+        return
+    if spec.threads is None:
+        spec = replace(spec, threads=max(1, _usable_cpus() // n_process))
+    # The platform's default start method, as spaCy's own n_process: fork on
+    # Linux (quick: nothing to re-import; this process has loaded no model).
+    context = multiprocessing.get_context()
+    # The tokenizers library warns in every forked child unless told before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with ProcessPoolExecutor(n_process, mp_context=context, initializer=_start_worker,
+                             initargs=(spec, fetcher)) as pool:
+        window = deque()
+        for batch in batches:
+            window.append(pool.submit(_annotate, batch))
+            if len(window) >= 2 * n_process:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _start_worker(spec: PipelineSpec, fetcher: Fetcher) -> None:
+    global _WORKER
+    _WORKER = Annotator(spec, "all", fetcher)
+
+
+def _annotate(posts: List[Post]) -> List[Post]:
+    return _WORKER(posts)

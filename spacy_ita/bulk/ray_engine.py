@@ -1,0 +1,125 @@
+"""The Ray Data engine of `apply` (`--engine ray`, extra `spacy-ita[ray]`).
+
+The job: one read task per input file on the driver's node (skipping rows
+already written), then
+`map_batches` over a pool of actors that each load the pipeline once, and the
+annotated rows stream back to the driver, whose writer makes the run
+resumable exactly as in-process. With `extract_workers`, image extraction and
+tagging are two actor pools with their own resources (OCR on CPU workers, the
+tagger on GPU workers). Ray restarts a killed actor and retries its batch, so
+a lost worker loses no post. On a laptop `ray.init()` starts a local Ray; with
+RAY_ADDRESS set it joins that cluster.
+"""
+import inspect
+import pickle
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from spacy.util import minibatch
+
+from .annotate import Annotator, PipelineSpec
+from .fetch import Fetcher
+from .inputs import Columns, DoneRows, InputFile, Post, read_file_posts
+
+
+@dataclass
+class RaySettings:
+    """Actor pools: `workers` taggers (or extractors and taggers in one), each
+    with `worker_cpus` CPUs and `worker_gpus` GPUs; `extract_workers` > 0 moves
+    image extraction into its own pool of that many actors."""
+
+    workers: int = 1
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    extract_workers: int = 0
+    extract_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.extract_workers < 0:
+            raise ValueError("workers must be at least 1 and extract_workers at least 0")
+
+
+def import_ray():
+    """Ray, or an error that names the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray Data: pip install 'spacy-ita[ray]'") from None
+    return ray
+
+
+def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, done: DoneRows,
+            batch_size: int, fetcher: Fetcher, settings: RaySettings) -> Iterator[List[Post]]:
+    """Annotated batches, in the order Ray finishes them."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local Ray
+    try:
+        yield from _run(ray, spec, inputs, columns, done, batch_size, fetcher, settings)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
+         done: DoneRows, batch_size: int, fetcher: Fetcher,
+         settings: RaySettings) -> Iterator[List[Post]]:
+    units = [{"unit": pickle.dumps((item, columns, done.bitmaps.get(item.name), batch_size))}
+             for item in inputs]
+    # Reading takes no reserved CPU (actors holding every CPU must not starve
+    # it) and runs on the driver's node, where INPUT is.
+    dataset = ray.data.from_items(units, override_num_blocks=len(units))
+    dataset = dataset.map_batches(_read_unit, batch_size=1, num_cpus=0,
+                                  **_on_this_node(ray, dataset.map_batches))
+    stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
+    if settings.extract_workers:
+        stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
+                  ("tag", settings.workers, settings.worker_cpus, settings.worker_gpus)]
+    for stage, workers, cpus, gpus in stages:
+        stage_spec = replace(spec, threads=max(1, int(cpus)), gpu_id=0 if gpus else -1)
+        dataset = dataset.map_batches(
+            _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
+            num_gpus=gpus or None)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        yield [pickle.loads(data) for data in batch["post"]]
+
+
+def _on_this_node(ray, map_batches) -> Dict[str, Any]:
+    """map_batches arguments that pin its tasks to this node: a label
+    selector where this Ray has them (2.5x on), else a node affinity."""
+    node = ray.get_runtime_context().get_node_id()
+    if "label_selector" in inspect.signature(map_batches).parameters:
+        return {"label_selector": {"ray.io/node-id": node}}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
+def _posts_batch(posts: List[Post]) -> Dict[str, Any]:
+    import numpy
+
+    column = numpy.empty(len(posts), dtype=object)
+    column[:] = [pickle.dumps(post) for post in posts]
+    return {"post": column}
+
+
+def _read_unit(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Read task: the posts of one input file, in batches."""
+    for data in batch["unit"]:
+        item, columns, bitmap, batch_size = pickle.loads(data)
+        for posts in minibatch(read_file_posts(item, columns, bitmap), batch_size):
+            yield _posts_batch(posts)
+
+
+class _Stage:
+    """A Ray actor: loads the pipeline for its stage once, then annotates batches."""
+
+    def __init__(self, spec: PipelineSpec, stage: str, fetcher: Optional[Fetcher]):
+        self.annotator = Annotator(spec, stage, fetcher)
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        posts = [pickle.loads(data) for data in batch["post"]]
+        return _posts_batch(self.annotator(posts))

@@ -1,0 +1,125 @@
+"""`apply`: a trained pipeline over a collection of posts, from files to a file.
+
+The same function backs `python -m spacy_ita apply` and notebooks:
+
+    from spacy_ita.bulk import apply
+    summary = apply("training/model-best", "posts.jsonl", "entities.parquet", n_process=2)
+"""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+from tqdm import tqdm
+
+from ..context.images import DEFAULT_MAX_BYTES
+from .annotate import PipelineSpec
+from .fetch import Fetcher
+from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, read_posts
+from .outputs import open_writer
+
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class ApplySummary:
+    """What a run did: rows written now, rows found already written, failures."""
+
+    n_written: int = 0
+    n_skipped: int = 0
+    n_errors: int = 0
+    n_image_errors: int = 0
+    n_entities: int = 0
+    seconds: float = 0.0
+
+    @property
+    def posts_per_second(self) -> float:
+        return self.n_written / self.seconds if self.seconds else 0.0
+
+
+def apply(
+    model: str,
+    input: Union[str, Path],
+    output: Union[str, Path],
+    *,
+    text_column: str = "text",
+    image_column: Optional[str] = "image",
+    keep: Optional[Sequence[str]] = None,
+    engine: str = "local",
+    batch_size: int = 32,
+    n_process: int = 1,
+    ocr: str = "rapidocr",
+    tags: bool = True,
+    add_context: bool = True,
+    cache: Optional[Union[str, Path]] = None,
+    gpu_id: int = -1,
+    code: Optional[Union[str, Path]] = None,
+    workers: int = 1,
+    worker_cpus: float = 1.0,
+    worker_gpus: float = 0.0,
+    extract_workers: int = 0,
+    extract_cpus: float = 1.0,
+    max_image_bytes: int = DEFAULT_MAX_BYTES,
+    fetch_timeout: float = 20.0,
+    rows_per_part: int = 20_000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ApplySummary:
+    """Run the pipeline `model` over every post of INPUT (JSONL, CSV or Parquet
+    files; a folder or glob of them) and write one row per post to OUTPUT
+    (.jsonl or .parquet): the carried columns, `entities`, `visual_context`,
+    `view`, `image_error` and `error`. Rows already in OUTPUT are skipped, so a
+    killed run resumes where it stopped. A pipeline without `ita_context` gets
+    one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
+    `engine="ray"` runs the work as a Ray Data job (see `ray_engine.RaySettings`
+    for `workers` and the rest)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if batch_size < 1 or n_process < 1:
+        raise ValueError("batch_size and n_process must be at least 1")
+    start = time.perf_counter()
+    inputs = find_inputs(str(input))
+    columns = Columns(text_column, image_column, keep)
+    context = {"ocr": ocr, "tags": tags} if add_context else None
+    spec = PipelineSpec(str(model), context=context, cache=None if cache is None else str(cache),
+                        gpu_id=gpu_id, code=None if code is None else str(code))
+    fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout)
+    writer = open_writer(Path(output), overwrite, rows_per_part)
+    done = writer.done_rows()
+    summary = ApplySummary(n_skipped=done.count)
+    if engine == "ray":
+        from .ray_engine import RaySettings, run_ray
+
+        settings = RaySettings(workers, worker_cpus, worker_gpus, extract_workers, extract_cpus)
+        batches = run_ray(spec, inputs, columns, done, batch_size, fetcher, settings)
+    else:
+        from .local import run_local
+
+        batches = run_local(spec, read_posts(inputs, columns, done), batch_size, n_process,
+                            fetcher)
+    total = sum(count_rows(item) for item in inputs) - done.count if progress else None
+    try:
+        _write_all(batches, writer, done, summary,
+                   tqdm(total=total, unit="post", disable=not progress))
+    except BaseException:
+        writer.stop()
+        raise
+    writer.finish()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: ApplySummary,
+               bar) -> None:
+    """Write each post once: a post already written (a retried batch that
+    came back twice) is dropped."""
+    with bar:
+        for batch in batches:
+            posts = [post for post in batch if done.add(post.file, post.row)]
+            writer.write([post.output_row() for post in posts])
+            for post in posts:
+                summary.n_written += 1
+                summary.n_errors += post.error is not None
+                summary.n_image_errors += post.image_error is not None
+                summary.n_entities += len(post.entities)
+            bar.update(len(batch))

@@ -1,0 +1,60 @@
+"""Custom code for the `apply` tests, imported by workers through `--code`.
+
+- `apply_test.colour_tags.v1`: a cheap pixel extractor (the dominant colour),
+  deterministic, so runs in different processes can be compared row by row.
+- `apply_test_probe`: a component that logs each doc it sees to a file, and
+  SIGKILLs its own process at the first doc containing "KILL" while the
+  marker file does not exist yet (it creates the marker first, so the rerun,
+  or Ray's retry, goes through).
+"""
+import os
+import signal
+from typing import Any, Dict, List, Optional
+
+from PIL import ImageStat
+from spacy.language import Language
+
+from spacy_ita.context.registry import ImageExtractor, extractors
+
+
+class ColourTags(ImageExtractor):
+    name = "apply_test.colour_tags.v1"
+    field = "object_tags"
+
+    def settings(self) -> Dict[str, Any]:
+        return {}
+
+    def extract(self, images: List[Any]) -> List[List[str]]:
+        tags = []
+        for image in images:
+            means = ImageStat.Stat(image).mean
+            tags.append([("red", "green", "blue")[means.index(max(means))]])
+        return tags
+
+
+@extractors.register("apply_test.colour_tags.v1")
+def make_colour_tags() -> ColourTags:
+    return ColourTags()
+
+
+class Probe:
+    def __init__(self, log_path: Optional[str], kill_marker: Optional[str]):
+        self.log_path = log_path
+        self.kill_marker = kill_marker
+
+    def __call__(self, doc):
+        if self.log_path:
+            with open(self.log_path, "a", encoding="utf8") as log:
+                log.write(doc.text + "\n")
+        if self.kill_marker and "KILL" in doc.text:
+            try:
+                os.close(os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return doc
+            os.kill(os.getpid(), signal.SIGKILL)
+        return doc
+
+
+@Language.factory("apply_test_probe", default_config={"log_path": None, "kill_marker": None})
+def make_probe(nlp, name, log_path: Optional[str], kill_marker: Optional[str]) -> Probe:
+    return Probe(log_path, kill_marker)

@@ -1,0 +1,74 @@
+"""`apply --engine ray` on a local 2-CPU Ray: the rows of the in-process run,
+in one stage or two, and none lost or doubled when a worker is SIGKILLed."""
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from test_apply import CODE, build_pipeline, posts, read_jsonl, write_jsonl  # noqa: E402
+
+from spacy_ita.bulk import apply  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs whose workers run at the tests' own priority (Ray
+    starts them at nice +15, which starves them on a busy machine)."""
+    niceness = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+    if niceness is None:
+        del os.environ["RAY_worker_niceness"]
+    else:
+        os.environ["RAY_worker_niceness"] = niceness
+
+
+@pytest.fixture(scope="module")
+def ray_inputs(tiny_encoder, tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("apply_ray")
+    for name, colour in {"red": (230, 20, 20), "green": (20, 200, 20),
+                         "blue": (20, 20, 230)}.items():
+        Image.new("RGB", (24, 16), colour).save(folder / f"{name}.png")
+    records = posts(folder, 30)
+    records[13]["text"] = "KILL the lights"  # the probe of the kill test dies here, once
+    write_jsonl(folder / "in" / "a.jsonl", records[:18])
+    write_jsonl(folder / "in" / "b.jsonl", records[18:] + [{"id": "bad", "image": "red.png"}])
+    model = build_pipeline(tiny_encoder, folder)
+    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4, progress=False)
+    return folder, model
+
+
+def keyed(rows):
+    return sorted(rows, key=lambda row: (row["input_file"], row["input_row"]))
+
+
+def test_ray_gives_the_rows_of_the_in_process_run(local_ray, ray_inputs, tmp_path):
+    folder, model = ray_inputs
+    summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
+                    workers=2, worker_cpus=0.5, batch_size=4, progress=False)
+    expected = read_jsonl(folder / "local.jsonl")
+    assert summary.n_written == len(expected) == 31 and summary.n_errors == 1
+    assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(expected)
+
+
+def test_two_stages_with_a_killed_worker_lose_no_post(local_ray, ray_inputs, tiny_encoder,
+                                                      tmp_path):
+    """Extraction and tagging in their own actors; the tagger SIGKILLs itself
+    on one batch, Ray restarts it and retries: the rows are still those of the
+    in-process run, each once."""
+    folder, _ = ray_inputs
+    marker = tmp_path / "killed"
+    model = build_pipeline(tiny_encoder, tmp_path, kill_marker=str(marker))
+    records = read_jsonl(folder / "local.jsonl")
+    summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
+                    workers=1, worker_cpus=0.5, extract_workers=1, extract_cpus=0.5,
+                    batch_size=4, progress=False)
+    assert marker.exists(), "no worker was killed"
+    assert summary.n_written == 31
+    assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(records)
