@@ -17,7 +17,7 @@ from spacy.training.initialize import init_nlp
 from spacy.training.loop import train as spacy_train
 
 from robustness.robust_crash import largest_difference, training_setup
-from spacy_ita import files, training
+from spacy_ita import checkpoints, files, training
 from spacy_ita.files import recover_directory, replace_directory
 
 
@@ -58,8 +58,8 @@ def state_digest(nlp, optimizer):
         for shim in node.shims:
             for value in shim._model.state_dict().values():
                 digest.update(value.detach().cpu().numpy().tobytes())
-    digest.update(srsly.msgpack_dumps(training._optimizer_state(nlp, optimizer)))
-    digest.update(srsly.msgpack_dumps(training._encode_random_states(training._random_states())))
+    digest.update(srsly.msgpack_dumps(checkpoints.get_optimizer_state(nlp, optimizer)))
+    digest.update(srsly.msgpack_dumps(checkpoints.encode_random_states(checkpoints.random_states())))
     return digest.hexdigest()
 
 
@@ -200,7 +200,7 @@ def test_a_kill_between_model_last_and_model_best_is_repaired(setup, tmp_path, u
                                                               monkeypatch):
     """The crash lands after model-last is swapped in at step 6, before model-best."""
     output = tmp_path / "out"
-    swap = training.replace_directory
+    swap = checkpoints.replace_directory
 
     def replace_directory(target, write):
         if target.name == "model-best":
@@ -210,7 +210,7 @@ def test_a_kill_between_model_last_and_model_best_is_repaired(setup, tmp_path, u
                 raise Interrupt()
         swap(target, write)
 
-    monkeypatch.setattr(training, "replace_directory", replace_directory)
+    monkeypatch.setattr(checkpoints, "replace_directory", replace_directory)
     with pytest.raises(Interrupt):
         run(setup, output)
     monkeypatch.undo()
