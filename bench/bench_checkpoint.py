@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "robustness"))
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 
 def folder_mb(path: Path) -> float:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from spacy.training.initialize import init_nlp
     from spacy.training.loop import create_before_to_disk_callback
 
-    from robust_crash import training_setup
+    from helpers import training_setup
     from spacy_ita.encoders import bundled_encoder
     from spacy_ita.readers import MultimodalCorpus
     from spacy_ita.checkpoints import Checkpoints, Progress, random_states

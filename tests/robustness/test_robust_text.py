@@ -10,7 +10,7 @@ import time
 import numpy
 import pytest
 
-from robust_helpers import check_tagged, trained_pipeline
+from helpers import check_tagged, trained_pipeline
 from spacy_ita.ita_tagger import get_module
 
 LONG_CONTEXT = {"captions": ["a crowd in a stadium " * 400], "ocr_text": ["GO TEAM"] * 50}
