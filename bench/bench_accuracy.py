@@ -31,13 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
 CONFIGS = REPO / "project" / "configs"
+VARIANT_CONFIG = REPO / "project" / "scripts" / "variant_config.py"
 PUBLISHED = {
     "text-only BERT-base-CRF": 71.81,
     "UMT": 73.41,
     "text-only XLM-R-large-CRF": 77.04,
     "ITA (XLM-R-large)": 78.03,
 }
-# Which spacy_ita variant-config variant each ita_ner system trains.
+# Which variant of project/scripts/variant_config.py each ita_ner system trains.
 ITA_VARIANTS = {"b": "text_only", "c": "ita", "d": "ita_cva"}
 SYSTEMS = {
     "a": "stock spaCy NER (transformer + ner)",
@@ -70,7 +71,7 @@ def train(system, seed, corpus, output, schedule, extra, log):
         config = CONFIGS / "stock_ner.cfg"
     else:
         config = output.parent / f"{system}.cfg"
-        run([sys.executable, "-m", "spacy_ita", "variant-config", CONFIGS / "ita.cfg", config,
+        run([sys.executable, VARIANT_CONFIG, CONFIGS / "ita.cfg", config,
              "--variant", ITA_VARIANTS[system]], log)
     run([sys.executable, "-m", "spacy", "train", config, "--output", output,
          "--paths.train", corpus / "train.spacy", "--paths.dev", corpus / "valid.spacy",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "project" / "scripts"))  # demo_corpus
 # Ray starts its workers at nice +15 by default; level with the in-process runs.
 os.environ.setdefault("RAY_worker_niceness", "0")
 
@@ -36,7 +37,7 @@ from PIL import Image  # noqa: E402
 
 import spacy_ita  # noqa: E402,F401
 from spacy_ita.bulk import apply  # noqa: E402
-from spacy_ita.cli.demo import KINDS, SAVED_SIZE, render_image  # noqa: E402
+from demo_corpus import KINDS, SAVED_SIZE, render_image  # noqa: E402  (project/scripts)
 from spacy_ita.converters import read_mner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "robustness"))
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 
 def folder_mb(path: Path) -> float:
@@ -37,10 +37,10 @@ def main(argv=None) -> int:
     from spacy.training.initialize import init_nlp
     from spacy.training.loop import create_before_to_disk_callback
 
-    from robust_crash import training_setup
+    from helpers import training_setup
     from spacy_ita.encoders import bundled_encoder
     from spacy_ita.readers import MultimodalCorpus
-    from spacy_ita.training import Checkpoints, Progress, _random_states
+    from spacy_ita.checkpoints import Checkpoints, Progress, random_states
 
     encoder = args.encoder or str(bundled_encoder())
     work = Path(tempfile.mkdtemp(prefix="bench_checkpoint_"))
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         shutil.copytree(spacy_out / "model-last", spacy_out / "model-best")
         results["spacy_s"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        ours.save(nlp, optimizer, Progress(run="bench", step=attempt), _random_states(),
+        ours.save(nlp, optimizer, Progress(run="bench", step=attempt), random_states(),
                   True, before_to_disk)
         results["spacy_ita_s"].append(time.perf_counter() - start)
     results["model_last_mb"] = folder_mb(ours.last)

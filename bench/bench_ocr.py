@@ -2,7 +2,7 @@
 
 Images, all with known text:
 - rendered: the demo's signs, posters, jerseys, logos and captioned photos
-  (project/assets/demo/*.jsonl recipes, drawn by `render_image` and saved at
+  (assets/demo/*.jsonl recipes, drawn by `render_image` and saved at
   the demo's 288x192), plus bench_extractors.py's 8 large signs (DejaVu Bold);
   the ground truth is each recipe's lines;
 - photos: scikit-image's `page` (a photographed book page, transcribed below)
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "project" / "scripts"))  # demo_corpus
 
 import numpy  # noqa: E402
 import spacy  # noqa: E402
@@ -43,13 +44,13 @@ from skimage import data  # noqa: E402
 import spacy_ita  # noqa: E402,F401
 import spacy_ita.context.component  # noqa: E402,F401
 from bench_extractors import SIGNS, render_sign  # noqa: E402
-from spacy_ita.cli.demo import SAVED_SIZE, render_image  # noqa: E402
+from demo_corpus import SAVED_SIZE, render_image  # noqa: E402  (project/scripts)
 from spacy_ita.context import make_doc  # noqa: E402
 from spacy_ita.context.ocr import (_easyocr_reader, _offline_easyocr_dir, make_rapidocr,  # noqa: E402
                                    make_tesseract, polygon_fragments, reading_order_lines)
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_RECIPES = [REPO / "project" / "assets" / "demo" / f"{split}.jsonl"
+DEMO_RECIPES = [REPO / "assets" / "demo" / f"{split}.jsonl"
                 for split in ("dev", "test", "train")]
 PAGE_TEXT = """Region-based segmentation
 Let us first determine markers of the coins and the

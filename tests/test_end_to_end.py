@@ -1,7 +1,7 @@
 """(post, photo) -> entities in one call: ita_context feeds ita_ner."""
 import pytest
-import spacy
 
+from helpers import make_nlp
 from spacy_ita import make_doc
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -13,9 +13,8 @@ def nlp(tiny_encoder, tmp_path_factory):
     """Tags from the real EfficientNet classifier (cheap); OCR off to keep this fast."""
     from PIL import Image
 
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ita_context", config={"ocr_text": None})
-    nlp.add_pipe("ita_ner", config={"model": {"@architectures": "spacy-ita.ItaTagger.v1", "name": tiny_encoder}})
+    nlp = make_nlp(tiny_encoder)
+    nlp.add_pipe("ita_context", first=True, config={"ocr_text": None})
     nlp.get_pipe("ita_ner").initialize(lambda: [], nlp=nlp, labels=["PER", "ORG", "LOC"])
     path = tmp_path_factory.mktemp("images") / "chelsea.png"
     Image.fromarray(skimage_data.chelsea()).save(path)

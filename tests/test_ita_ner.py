@@ -9,55 +9,12 @@ import spacy
 import torch
 from spacy.tokens import Doc
 from spacy.training import Example
-from thinc.api import SGD, Adam, fix_random_seed
+from thinc.api import SGD, fix_random_seed
 
+from helpers import POSTS, entities, make_examples, make_nlp, train
 from spacy_ita import VisualContext
 from spacy_ita.encoder_inputs import TaggerInput, encode
 from spacy_ita.ita_tagger import get_module, sequence_limit
-
-# (text, entities, caption or None): the caption tells whether "Phoenix" is a
-# team or a city; some posts have no image at all.
-POSTS = [
-    ("Phoenix beat Denver tonight", [(0, 7, "ORG"), (13, 19, "ORG")], "basketball players on court"),
-    ("Sunset over Phoenix", [(12, 19, "LOC")], "a desert city skyline"),
-    ("Jordan scores again", [(0, 6, "PER")], "a basketball player jumping"),
-    ("Flying to Jordan next week", [(10, 16, "LOC")], None),
-    ("Apple opens a new store in Paris", [(0, 5, "ORG"), (27, 32, "LOC")], "a shop front"),
-    ("Eating an apple in the park", [], "a red apple on grass"),
-    ("Messi joins Miami", [(0, 5, "PER"), (12, 17, "ORG")], "a football player in pink"),
-    ("Great concert by Adele", [(17, 22, "PER")], None),
-    ("Rain again in London", [(14, 20, "LOC")], "grey sky over river"),
-    ("Tesla stock is up", [(0, 5, "ORG")], None),
-    ("Happy birthday Serena", [(15, 21, "PER")], "a tennis player smiling"),
-    ("no entities here at all", [], None),
-]
-
-
-def make_examples(nlp):
-    examples = []
-    for text, entities, caption in POSTS:
-        doc = nlp.make_doc(text)
-        if caption:
-            doc._.visual_context = VisualContext(captions=[caption])
-        examples.append(Example.from_dict(doc, {"entities": entities}))
-    return examples
-
-
-def make_nlp(encoder=None, **config):
-    nlp = spacy.blank("en")
-    if encoder is not None:
-        config["model"] = {"@architectures": "spacy-ita.ItaTagger.v1", "name": encoder}
-    nlp.add_pipe("ita_ner", config=config)
-    return nlp
-
-
-def train(nlp, examples, steps, learn_rate=3e-4):
-    fix_random_seed(0)
-    nlp.initialize(lambda: examples)
-    optimizer = Adam(learn_rate)
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
-    return nlp
 
 
 def fresh_docs(examples):
@@ -66,10 +23,6 @@ def fresh_docs(examples):
 
 def n_sequences(batch):
     return sum(ids.shape[0] for ids in batch.input_ids)
-
-
-def entities(docs):
-    return [[(ent.start_char, ent.end_char, ent.label_) for ent in doc.ents] for doc in docs]
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,22 @@ from pathlib import Path
 import pytest
 import spacy
 import srsly
+import typer
 from spacy.tokens import DocBin, Span
 from spacy.util import load_config
 from spacy.vocab import Vocab
 from typer.testing import CliRunner
 
-from spacy_ita.cli import app
-from spacy_ita.cli.package import BUNDLED_ENCODER, make_venv
-from spacy_ita.cli.report import comparison_table, entity_errors
+import ablation_table
+import demo_corpus
+import variant_config
+from error_report import entity_errors
+from helpers import PROJECT, REPO_ROOT, SHARED_DATA
+from spacy_ita.encoders import BUNDLED_ENCODER
+from try_package import make_venv
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PROJECT = REPO_ROOT / "project"
-SHARED_TWITTER2015 = REPO_ROOT.parent / "shared" / "data" / "twitter2015"
+ASSETS = REPO_ROOT / "assets"
+SHARED_TWITTER2015 = SHARED_DATA / "twitter2015"
 WHEEL = "packages/en_ita_demo-0.1.0/dist/en_ita_demo-0.1.0-py3-none-any.whl"
 # Any download attempt fails at once instead of waiting for a network.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -32,14 +36,24 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
 
 
 def copy_project(target: Path) -> Path:
-    """The project as a fresh clone has it: project.yml, configs and the demo posts."""
+    """The project as a fresh clone has it: project.yml, configs, scripts, and
+    next to it the repository's assets/ with the demo posts."""
     target.mkdir(parents=True)
     shutil.copy(PROJECT / "project.yml", target)
-    shutil.copytree(PROJECT / "configs", target / "configs")
-    (target / "assets" / "demo").mkdir(parents=True)
-    for path in (PROJECT / "assets" / "demo").glob("*.jsonl"):
-        shutil.copy(path, target / "assets" / "demo")
+    for folder in ("configs", "scripts"):
+        shutil.copytree(PROJECT / folder, target / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (target.parent / "assets" / "demo").mkdir(parents=True)
+    for path in (ASSETS / "demo").glob("*.jsonl"):
+        shutil.copy(path, target.parent / "assets" / "demo")
     return target
+
+
+def run_script(main, *args: str):
+    """A project script's command line, run in this process."""
+    app = typer.Typer()
+    app.command()(main)
+    return CliRunner().invoke(app, list(args))
 
 
 def spacy_project(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -141,18 +155,25 @@ def test_rerun_skips_finished_steps(demo_run):
     assert "Skipping 'extract-demo': nothing changed" in result.stdout
 
 
-def test_ablation_compares_the_three_variants(demo_run, tiny_encoder):
+def test_ablation_compares_the_three_variants_and_skips_them_when_done(demo_run, tiny_encoder):
     project, _ = demo_run
-    result = spacy_project(
-        project, "run", "ablation", ".", "--vars.encoder", tiny_encoder, "--vars.epochs", "0",
-        "--vars.max_steps", "2", "--vars.eval_frequency", "2", "--vars.warmup_steps", "1",
-        "--vars.ocr", "none")
+    ablation = ("run", "ablation", ".", "--vars.encoder", tiny_encoder, "--vars.epochs", "0",
+                "--vars.max_steps", "2", "--vars.eval_frequency", "2",
+                "--vars.warmup_steps", "1", "--vars.ocr", "none")
+    result = spacy_project(project, *ablation)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     table = (project / "metrics" / "demo" / "ablation.md").read_text(encoding="utf8")
     rows = [line.split(" | ")[0] for line in table.splitlines()[2:5]]
     assert rows == ["| text_only", "| ita", "| ita_cva"]
     config = (project / "training" / "demo" / "text_only" / "config.cfg").read_text()
     assert "use_context = false" in config
+    # the nested runs got the vars passed on: 2 steps, not the default 250
+    model = spacy.load(project / "training" / "demo" / "ita" / "model-last")
+    assert model.meta["spacy_ita"]["checkpoint"]["step"] == 2
+    again = spacy_project(project, *ablation)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    for step in ("ablation-text_only", "ablation-ita", "ablation-ita_cva", "compare"):
+        assert f"Skipping '{step}': nothing changed" in again.stdout
 
 
 def test_package_loads_in_a_fresh_process(demo_run, tmp_path):
@@ -166,7 +187,7 @@ def test_package_loads_in_a_fresh_process(demo_run, tmp_path):
                     str(project / WHEEL)], check=True, env=env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    image = project / "assets" / "demo" / "images" / "jordan_citadel.png"
+    image = project / "corpus" / "demo" / "images" / "jordan_citadel.png"
     code = (
         "import json, sys, spacy\n"
         "nlp = spacy.load('en_ita_demo')\n"
@@ -192,7 +213,7 @@ def test_package_loads_in_a_fresh_process(demo_run, tmp_path):
 def test_assets_in_place_are_verified_not_downloaded(tmp_path):
     project = copy_project(tmp_path / "project")
     target = project / "assets" / "twitter2015"
-    target.mkdir()
+    target.mkdir(parents=True)
     for path in SHARED_TWITTER2015.glob("*.txt"):
         shutil.copyfile(path, target / path.name)
     result = spacy_project(project, "assets", ".")
@@ -211,38 +232,37 @@ def test_assets_in_place_are_verified_not_downloaded(tmp_path):
 
 
 def test_demo_images_are_deterministic_and_entities_resolve(tmp_path):
-    recipes = tmp_path / "posts.jsonl"
-    srsly.write_jsonl(recipes, [
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    srsly.write_jsonl(recipes / "train.jsonl", [
         {"id": "sign", "text": "Jordan or Jordan ?",
          "entities": [["Jordan", "LOC"], ["Jordan", "PER"]],
          "image": {"kind": "sign", "lines": ["WELCOME TO", "JORDAN"]}},
         {"id": "cat", "text": "Chelsea again", "entities": [["Chelsea", "PER"]],
          "image": {"kind": "photo", "photo": "chelsea", "lines": ["MY CAT"]}},
     ])
-    runner = CliRunner()
-    hashes = []
+    drawn = []
     for run in ("a", "b"):
-        result = runner.invoke(app, ["demo-images", str(recipes), str(tmp_path / run / "r.jsonl"),
-                                     "--image-dir", str(tmp_path / run / "images")])
+        result = run_script(demo_corpus.main, str(recipes), str(tmp_path / run / "gold"),
+                            "--image-dir", str(tmp_path / run / "images"))
         assert result.exit_code == 0, result.output
-        hashes.append([(tmp_path / run / "images" / f"{name}.png").read_bytes()
-                       for name in ("sign", "cat")])
-    assert hashes[0] == hashes[1]
-    records = list(srsly.read_jsonl(tmp_path / "a" / "r.jsonl"))
-    assert records[0]["entities"] == [[0, 6, "LOC"], [10, 16, "PER"]]
-    assert records[0]["image"] == "images/sign.png"
-    result = runner.invoke(app, ["from-jsonl", str(tmp_path / "a" / "r.jsonl"),
-                                 str(tmp_path / "gold.spacy")])
-    assert result.exit_code == 0, result.output
-    doc = next(DocBin().from_disk(tmp_path / "gold.spacy").get_docs(Vocab()))
-    assert [(e.text, e.label_) for e in doc.ents] == [("Jordan", "LOC"), ("Jordan", "PER")]
-    assert Path(doc._.image) == tmp_path / "a" / "images" / "sign.png"
+        drawn.append([(tmp_path / run / "images" / f"{name}.png").read_bytes()
+                      for name in ("sign", "cat")])
+    assert drawn[0] == drawn[1]
+    docs = list(DocBin().from_disk(tmp_path / "a" / "gold" / "train.spacy").get_docs(Vocab()))
+    assert [(e.start_char, e.end_char, e.label_) for e in docs[0].ents] == \
+        [(0, 6, "LOC"), (10, 16, "PER")]
+    assert Path(docs[0]._.image) == tmp_path / "a" / "images" / "sign.png"
+    assert [doc._.image_id for doc in docs] == ["sign", "cat"]
 
-    srsly.write_jsonl(tmp_path / "bad.jsonl",
-                      [{"text": "Jordanian food", "entities": [[0, 6, "LOC"]]}])
-    result = runner.invoke(app, ["from-jsonl", str(tmp_path / "bad.jsonl"),
-                                 str(tmp_path / "x.spacy")])
-    assert result.exit_code == 1 and "token boundaries" in result.output
+    srsly.write_jsonl(recipes / "train.jsonl", [
+        {"id": "food", "text": "Jordanian food", "entities": [["Jordan", "LOC"]],
+         "image": {"kind": "logo", "lines": ["FOOD"]}}])
+    result = run_script(demo_corpus.main, str(recipes), str(tmp_path / "c"),
+                        "--image-dir", str(tmp_path / "c"))
+    assert result.exit_code == 1
+    assert f"{recipes / 'train.jsonl'}, line 1: entity 'Jordan' (0-6) does not start and " \
+        "end on token boundaries" in " ".join(result.output.split())
 
 
 def test_entity_errors_and_comparison_table():
@@ -255,7 +275,7 @@ def test_entity_errors_and_comparison_table():
                       "wrong type": [((0, 6, "LOC"), "PER")]}
     scores = {"ents_p": 0.5, "ents_r": 0.25, "ents_f": 1 / 3,
               "ents_per_type": {"PER": {"p": 1.0, "r": 0.5, "f": 2 / 3}}}
-    table = comparison_table({"text_only": {"views": {"cross": scores, "text": scores}},
+    table = ablation_table.comparison_table({"text_only": {"views": {"cross": scores, "text": scores}},
                               "ita_cva": {"views": {"cross": scores}}})
     lines = table.splitlines()
     assert lines[0] == ("| variant | cross-modal P | cross-modal R | cross-modal F1 "
@@ -269,23 +289,23 @@ def test_variant_configs_differ_only_in_the_variant(tmp_path):
     configs = {}
     for variant in ("text_only", "ita", "ita_cva"):
         out = tmp_path / f"{variant}.cfg"
-        result = CliRunner().invoke(app, ["variant-config", str(PROJECT / "configs" / "ita.cfg"),
-                                          str(out), "--variant", variant])
+        result = run_script(variant_config.main, str(PROJECT / "configs" / "ita.cfg"), str(out),
+                            "--variant", variant)
         assert result.exit_code == 0, result.output
         assert "${paths.train}" in out.read_text()
         configs[variant] = load_config(out, interpolate=False)["components"]["ita_ner"]
     assert configs["text_only"]["use_context"] is False
     assert configs["ita"]["loss"]["cva_weight"] == 0 and configs["ita"]["loss"]["text_weight"] == 0
     assert configs["ita_cva"]["loss"]["cva_weight"] > 0 and configs["ita_cva"]["use_context"]
-    result = CliRunner().invoke(app, ["variant-config", str(PROJECT / "configs" / "ita.cfg"),
-                                      str(tmp_path / "x.cfg"), "--encoder", "xlm-roberta-large"])
-    assert result.exit_code == 0, result.output
-    config = load_config(tmp_path / "x.cfg", interpolate=False)
-    assert config["components"]["ita_ner"]["model"]["name"] == "xlm-roberta-large"
-    result = CliRunner().invoke(app, ["variant-config", str(PROJECT / "configs" / "ita_gpu.cfg"),
-                                      str(tmp_path / "z.cfg")])
+    assert configs["ita_cva"]["model"]["name"] == {"@misc": BUNDLED_ENCODER}
+    assert variant_config.variant_overrides("ita", "xlm-roberta-large")[
+        "components.ita_ner.model.name"] == "xlm-roberta-large"
+    result = run_script(variant_config.main, str(PROJECT / "configs" / "ita_gpu.cfg"),
+                        str(tmp_path / "z.cfg"))
     config = load_config(tmp_path / "z.cfg", interpolate=False)
     assert config["components"]["ita_ner"]["model"]["name"] == {"@misc": BUNDLED_ENCODER}
-    result = CliRunner().invoke(app, ["variant-config", str(PROJECT / "configs" / "ita.cfg"),
-                                      str(tmp_path / "y.cfg"), "--variant", "nope"])
+    result = run_script(variant_config.main, str(PROJECT / "configs" / "ita.cfg"),
+                        str(tmp_path / "y.cfg"), "--variant", "nope")
     assert result.exit_code == 1
+    assert "Unknown variant 'nope'; choose from text_only, ita, ita_cva" in result.output
+    assert not (tmp_path / "y.cfg").exists()

@@ -1,6 +1,6 @@
 """`spacy_ita.training`: the same updates as `spacy train`, checkpoints swapped in
-whole, and a resumed run that takes up exactly the state an uninterrupted run
-had at that step.
+whole, a resumed run that takes up exactly the state an uninterrupted run had
+at that step, and the checkpoints it refuses to resume from.
 
 A new process can round differently from the one it continues (torch's CPU
 kernels depend on memory alignment), so the models at the end are compared
@@ -16,9 +16,8 @@ from spacy import util
 from spacy.training.initialize import init_nlp
 from spacy.training.loop import train as spacy_train
 
-from robustness.robust_crash import largest_difference, training_setup
-from spacy_ita import files, training
-from spacy_ita.files import recover_directory, replace_directory
+from helpers import largest_difference, training_setup
+from spacy_ita import checkpoints, training
 
 
 # Rounding drift over these short runs is far below this (0 in the runs seen);
@@ -58,8 +57,8 @@ def state_digest(nlp, optimizer):
         for shim in node.shims:
             for value in shim._model.state_dict().values():
                 digest.update(value.detach().cpu().numpy().tobytes())
-    digest.update(srsly.msgpack_dumps(training._optimizer_state(nlp, optimizer)))
-    digest.update(srsly.msgpack_dumps(training._encode_random_states(training._random_states())))
+    digest.update(srsly.msgpack_dumps(checkpoints.get_optimizer_state(nlp, optimizer)))
+    digest.update(srsly.msgpack_dumps(checkpoints.encode_random_states(checkpoints.random_states())))
     return digest.hexdigest()
 
 
@@ -200,7 +199,7 @@ def test_a_kill_between_model_last_and_model_best_is_repaired(setup, tmp_path, u
                                                               monkeypatch):
     """The crash lands after model-last is swapped in at step 6, before model-best."""
     output = tmp_path / "out"
-    swap = training.replace_directory
+    swap = checkpoints.replace_directory
 
     def replace_directory(target, write):
         if target.name == "model-best":
@@ -210,7 +209,7 @@ def test_a_kill_between_model_last_and_model_best_is_repaired(setup, tmp_path, u
                 raise Interrupt()
         swap(target, write)
 
-    monkeypatch.setattr(training, "replace_directory", replace_directory)
+    monkeypatch.setattr(checkpoints, "replace_directory", replace_directory)
     with pytest.raises(Interrupt):
         run(setup, output)
     monkeypatch.undo()
@@ -332,56 +331,3 @@ def test_a_missing_or_broken_training_state_is_named(setup, tmp_path):
     state.unlink()
     log = run(setup, output, resume=True, **{"training.max_steps": 3})
     assert "the training state of" in log and "is missing" in log
-
-
-# --- replace_directory -------------------------------------------------------
-
-def write_folder(text):
-    def write(path):
-        path.mkdir()
-        (path / "file").write_text(text)
-    return write
-
-
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
-def test_replace_directory_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
-    exchanged = []
-    if exchange:
-        if files._renameat2 is None:
-            pytest.skip("no renameat2 here")
-        real = files._exchange
-        monkeypatch.setattr(files, "_exchange", lambda a, b: exchanged.append(real(a, b))
-                            or exchanged[-1])
-    else:
-        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
-    target = tmp_path / "model-last"
-    replace_directory(target, write_folder("old"))
-    replace_directory(target, write_folder("new"))
-    assert (target / "file").read_text() == "new"
-    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
-    assert exchanged == ([True] if exchange else [])
-
-
-def test_replace_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
-    target = tmp_path / "model-last"
-    replace_directory(target, write_folder("old"))
-
-    def half_written(path):
-        write_folder("half")(path)
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        replace_directory(target, half_written)
-    assert (target / "file").read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
-
-
-def test_recover_directory_puts_back_a_folder_moved_aside(tmp_path):
-    """A kill between the two renames of the fallback leaves the old folder
-    under its temporary name and no target; recovery puts it back."""
-    target = tmp_path / "model-best"
-    write_folder("old")(tmp_path / ".model-best.old-123")
-    write_folder("new, half")(tmp_path / ".model-best.tmp-123")
-    recover_directory(target)
-    assert (target / "file").read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["model-best"]

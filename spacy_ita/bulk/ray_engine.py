@@ -11,7 +11,6 @@ a lost worker loses no post. On a laptop `ray.init()` starts a local Ray; with
 RAY_ADDRESS set it joins that cluster.
 """
 import inspect
-import pickle
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -66,7 +65,7 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
 def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
          done: DoneRows, batch_size: int, fetcher: Fetcher,
          settings: RaySettings) -> Iterator[List[Post]]:
-    units = [{"unit": pickle.dumps((item, columns, done.bitmaps.get(item.name), batch_size))}
+    units = [{"unit": _ReadUnit(item, columns, done.bitmaps.get(item.name), batch_size)}
              for item in inputs]
     # Reading takes no reserved CPU (actors holding every CPU must not starve
     # it) and runs on the driver's node, where INPUT is.
@@ -84,7 +83,7 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
             num_gpus=gpus or None)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        yield [pickle.loads(data) for data in batch["post"]]
+        yield list(batch["post"])
 
 
 def _on_this_node(ray, map_batches) -> Dict[str, Any]:
@@ -98,19 +97,30 @@ def _on_this_node(ray, map_batches) -> Dict[str, Any]:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
+@dataclass
+class _ReadUnit:
+    """What one read task needs: an input file, the columns to carry, the rows
+    already written and the batch size (an object, so Ray carries it as is)."""
+
+    item: InputFile
+    columns: Columns
+    bitmap: Any
+    batch_size: int
+
+
 def _posts_batch(posts: List[Post]) -> Dict[str, Any]:
     import numpy
 
     column = numpy.empty(len(posts), dtype=object)
-    column[:] = [pickle.dumps(post) for post in posts]
+    column[:] = posts  # Ray Data carries Python objects in object columns
     return {"post": column}
 
 
 def _read_unit(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Read task: the posts of one input file, in batches."""
     for data in batch["unit"]:
-        item, columns, bitmap, batch_size = pickle.loads(data)
-        for posts in minibatch(read_file_posts(item, columns, bitmap), batch_size):
+        for posts in minibatch(read_file_posts(data.item, data.columns, data.bitmap),
+                               data.batch_size):
             yield _posts_batch(posts)
 
 
@@ -121,5 +131,5 @@ class _Stage:
         self.annotator = Annotator(spec, stage, fetcher)
 
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        posts = [pickle.loads(data) for data in batch["post"]]
+        posts = list(batch["post"])
         return _posts_batch(self.annotator(posts))

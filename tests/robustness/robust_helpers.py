@@ -1,114 +1,18 @@
-"""Shared builders for the robustness tests (and bench/bench_reliability.py).
-
-Not a conftest: tests/test_train.py imports `conftest` by name, and a second
-conftest module here could shadow it. Test modules import what they need.
-The trained pipeline is cached per process (lru_cache), so every robustness
-module shares one briefly trained tiny-encoder pipeline.
+"""Builders of the robustness tests (and bench/bench_reliability.py): mixed
+batches of posts, a cheap pixel extractor for ita_context and the pipelines
+that use it. What tests/ shares with them (the trained tiny-encoder pipeline,
+`check_tagged`) is in tests/helpers.py.
 """
-import os
 import random
 from collections import Counter
-from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import spacy
+from spacy.tokens import Doc
 
-import spacy  # noqa: E402
-from spacy.tokens import Doc  # noqa: E402
-from spacy.training import Example  # noqa: E402
-from thinc.api import Adam, fix_random_seed  # noqa: E402
-
-import spacy_ita  # noqa: E402,F401  (Doc extensions)
-import spacy_ita.context.component  # noqa: E402,F401  (registers the ita_context factory)
-from spacy_ita import VisualContext  # noqa: E402
-from spacy_ita.context.registry import ImageExtractor, extractors  # noqa: E402
-
-LABELS = ("LOC", "ORG", "PER")
-
-# (text, entities, caption or None)
-TRAIN_POSTS = [
-    ("Lakers beat Boston tonight", [(0, 6, "ORG"), (12, 18, "ORG")], "basketball players on court"),
-    ("Sunny morning in Boston", [(17, 23, "LOC")], "a harbour at dawn"),
-    ("Kobe scores again", [(0, 4, "PER")], "a basketball player jumping"),
-    ("Flying to Madrid next week", [(10, 16, "LOC")], None),
-    ("Google opens an office in Zurich", [(0, 6, "ORG"), (26, 32, "LOC")], "a glass building"),
-    ("Eating an orange in the park", [], "fruit on grass"),
-    ("Ronaldo joins Madrid", [(0, 7, "PER"), (14, 20, "ORG")], "a football player in white"),
-    ("Great show by Beyonce", [(14, 21, "PER")], None),
-    ("Snow again in Oslo", [(14, 18, "LOC")], "white streets"),
-    ("Nike shares fall", [(0, 4, "ORG")], None),
-    ("Happy birthday Federer", [(15, 22, "PER")], "a tennis player smiling"),
-    ("nothing to see here", [], None),
-]
-
-
-def entities(docs: Iterable[Doc]) -> List[List[Tuple[int, int, str]]]:
-    return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]
-
-
-def make_examples(nlp, posts=TRAIN_POSTS) -> List[Example]:
-    examples = []
-    for text, ents, caption in posts:
-        doc = nlp.make_doc(text)
-        if caption:
-            doc._.visual_context = VisualContext(captions=[caption])
-        examples.append(Example.from_dict(doc, {"entities": ents}))
-    return examples
-
-
-def blank_ita_nlp(encoder: str, **config) -> spacy.Language:
-    nlp = spacy.blank("en")
-    config["model"] = {"@architectures": "spacy-ita.ItaTagger.v1", "name": encoder}
-    nlp.add_pipe("ita_ner", config=config)
-    return nlp
-
-
-def train_pipeline(encoder: str, steps: int = 25, learn_rate: float = 1e-3, **config):
-    nlp = blank_ita_nlp(encoder, **config)
-    examples = make_examples(nlp)
-    fix_random_seed(0)
-    nlp.initialize(lambda: examples)
-    optimizer = Adam(learn_rate)
-    for _ in range(steps):
-        nlp.update(examples, sgd=optimizer)
-    return nlp
-
-
-@lru_cache(maxsize=None)
-def trained_pipeline(encoder: str):
-    """A tiny-encoder ita_ner pipeline, trained briefly (shared; do not mutate)."""
-    return train_pipeline(encoder)
-
-
-def make_tiny_encoder(path) -> str:
-    """The same tiny random BERT as tests/conftest.py's fixture, for the bench."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from spacy_ita.encoders import bundled_encoder
-
-    tokenizer = AutoTokenizer.from_pretrained(bundled_encoder())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def check_tagged(doc: Doc, text: str, labels: Sequence[str] = LABELS) -> None:
-    """The doc kept its text and has valid, complete NER annotation."""
-    assert doc.text == text, "the text changed"
-    assert all(token.ent_iob_ in ("B", "I", "O") for token in doc), [
-        (t.i, t.ent_iob_) for t in doc if t.ent_iob_ not in ("B", "I", "O")][:5]
-    last_end = 0
-    for ent in doc.ents:
-        assert 0 <= ent.start < ent.end <= len(doc)
-        assert ent.start >= last_end, "overlapping entities"
-        assert ent.label_ in labels
-        assert ent[0].ent_iob_ == "B" and all(t.ent_iob_ == "I" for t in ent[1:])
-        last_end = ent.end
-
+import spacy_ita.context.component  # noqa: F401  (registers the ita_context factory)
+from helpers import trained_pipeline
+from spacy_ita.context.registry import ImageExtractor, extractors
 
 # A mixed stream of posts for batch tests: texts of many shapes, contexts of
 # every kind, and 1 in 5 with an image that cannot be read.

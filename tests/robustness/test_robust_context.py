@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from robust_helpers import check_tagged, trained_pipeline
+from helpers import check_tagged, trained_pipeline
 from spacy_ita import VisualContext
 from spacy_ita.encoder_inputs import TaggerInput, encode, special_tokens
 from spacy_ita.ita_tagger import get_module, sequence_limit

@@ -13,10 +13,9 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from robust_crash import (cache_state, checkpoint_status, largest_difference,
-                          kill_extraction_when, kill_training, make_images, prepare_cache,
-                          resume_training, run_extraction, training_setup)
-from robust_helpers import trained_pipeline
+from helpers import largest_difference, trained_pipeline, training_setup
+from robust_crash import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
+                          make_images, prepare_cache, resume_training, run_extraction)
 
 N_IMAGES = 10
 

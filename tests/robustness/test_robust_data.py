@@ -17,7 +17,7 @@ import spacy
 from spacy.tokens import Doc, DocBin
 
 import spacy_ita  # noqa: F401
-from robust_helpers import blank_ita_nlp, entities
+from helpers import entities, make_nlp, mner_summary
 from spacy_ita.converters import read_captions, read_mner
 
 READER = "spacy-ita.MultimodalCorpus.v1"
@@ -38,20 +38,10 @@ SAMPLE = (
 )
 
 
-@pytest.fixture(scope="module")
-def vocab():
-    return spacy.blank("en").vocab
-
-
-def summary(docs):
-    return [(d._.image_id, [t.text for t in d], [(e.start, e.end, e.label_) for e in d.ents])
-            for d in docs]
-
-
 def read_or_error(path, vocab):
     """('ok', docs) or ('error', message); any other exception fails the test."""
     try:
-        return "ok", summary(read_mner(path, nlp_or_vocab=vocab))
+        return "ok", mner_summary(read_mner(path, nlp_or_vocab=vocab))
     except ValueError as err:
         return "error", str(err)
 
@@ -85,7 +75,7 @@ def char_boundaries(data: bytes):
 
 def test_truncated_at_every_character_boundary(tmp_path, vocab):
     data = SAMPLE.encode("utf-8")
-    expected = summary(read_mner(_write(tmp_path / "full.txt", data), nlp_or_vocab=vocab))
+    expected = mner_summary(read_mner(_write(tmp_path / "full.txt", data), nlp_or_vocab=vocab))
     statuses = [check_truncation(tmp_path / "cut.txt", vocab, expected, data, cut)
                 for cut in char_boundaries(data)]
     assert "ok" in statuses and "error" in statuses
@@ -93,7 +83,7 @@ def test_truncated_at_every_character_boundary(tmp_path, vocab):
 
 def test_truncated_inside_a_multibyte_character(tmp_path, vocab):
     data = SAMPLE.encode("utf-8")
-    expected = summary(read_mner(_write(tmp_path / "full.txt", data), nlp_or_vocab=vocab))
+    expected = mner_summary(read_mner(_write(tmp_path / "full.txt", data), nlp_or_vocab=vocab))
     inside = sorted(set(range(len(data) + 1)) - set(char_boundaries(data)))
     assert inside
     for cut in inside:
@@ -144,14 +134,14 @@ def test_convert_cli_names_file_and_line_of_a_non_utf8_file(tmp_path):
 
 @pytest.mark.parametrize("newline", ["\r", "\r\n", "mixed"])
 def test_any_line_ending_reads_the_same(tmp_path, vocab, newline):
-    expected = summary(read_mner(_write(tmp_path / "lf.txt", SAMPLE.encode()), nlp_or_vocab=vocab))
+    expected = mner_summary(read_mner(_write(tmp_path / "lf.txt", SAMPLE.encode()), nlp_or_vocab=vocab))
     if newline == "mixed":
         lines = SAMPLE.split("\n")
         text = "".join(line + ("\r\n", "\n", "\r")[i % 3] for i, line in enumerate(lines[:-1]))
     else:
         text = SAMPLE.replace("\n", newline)
     path = _write(tmp_path / "other.txt", text.encode())
-    assert summary(read_mner(path, nlp_or_vocab=vocab)) == expected
+    assert mner_summary(read_mner(path, nlp_or_vocab=vocab)) == expected
 
 
 @pytest.mark.parametrize("tag", ["B", "I", "E", "S", "U", "L", "-PER", "O-PER", "B_PER", "BPER",
@@ -223,7 +213,7 @@ def test_training_on_a_label_unseen_at_initialize_names_it(tmp_path, tiny_encode
     training data from the converter and the multimodal reader with B-FOO."""
     from spacy.training.initialize import init_nlp
 
-    nlp = blank_ita_nlp(tiny_encoder, tag_scheme=scheme)
+    nlp = make_nlp(tiny_encoder, tag_scheme=scheme)
     corpus = _corpus(tmp_path, nlp.vocab)
     config = nlp.config.copy()
     config["initialize"]["components"] = {"ita_ner": {"labels": ["LOC", "ORG", "PER"]}}
@@ -247,7 +237,7 @@ def test_evaluating_on_a_different_label_set_scores_it(tmp_path, tiny_encoder):
     not an error; predictions only use the model's labels."""
     from spacy_ita.cli.evaluate import evaluate_views
 
-    nlp = blank_ita_nlp(tiny_encoder)
+    nlp = make_nlp(tiny_encoder)
     nlp.config["initialize"]["components"] = {"ita_ner": {"labels": ["LOC", "ORG", "PER"]}}
     nlp.initialize()
     corpus = _corpus(tmp_path, nlp.vocab)

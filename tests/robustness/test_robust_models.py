@@ -11,7 +11,7 @@ import pytest
 import spacy
 import srsly
 
-from robust_helpers import trained_pipeline
+from helpers import trained_pipeline
 
 PACKAGE = Path(__file__).resolve().parents[2] / "spacy_ita"
 

@@ -10,7 +10,8 @@ import time
 import numpy
 import pytest
 
-from robust_helpers import check_tagged, trained_pipeline
+from helpers import check_tagged, trained_pipeline
+from spacy_ita.encoder_inputs import TaggerInput
 from spacy_ita.ita_tagger import get_module
 
 LONG_CONTEXT = {"captions": ["a crowd in a stadium " * 400], "ocr_text": ["GO TEAM"] * 50}
@@ -92,7 +93,7 @@ def test_a_lone_surrogate_is_rejected_by_spacy_before_ita_ner(nlp):
 
 def emissions(nlp, doc, context=None):
     ner = nlp.get_pipe("ita_ner")
-    (scores,) = ner.model.predict([(doc, context)])
+    (scores,) = ner.model.predict([TaggerInput(doc, context)])
     return numpy.asarray(scores)
 
 

@@ -1,23 +1,25 @@
-"""`python -m spacy_ita demo-images` and `from-jsonl`: the demo corpus, from recipes to `.spacy`.
+"""The demo corpus, from the shipped recipes to gold `.spacy` files.
 
-The demo posts (project/assets/demo/*.jsonl) ship a recipe for their image
-instead of the image: a sign, poster, jersey or logo drawn with Pillow, or one
-of the real photos in `skimage.data`, with the text that the post's own words
-lack. `demo-images` draws them (deterministically: fixed sizes, Pillow's
-bundled font, no randomness) and writes records that `from-jsonl` turns into
-gold `.spacy` Docs for `extract` to add visual context to.
+    python scripts/demo_corpus.py ../assets/demo corpus/demo/gold --image-dir corpus/demo/images
+
+The demo posts (assets/demo/*.jsonl at the top of the repository) ship a
+recipe for their image instead of the image: a sign, poster, jersey or logo
+drawn with Pillow, or one of the real photos in `skimage.data`, with the text
+that the post's own words lack. This script draws them (deterministically:
+fixed sizes, Pillow's bundled font, no randomness) and writes each recipe
+file's posts as gold Docs whose `Doc._.image` points to their image, for
+`python -m spacy_ita extract` to add the visual context to.
 """
-import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
+import spacy
 import srsly
 import typer
+from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
-from ..files import replace_file
-from ..visual_context import VisualContext
-from . import app
+from spacy_ita.files import replace_file
 
 SIZE = (384, 256)  # the drawing's coordinates
 SAVED_SIZE = (288, 192)  # the saved image: small, so that OCR on a CPU stays quick
@@ -174,112 +176,61 @@ def read_recipes(path: Path) -> Iterator[Dict[str, Any]]:
         yield post
 
 
-def _pairs(input_path: Path, output: Path, suffix: str) -> List[Tuple[Path, Path]]:
-    """(input, output) files: one file to another, or each .jsonl of a folder into
-    a folder, named by stem with `suffix`."""
-    if input_path.is_dir():
-        inputs = sorted(input_path.glob("*.jsonl"))
-        if not inputs:
-            raise ValueError(f"No .jsonl files in {input_path}")
-        return [(path, output / f"{path.stem}{suffix}") for path in inputs]
-    return [(input_path, output)]
+def post_to_doc(nlp: Language, post: Dict[str, Any], image: Path, where: str) -> Doc:
+    """A gold Doc of a checked post: its tokens, entities, image path and id."""
+    doc = nlp.make_doc(post["text"])
+    spans = []
+    for start, end, label in post["spans"]:
+        span = doc.char_span(start, end, label=label)
+        if span is None:
+            raise ValueError(f"{where}: entity {post['text'][start:end]!r} ({start}-{end}) "
+                             "does not start and end on token boundaries")
+        spans.append(span)
+    doc.set_ents(spans, default="outside")
+    doc._.image = str(image)
+    doc._.image_id = post["id"]
+    return doc
 
 
-def draw_posts(recipes: Path, output: Path, image_dir: Path) -> int:
-    """Draw the images of one recipe file and write its records; returns their number."""
+def build_split(nlp: Language, recipes: Path, output: Path, image_dir: Path) -> int:
+    """Draw the images of one recipe file into `image_dir` and write its posts
+    to `output` as gold Docs; returns their number."""
     from PIL import Image
 
-    records = []
-    for post in read_recipes(recipes):
+    doc_bin = DocBin(store_user_data=True)
+    for number, post in enumerate(read_recipes(recipes), start=1):
         image_path = image_dir / f"{post['id']}.png"
         image = render_image(post["image"])
         image.resize(SAVED_SIZE, Image.Resampling.LANCZOS).save(image_path, optimize=False)
-        records.append({
-            "text": post["text"],
-            "image": os.path.relpath(image_path, output.parent),
-            "image_id": post["id"],
-            "entities": [list(span) for span in post["spans"]],
-        })
+        doc_bin.add(post_to_doc(nlp, post, image_path, f"{recipes}, line {number}"))
     output.parent.mkdir(parents=True, exist_ok=True)
-    srsly.write_jsonl(output, records)
-    return len(records)
+    replace_file(output, doc_bin.to_bytes())
+    return len(doc_bin)
 
 
-@app.command("demo-images")
-def demo_images_cli(
-    recipes: Path = typer.Argument(..., exists=True, metavar="RECIPES",
-                                   help="JSONL of demo posts (id, text, entities, image "
-                                   "recipe), or a folder of them."),
-    output: Path = typer.Argument(..., metavar="OUTPUT",
-                                  help="JSONL of {text, image, image_id, entities} records, "
-                                  "or a folder for one per recipe file."),
+def main(
+    recipes: Path = typer.Argument(..., exists=True, file_okay=False,
+                                   help="Folder of JSONL recipe files (id, text, entities, "
+                                   "image recipe), one per split."),
+    output: Path = typer.Argument(..., help="Folder for one gold <split>.spacy per recipe file."),
     image_dir: Path = typer.Option(..., "--image-dir", "-i", metavar="DIR",
                                    help="Folder to draw the images into (<id>.png)."),
 ) -> None:
-    """Draw the demo posts' images and write records for `from-jsonl`.
-
-    Image paths in the records are relative to the record file's folder;
-    entities are [start, end, label] character offsets.
-    """
+    """Draw the demo posts' images and write the gold .spacy files that point to them."""
+    nlp = spacy.blank("en")
     image_dir.mkdir(parents=True, exist_ok=True)
     try:
-        for source, target in _pairs(recipes, output, ".jsonl"):
-            count = draw_posts(source, target, image_dir)
+        sources = sorted(recipes.glob("*.jsonl"))
+        if not sources:
+            raise ValueError(f"No .jsonl files in {recipes}")
+        for source in sources:
+            target = output / f"{source.stem}.spacy"
+            count = build_split(nlp, source, target, image_dir)
             typer.echo(f"Drew {count} images into {image_dir}; wrote {target}")
     except (ValueError, KeyError, OSError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1)
 
 
-def record_to_doc(nlp, record: Dict[str, Any], base: Path, where: str) -> Doc:
-    """A gold Doc from a record: tokenized text, entities, image path, optional context."""
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ValueError(f"{where}: expected an object with a 'text' string")
-    doc = nlp.make_doc(record["text"])
-    spans = []
-    for start, end, label in record.get("entities", []):
-        span = doc.char_span(start, end, label=label)
-        if span is None:
-            raise ValueError(f"{where}: entity {record['text'][start:end]!r} ({start}-{end}) "
-                             "does not start and end on token boundaries")
-        spans.append(span)
-    doc.set_ents(spans, default="outside")
-    image: Optional[str] = record.get("image")
-    if image is not None:
-        doc._.image = image if os.path.isabs(image) else os.path.normpath(base / image)
-    doc._.image_id = record.get("image_id")
-    if record.get("visual_context") is not None:
-        doc._.visual_context = VisualContext.from_dict(record["visual_context"])
-    return doc
-
-
-@app.command("from-jsonl")
-def from_jsonl_cli(
-    input_path: Path = typer.Argument(..., exists=True, metavar="INPUT",
-                                      help="JSONL of {text, entities[, image, image_id, "
-                                      "visual_context]} records, or a folder of them."),
-    output: Path = typer.Argument(..., metavar="OUTPUT",
-                                  help="Output .spacy file, or a folder for one per input."),
-    lang: str = typer.Option("en", "--lang", "-l", help="Language of the blank tokenizer."),
-) -> None:
-    """Convert JSONL records with gold entities to .spacy DocBins.
-
-    Entities are [start, end, label] character offsets on token boundaries.
-    A relative image path is taken relative to the record file's folder and
-    stored in Doc._.image, so that `extract` can run on the result and keep
-    the entities.
-    """
-    import spacy
-
-    nlp = spacy.blank(lang)
-    try:
-        for source, target in _pairs(input_path, output, ".spacy"):
-            doc_bin = DocBin(store_user_data=True)
-            for number, record in enumerate(srsly.read_jsonl(source), start=1):
-                doc_bin.add(record_to_doc(nlp, record, source.parent, f"{source}, line {number}"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            replace_file(target, doc_bin.to_bytes())
-            typer.echo(f"Wrote {len(doc_bin)} docs to {target}")
-    except (ValueError, TypeError) as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(code=1)
+if __name__ == "__main__":
+    typer.run(main)

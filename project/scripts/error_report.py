@@ -1,9 +1,10 @@
-"""`python -m spacy_ita compare` and `report`: results tables and a visual error report.
+"""A self-contained HTML page of a pipeline's errors on gold posts.
 
-`compare` turns the JSON files of `evaluate` (one per trained variant) into
-one Markdown table, the shape of the ITA paper's ablation. `report` writes a
-self-contained HTML page that shows, per post, the image, its visual context,
-the gold and predicted entities (displaCy) and the errors.
+    python scripts/error_report.py training/demo/ita_cva/model-best corpus/demo/dev.spacy \
+        reports/demo/ita_cva.html --limit 8
+
+Per post: the image, its visual context, the gold and predicted entities
+(displaCy) and the missed, spurious and wrong-type entities.
 """
 import base64
 import html
@@ -11,69 +12,14 @@ import mimetypes
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import srsly
 import typer
 from spacy.tokens import Doc
 from wasabi import msg
 
-from ..files import replace_file
-from ..visual_context import FIELDS, get_visual_context
-from . import app
+from spacy_ita.files import replace_file
+from spacy_ita.visual_context import FIELDS, get_visual_context
 
-VIEW_NAMES = {"cross": "cross-modal", "text": "text-only", "auto": "auto"}
 Span = Tuple[int, int, str]
-
-
-def _percent(value: Optional[float]) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
-def comparison_table(results: Dict[str, Dict]) -> str:
-    """Markdown: P/R/F1 per variant and view, then F1 per entity type."""
-    views = [view for view in VIEW_NAMES if any(view in r["views"] for r in results.values())]
-    header = ["variant"] + [f"{VIEW_NAMES[v]} {m}" for v in views for m in ("P", "R", "F1")]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in results.items():
-        cells = [name]
-        for view in views:
-            scores = result["views"].get(view, {})
-            cells += [_percent(scores.get(key)) for key in ("ents_p", "ents_r", "ents_f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    labels = sorted({label for r in results.values() for s in r["views"].values()
-                     for label in (s.get("ents_per_type") or {})})
-    if labels:
-        lines += ["", "F1 per entity type:", ""]
-        lines.append("| variant | view | " + " | ".join(labels) + " |")
-        lines.append("|" + "---|" * (len(labels) + 2))
-        for name, result in results.items():
-            for view in views:
-                per_type = result["views"].get(view, {}).get("ents_per_type") or {}
-                cells = [_percent(per_type.get(label, {}).get("f")) if label in per_type
-                         else "–" for label in labels]
-                lines.append(f"| {name} | {VIEW_NAMES[view]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-@app.command("compare")
-def compare_cli(
-    metrics: List[Path] = typer.Argument(..., exists=True, dir_okay=False,
-                                         help="JSON files of `evaluate`, one per variant"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table here"),
-) -> None:
-    """One Markdown table comparing variants (named by file stem) on both views."""
-    results = {}
-    for path in metrics:
-        data = srsly.read_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
-            msg.fail(f"{path} is not a metrics file of `python -m spacy_ita evaluate`", exits=1)
-        results[path.stem] = data
-    table = comparison_table(results)
-    if output is None:
-        typer.echo(table)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(output, table)
-        msg.good(f"Saved the comparison of {len(results)} variants to {output}")
 
 
 def entity_errors(gold: Doc, predicted: Doc) -> Dict[str, List[Tuple[Span, Optional[str]]]]:
@@ -178,8 +124,7 @@ def report_html(title: str, posts: Sequence[Tuple[Doc, Doc]]) -> str:
             f"{''.join(sections)}</body></html>")
 
 
-@app.command("report")
-def report_cli(
+def main(
     model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package"),
     data: Path = typer.Argument(..., exists=True, help=".spacy file of gold posts"),
     output: Path = typer.Argument(..., help="HTML file to write"),
@@ -191,7 +136,7 @@ def report_cli(
     wrong type)."""
     import spacy
 
-    from ..readers import MultimodalCorpus
+    from spacy_ita.readers import MultimodalCorpus
 
     nlp = spacy.load(model)
     if "ita_ner" in nlp.pipe_names:
@@ -203,3 +148,7 @@ def report_cli(
     title = f"{model} on {data} ({view} view)"
     replace_file(output, report_html(title, posts))
     msg.good(f"Wrote the report on {len(posts)} posts to {output}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,98 @@
+"""`spacy_ita.files`: outputs written whole or not at all."""
+import os
+
+import pytest
+import srsly
+
+from spacy_ita import files
+from spacy_ita.files import recover_directory, replace_directory, replace_file, replace_json
+
+
+def test_replace_file_writes_text_and_bytes_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "out.txt"
+    replace_file(path, "Zürich ✓")
+    assert path.read_bytes() == "Zürich ✓".encode("utf8")
+    replace_file(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_replace_file_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    replace_json(path, {"ents_f": 0.5})
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        replace_file(path, "new")
+    assert srsly.read_json(path) == {"ents_f": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_replace_json_is_readable_json_with_a_final_newline(tmp_path):
+    path = tmp_path / "metrics.json"
+    replace_json(path, {"views": {"cross": {"ents_f": 0.25}}})
+    assert srsly.read_json(path) == {"views": {"cross": {"ents_f": 0.25}}}
+    assert path.read_text(encoding="utf8").endswith("}\n")
+
+
+def write_folder(text):
+    def write(path):
+        path.mkdir()
+        (path / "file").write_text(text)
+    return write
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replace_directory_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
+    exchanged = []
+    if exchange:
+        if files._renameat2 is None:
+            pytest.skip("no renameat2 here")
+        real = files._exchange
+        monkeypatch.setattr(files, "_exchange", lambda a, b: exchanged.append(real(a, b))
+                            or exchanged[-1])
+    else:
+        monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    target = tmp_path / "model-last"
+    replace_directory(target, write_folder("old"))
+    replace_directory(target, write_folder("new"))
+    assert (target / "file").read_text() == "new"
+    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
+    assert exchanged == ([True] if exchange else [])
+
+
+def test_replace_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
+    target = tmp_path / "model-last"
+    replace_directory(target, write_folder("old"))
+
+    def half_written(path):
+        write_folder("half")(path)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_directory(target, half_written)
+    assert (target / "file").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["model-last"]
+
+
+@pytest.mark.parametrize("left, kept", [
+    ({".model-best.old-123": "old", ".model-best.tmp-123": "new, half"}, "old"),
+    ({"model-best": "whole", ".model-best.tmp-9": "half", ".model-best.old-9": "older"}, "whole"),
+], ids=["moved-aside", "beside-a-whole-folder"])
+def test_recover_directory_keeps_the_one_whole_folder(tmp_path, left, kept):
+    """A kill between the two renames of the fallback leaves the old folder
+    under its temporary name and no target: it is put back. Leftovers beside
+    a whole folder are dropped."""
+    for name, text in left.items():
+        write_folder(text)(tmp_path / name)
+    recover_directory(tmp_path / "model-best")
+    assert (tmp_path / "model-best" / "file").read_text() == kept
+    assert [path.name for path in tmp_path.iterdir()] == ["model-best"]
+
+
+def test_recover_directory_of_a_missing_folder_does_nothing(tmp_path):
+    recover_directory(tmp_path / "nowhere" / "model-best")
+    assert list(tmp_path.iterdir()) == []
