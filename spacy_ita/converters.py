@@ -4,6 +4,10 @@ A file holds posts: an `IMGID:<id>` line, one `token<TAB>tag` line per token
 and a blank line. Tags may be BIO, BIOES or BILOU over any label set; an
 orphan `I-X` opens an entity, as conlleval and seqeval score it. A file with no
 IMGID lines at all is read as plain two-column CoNLL (no image ids).
+
+The *inline* variant, released by KB-NER, AdaSeq, PGIM, MoRe and RiVEG, puts
+each post's context after its tokens: a `<EOS>` token line, then one line per
+context token, all tagged `X` (`token tag` lines with a space are accepted too).
 """
 import re
 from pathlib import Path
@@ -14,9 +18,14 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .visual_context import VisualContext
+from .visual_context import FIELDS, VisualContext, get_visual_context
 
 IMGID_PREFIX = "IMGID:"
+# The inline format: the token that ends a post's sentence and starts its
+# context, and the tags its context tokens may carry.
+EOS_TOKEN = "<EOS>"
+CONTEXT_TAG = "X"
+_CONTEXT_TAGS = (CONTEXT_TAG, "O")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _TAG_RE = re.compile(r"^([BIESLU])-(\S+)$")
 _CAPTION_RE = re.compile(r"^\s*([^\s:]+)\s*:(.*)$")
@@ -132,25 +141,46 @@ def read_captions(path: PathLike) -> Dict[str, str]:
     return captions
 
 
-def _parse_token_line(line: str, where: str) -> Tuple[str, Tuple[str, str]]:
-    """`token<TAB>tag` -> (token, (prefix, label)); ValueError naming `where`."""
+def _split_token_line(line: str, where: str, inline: bool) -> Tuple[str, str]:
+    """`token<TAB>tag` (or, in the inline format, `token tag`) -> (token, tag);
+    ValueError naming `where`."""
     fields = line.split("\t")
+    if inline and len(fields) == 1:
+        fields = line.rsplit(" ", 1)
     if len(fields) != 2:
+        expected = "'token<TAB>tag' or 'token tag'" if inline else "'token<TAB>tag'"
         found = "no TAB" if len(fields) == 1 else f"{len(fields) - 1} TABs"
-        raise ValueError(f"{where}: expected 'token<TAB>tag', found {found} in {line[:80]!r}")
+        raise ValueError(f"{where}: expected {expected}, found {found} in {line[:80]!r}")
     token, tag = fields
     problem = token_error(token)
     if problem is not None:
         raise ValueError(f"{where}: {problem}")
+    return token, tag
+
+
+def _parse_tag(tag: str, where: str) -> Tuple[str, str]:
+    """`O` or `B-PER` -> (prefix, label); ValueError naming `where`."""
     if tag == "O":
-        return token, ("O", "")
+        return "O", ""
     match = _TAG_RE.match(tag)
     if match is None:
         raise ValueError(
             f"{where}: unknown tag {tag!r}; expected 'O' or PREFIX-LABEL with "
             "PREFIX one of B, I, E, S (BIOES) or L, U (BILOU), e.g. 'B-PER'"
         )
-    return token, (match.group(1), match.group(2))
+    return match.group(1), match.group(2)
+
+
+def _is_eos_line(line: str) -> bool:
+    return line.startswith(EOS_TOKEN) and line[len(EOS_TOKEN):len(EOS_TOKEN) + 1] in ("\t", " ")
+
+
+def detect_format(path: PathLike) -> str:
+    """"inline" if some line of the file is a `<EOS>` token line, else "mner"."""
+    path = Path(path)
+    if any(_is_eos_line(line) for _, line in numbered_lines(path)):
+        return "inline"
+    return "mner"
 
 
 def _resolve_vocab(nlp_or_vocab: Union[Language, Vocab, None], lang: str) -> Vocab:
@@ -170,6 +200,7 @@ def read_mner(
     *,
     lang: str = "en",
     knowledge_path: Optional[PathLike] = None,
+    inline_field: Optional[str] = None,
 ) -> Iterator[Doc]:
     """Stream the posts of an MNER file as Docs, one per post.
 
@@ -178,10 +209,17 @@ def read_mner(
     or knowledge_path a text for the post's image (both `<id>.jpg :<text>`
     files), `Doc._.visual_context` with them as captions and knowledge (an
     empty text gives a VisualContext without it).
+    With inline_field (a VisualContext field) the file is read in the inline
+    format: a post's tokens after `<EOS>`, joined by spaces, become that field
+    (nothing after `<EOS>`: an empty context; no `<EOS>`: no context).
     Without nlp_or_vocab the Docs use the vocab of `spacy.blank(lang)`.
     Malformed input raises ValueError naming file:line.
     """
     path = Path(path)
+    if inline_field is not None and inline_field not in FIELDS:
+        raise ValueError(f"Unknown context field {inline_field!r} for the inline format; "
+                         f"expected one of {FIELDS}")
+    inline = inline_field is not None
     vocab = _resolve_vocab(nlp_or_vocab, lang)
     texts = {
         field: read_captions(source)
@@ -189,17 +227,21 @@ def read_mner(
         if source is not None
     }
 
-    def make_doc(image_id: Optional[str], words: List[str], tags: List[Tuple[str, str]]) -> Doc:
+    def make_doc(image_id: Optional[str], words: List[str], tags: List[Tuple[str, str]],
+                 context: Optional[List[str]]) -> Doc:
         doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
         ents = [Span(doc, start, end, label=label) for start, end, label in bio_to_spans(tags)]
         doc.set_ents(ents, default="outside")
         doc._.image_id = image_id
-        found = {
-            field: by_id.get(strip_image_extension(image_id)) if image_id else None
-            for field, by_id in texts.items()
-        }
-        if any(text is not None for text in found.values()):
-            doc._.visual_context = VisualContext(**{f: [t] for f, t in found.items() if t})
+        fields: Dict[str, List[str]] = {}
+        if context is not None:
+            fields[inline_field] = [" ".join(context)] if context else []
+        for field, by_id in texts.items():
+            text = by_id.get(strip_image_extension(image_id)) if image_id else None
+            if text is not None:
+                fields[field] = fields.get(field, []) + ([text] if text else [])
+        if fields:
+            doc._.visual_context = VisualContext(**fields)
         return doc
 
     def no_tokens() -> ValueError:
@@ -211,16 +253,17 @@ def read_mner(
     image_id: Optional[str] = None
     words: List[str] = []
     tags: List[Tuple[str, str]] = []
+    context: Optional[List[str]] = None  # the post's context tokens, once past <EOS>
     for lineno, raw in numbered_lines(path):
         where = f"{path}:{lineno}"
         line = raw.rstrip()
         is_header = line.startswith(IMGID_PREFIX) and "\t" not in line
         if not line.strip() or is_header:
             if words:
-                yield make_doc(image_id, words, tags)
+                yield make_doc(image_id, words, tags, context)
             elif in_post:
                 raise no_tokens()
-            in_post, words, tags = False, [], []
+            in_post, words, tags, context = False, [], [], None
         if not line.strip():
             continue
         if is_header:
@@ -244,50 +287,78 @@ def read_mner(
                 f"{where}: token line outside a post; expected an IMGID:<id> line "
                 "after the blank line (the file's other posts start with one)"
             )
-        token, tag = _parse_token_line(line, where)
+        token, tag = _split_token_line(line, where, inline)
         in_post = True
-        words.append(token)
-        tags.append(tag)
+        if context is not None:
+            if tag not in _CONTEXT_TAGS:
+                raise ValueError(
+                    f"{where}: tag {tag!r} after {EOS_TOKEN}; the context tokens that follow "
+                    f"it are tagged {CONTEXT_TAG} (is the blank line before a new post missing?)"
+                )
+            context.append(token)
+        elif inline and token == EOS_TOKEN:
+            if not words:
+                raise ValueError(f"{where}: {EOS_TOKEN} before any token of the post")
+            context = []
+        else:
+            words.append(token)
+            tags.append(_parse_tag(tag, where))
     if words:
-        yield make_doc(image_id, words, tags)
+        yield make_doc(image_id, words, tags, context)
     elif in_post:
         raise no_tokens()
 
 
-def write_mner(docs: Iterable[Doc], path: PathLike) -> None:
-    """Write Docs in the MNER format with BIO tags (the inverse of read_mner).
+def write_mner(docs: Iterable[Doc], path: PathLike, *, inline_field: Optional[str] = None) -> None:
+    """Write Docs in the MNER format with BIO tags (the inverse of read_mner);
+    with inline_field, in the inline format (see `format_mner`)."""
+    with Path(path).open("w", encoding="utf-8", newline="\n") as file_:
+        file_.writelines(format_mner(docs, inline_field=inline_field))
+
+
+def format_mner(docs: Iterable[Doc], *, inline_field: Optional[str] = None) -> Iterator[str]:
+    """The posts of an MNER file, one string per post, blank line included.
 
     Writes an IMGID line per post when the Docs have `_.image_id`; either all
-    Docs or none must have one. Tokens are checked like read_mner checks them,
-    so whatever this writes reads back the same.
+    Docs or none must have one. With inline_field, a doc with a visual context
+    gets a `<EOS>` line and that field's text, split at whitespace, one
+    `token<TAB>X` line per word. Tokens are checked like read_mner checks
+    them, so whatever this writes reads back the same.
     """
-    path = Path(path)
+    if inline_field is not None and inline_field not in FIELDS:
+        raise ValueError(f"Unknown context field {inline_field!r} for the inline format; "
+                         f"expected one of {FIELDS}")
     has_imgid: Optional[bool] = None
-    with path.open("w", encoding="utf-8", newline="\n") as file_:
-        for i, doc in enumerate(docs):
-            image_id = doc._.image_id
-            if has_imgid is None:
-                has_imgid = image_id is not None
-            if has_imgid != (image_id is not None):
-                raise ValueError(
-                    f"Doc {i} {'lacks' if has_imgid else 'has'} an image id while doc 0 "
-                    f"{'has' if has_imgid else 'does not'}; the format needs all or none"
-                )
-            if len(doc) == 0:
-                raise ValueError(f"Doc {i} has no tokens")
-            lines = []
-            if image_id is not None:
-                if not image_id or any(char.isspace() for char in image_id):
-                    raise ValueError(f"Doc {i}: invalid image id {image_id!r}")
-                lines.append(f"{IMGID_PREFIX}{image_id}")
-            for token in doc:
-                problem = token_error(token.text)
-                if problem is not None:
-                    raise ValueError(f"Doc {i}, token {token.i}: {problem}")
-                if token.ent_iob_ in ("B", "I"):
-                    if any(char.isspace() for char in token.ent_type_):
-                        raise ValueError(f"Doc {i}: label {token.ent_type_!r} contains whitespace")
-                    lines.append(f"{token.text}\t{token.ent_iob_}-{token.ent_type_}")
-                else:
-                    lines.append(f"{token.text}\tO")
-            file_.write("\n".join(lines) + "\n\n")
+    for i, doc in enumerate(docs):
+        image_id = doc._.image_id
+        if has_imgid is None:
+            has_imgid = image_id is not None
+        if has_imgid != (image_id is not None):
+            raise ValueError(
+                f"Doc {i} {'lacks' if has_imgid else 'has'} an image id while doc 0 "
+                f"{'has' if has_imgid else 'does not'}; the format needs all or none"
+            )
+        if len(doc) == 0:
+            raise ValueError(f"Doc {i} has no tokens")
+        lines = []
+        if image_id is not None:
+            if not image_id or any(char.isspace() for char in image_id):
+                raise ValueError(f"Doc {i}: invalid image id {image_id!r}")
+            lines.append(f"{IMGID_PREFIX}{image_id}")
+        for token in doc:
+            problem = token_error(token.text)
+            if problem is None and inline_field is not None and token.text == EOS_TOKEN:
+                problem = f"token {EOS_TOKEN} would read back as the start of the context"
+            if problem is not None:
+                raise ValueError(f"Doc {i}, token {token.i}: {problem}")
+            if token.ent_iob_ in ("B", "I"):
+                if any(char.isspace() for char in token.ent_type_):
+                    raise ValueError(f"Doc {i}: label {token.ent_type_!r} contains whitespace")
+                lines.append(f"{token.text}\t{token.ent_iob_}-{token.ent_type_}")
+            else:
+                lines.append(f"{token.text}\tO")
+        context = get_visual_context(doc, i) if inline_field is not None else None
+        if context is not None:
+            words = " ".join(getattr(context, inline_field)).split()
+            lines += [f"{EOS_TOKEN}\t{CONTEXT_TAG}"] + [f"{word}\t{CONTEXT_TAG}" for word in words]
+        yield "\n".join(lines) + "\n\n"

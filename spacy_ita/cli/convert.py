@@ -1,14 +1,35 @@
-"""`python -m spacy_ita convert`: MNER text files to `.spacy` DocBins."""
+"""`python -m spacy_ita convert`: MNER text files (plain or inline) to `.spacy`
+DocBins, and `python -m spacy_ita export`: back again."""
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
+import spacy
 import typer
 from spacy.tokens import Doc, DocBin
 
-from ..converters import read_mner
+from ..converters import EOS_TOKEN, detect_format, format_mner, read_mner
 from ..files import replace_file
+from ..visual_context import FIELDS
 from . import app
+
+
+class TextFormat(str, Enum):
+    """The two layouts of an MNER text file."""
+
+    mner = "mner"  # IMGID line, token<TAB>tag lines, blank line
+    inline = "inline"  # the same, each post's context after a <EOS> token, tagged X
+
+
+INLINE_FIELD_HELP = (f"Context field that the tokens after {EOS_TOKEN} are (inline format): "
+                     + ", ".join(FIELDS) + ".")
+
+
+def check_field(field: str) -> str:
+    if field not in FIELDS:
+        raise typer.BadParameter(f"{field!r} is not a context field; expected one of {FIELDS}")
+    return field
 
 
 def group_posts(docs: Iterable[Doc], n_posts: int) -> Iterator[Doc]:
@@ -22,6 +43,11 @@ def group_posts(docs: Iterable[Doc], n_posts: int) -> Iterator[Doc]:
             raise ValueError(
                 f"post IMGID:{doc._.image_id}: --n-sents {n_posts} would join posts with "
                 "different images; use --n-sents 1 for files with IMGID lines"
+            )
+        if doc._.visual_context is not None:
+            raise ValueError(
+                f"post {doc.text[:40]!r}: --n-sents {n_posts} would join posts with "
+                "different contexts; use --n-sents 1 for posts with a context"
             )
         batch.append(doc)
         if len(batch) == n_posts:
@@ -46,7 +72,8 @@ def convert_cli(
     input_path: Path = typer.Argument(
         ..., exists=True, dir_okay=False, readable=True, metavar="INPUT",
         help="MNER file: 'IMGID:<id>' line, 'token<TAB>tag' lines, blank line, per post "
-        "(or plain two-column CoNLL without IMGID lines).",
+        f"(or plain two-column CoNLL without IMGID lines); in the inline format a {EOS_TOKEN} "
+        "line and the post's context tokens, tagged X, follow its tokens.",
     ),
     output: Path = typer.Argument(
         ..., metavar="OUTPUT",
@@ -68,22 +95,34 @@ def convert_cli(
     ),
     n_sents: int = typer.Option(
         1, "--n-sents", "-n", min=1, metavar="N",
-        help="Posts per output Doc. Only 1 for files with image ids, since a Doc has "
-        "one image.",
+        help="Posts per output Doc. Only 1 for files with image ids or contexts, since a "
+        "Doc has one image and one context.",
+    ),
+    file_format: Optional[TextFormat] = typer.Option(
+        None, "--format", "-f",
+        help=f"Layout of INPUT; default: inline if a line starts with {EOS_TOKEN}, else mner.",
+    ),
+    inline_field: str = typer.Option(
+        "knowledge", "--inline-field", metavar="FIELD", callback=check_field,
+        help=INLINE_FIELD_HELP,
     ),
 ) -> None:
-    """Convert an MNER (Twitter-2015/2017 style) file to a .spacy DocBin.
+    """Convert an MNER (Twitter-2015/2017 style) file, plain or inline (KB-NER,
+    AdaSeq, PGIM, MoRe, RiVEG), to a .spacy DocBin.
 
     Tags may be BIO, BIOES or BILOU over any labels; an orphan I-X opens an
     entity (conlleval). The DocBin stores user data, so Doc._.image_id and
     Doc._.visual_context are kept. Prints the number of docs and entities.
+    `export` writes it back.
     """
     output_path = output if output.suffix == ".spacy" else output / f"{input_path.stem}.spacy"
     doc_bin = DocBin(store_user_data=True)
     labels: Counter = Counter()
     n_docs = n_with_context = n_empty = 0
     try:
-        docs = read_mner(input_path, captions, lang=lang, knowledge_path=knowledge)
+        inline = (file_format or detect_format(input_path)) == TextFormat.inline
+        docs = read_mner(input_path, captions, lang=lang, knowledge_path=knowledge,
+                         inline_field=inline_field if inline else None)
         if n_sents > 1:
             docs = group_posts(docs, n_sents)
         for doc in docs:
@@ -103,6 +142,44 @@ def convert_cli(
     typer.echo(f"Wrote {n_docs} docs with {sum(labels.values())} entities to {output_path}")
     for label, count in sorted(labels.items(), key=lambda item: (-item[1], item[0])):
         typer.echo(f"  {label}\t{count}")
-    if captions is not None or knowledge is not None:
+    if inline:
+        typer.echo(f"Read the inline format: the context after {EOS_TOKEN} is in "
+                   f"Doc._.visual_context.{inline_field}")
+    if captions is not None or knowledge is not None or inline:
         empty = f" ({n_empty} more an empty one)" if n_empty else ""
         typer.echo(f"{n_with_context} of {n_docs} docs have a context{empty}")
+
+
+@app.command("export")
+def export_cli(
+    input_path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, metavar="INPUT",
+        help="A .spacy file, e.g. from convert or extract.",
+    ),
+    output: Path = typer.Argument(..., metavar="OUTPUT", help="Output text file."),
+    file_format: TextFormat = typer.Option(
+        TextFormat.inline, "--format", "-f",
+        help=f"inline: each post with a context gets a {EOS_TOKEN} line and the context's "
+        "words, tagged X; mner: tokens and tags only.",
+    ),
+    inline_field: str = typer.Option(
+        "knowledge", "--inline-field", metavar="FIELD", callback=check_field,
+        help=INLINE_FIELD_HELP,
+    ),
+    lang: str = typer.Option(
+        "en", "--lang", "-l", metavar="LANG", help="Language code of the blank vocab."
+    ),
+) -> None:
+    """Write a .spacy DocBin as an MNER text file with BIO tags: the inline
+    format the research code reads (default), or plain MNER. An IMGID line
+    starts each post when the docs have image ids; `convert` reads it back."""
+    try:
+        docs = DocBin().from_disk(input_path).get_docs(spacy.blank(lang).vocab)
+        field = inline_field if file_format == TextFormat.inline else None
+        posts = list(format_mner(docs, inline_field=field))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(output, "".join(posts))
+    except (ValueError, OSError, ImportError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"Wrote {len(posts)} posts to {output} ({file_format.value} format)")
