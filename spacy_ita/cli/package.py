@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from wasabi import msg
 
-from ..encoders import BUNDLED_DISTRIBUTION, BUNDLED_ENCODER
+from ..encoders import ENCODER_DISTRIBUTIONS
 from . import app
 from .extract import OCREngine, build_extraction_nlp
 
@@ -66,8 +66,8 @@ def package_cli(
         nlp.add_pipe("ita_context", first=True, config=settings)
         requirements.append(_minor_range("spacy-ita").replace("spacy-ita", "spacy-ita[vision]"))
     encoder = nlp.config["components"]["ita_ner"]["model"]["name"]
-    if isinstance(encoder, dict) and encoder.get("@misc") == BUNDLED_ENCODER:
-        requirements.append(_minor_range(BUNDLED_DISTRIBUTION))
+    if isinstance(encoder, dict):
+        requirements.extend(map(_minor_range, ENCODER_DISTRIBUTIONS.get(encoder.get("@misc"), [])))
     nlp.meta["requirements"] = requirements
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
