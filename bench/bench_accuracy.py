@@ -6,15 +6,17 @@ Systems (same encoder, epochs and learning-rate schedule for all):
   c  ITA without CVA, cross-modal view
   d  ITA with CVA, cross-modal view
   e  ITA with CVA, text-only view (the same model as d)
-Each is trained on `train`, selected on `valid` and scored on `test` with
-BLIP-2 captions as visual context, for each seed.
+  f  ITA with CVA, cross-modal view, each test post given another post's context
+Each is trained on `train`, selected on `valid` and scored on `test` for each
+seed, with the visual context of `--context` (as the project's `context` var):
+PGIM's knowledge (default), BLIP-2 captions, or both.
 
     python bench/bench_accuracy.py --quick                  # a smoke run: few steps, 1 seed
-    python bench/bench_accuracy.py --seeds 0 1 2            # the full comparison
+    python bench/bench_accuracy.py --seeds 0 1 2 --systems bd --output bench/results/accuracy_knowledge.json
 
-The schedule is the project's CPU default (project/project.yml vars): 250
-updates of 16 posts (one epoch of Twitter-2015), learning rate 2e-4 with 25
-warm-up steps, linear decay, dev scored every 50 updates, best on dev kept.
+The schedule is the project's CPU default (project/project.yml vars): 500
+updates of 16 posts (two epochs of Twitter-2015), learning rate 2e-4 with 50
+warm-up steps, linear decay, dev scored every 100 updates, best on dev kept.
 `--project project` takes seed 0's b, c and d from the models and test metrics
 of `spacy project run ablation . --vars.dataset twitter2015` (same schedule,
 same seed) instead of training and scoring them again.
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
 CONFIGS = REPO / "project" / "configs"
 VARIANT_CONFIG = REPO / "project" / "scripts" / "variant_config.py"
+TWITTER_CORPUS = REPO / "project" / "scripts" / "twitter_corpus.py"
 PUBLISHED = {
     "text-only BERT-base-CRF": 71.81,
     "UMT": 73.41,
@@ -46,6 +49,7 @@ SYSTEMS = {
     "c": "ITA without CVA, cross view",
     "d": "ITA with CVA, cross view",
     "e": "ITA with CVA, text view",
+    "f": "ITA with CVA, cross view, shuffled contexts",
 }
 
 
@@ -55,14 +59,11 @@ def run(cmd, log):
     subprocess.run([str(c) for c in cmd], check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def convert(workdir: Path, log):
-    corpus = workdir / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "valid", "test"):
-        target = corpus / f"{split}.spacy"
-        if not target.exists():
-            run([sys.executable, "-m", "spacy_ita", "convert", DATA / f"{split}.txt", target,
-                 "--captions", DATA / "blip2_captions.txt"], log)
+def convert(workdir: Path, context: str, log):
+    """train/dev/test.spacy with the chosen context, as the project builds them."""
+    corpus = workdir / f"corpus-{context}"
+    if not (corpus / "test.spacy").exists():
+        run([sys.executable, TWITTER_CORPUS, DATA, corpus, "--context", context], log)
     return corpus
 
 
@@ -74,7 +75,7 @@ def train(system, seed, corpus, output, schedule, extra, log):
         run([sys.executable, VARIANT_CONFIG, CONFIGS / "ita.cfg", config,
              "--variant", ITA_VARIANTS[system]], log)
     run([sys.executable, "-m", "spacy", "train", config, "--output", output,
-         "--paths.train", corpus / "train.spacy", "--paths.dev", corpus / "valid.spacy",
+         "--paths.train", corpus / "train.spacy", "--paths.dev", corpus / "dev.spacy",
          "--system.seed", seed, *schedule, *([] if system == "a" else extra)], log)
 
 
@@ -88,19 +89,22 @@ def score(system, model, corpus, output, log):
     the stock NER; an existing metrics file is read, not recomputed."""
     if output.exists():
         metrics = json.loads(output.read_text())
-        return {"a": metrics} if system == "a" else _views(system, metrics["views"])
+        return {"a": metrics} if system == "a" else _views(system, metrics)
     if system == "a":
         run([sys.executable, "-m", "spacy", "evaluate", model, corpus / "test.spacy", "--output", output], log)
         metrics = json.loads(output.read_text())
         return {"a": metrics}
     run([sys.executable, "-m", "spacy_ita", "evaluate", model, corpus / "test.spacy",
-         "--views", "cross,text", "--output", output], log)
-    return _views(system, json.loads(output.read_text())["views"])
+         "--views", "cross,text", *(["--shuffled-contexts"] if system == "d" else []),
+         "--output", output], log)
+    return _views(system, json.loads(output.read_text()))
 
 
-def _views(system, views):
+def _views(system, metrics):
+    views = metrics["views"]
     if system == "d":
-        return {"d": views["cross"], "e": views["text"]}
+        shuffled = metrics.get("shuffled_contexts", {})  # not in the project's metrics
+        return {"d": views["cross"], "e": views["text"], **({"f": shuffled["cross"]} if shuffled else {})}
     return {system: views["text" if system == "b" else "cross"]}
 
 
@@ -119,7 +123,7 @@ def summarise(results):
             "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
             "p_mean": statistics.mean(100 * r["ents_p"] for r in runs),
             "r_mean": statistics.mean(100 * r["ents_r"] for r in runs),
-            "dev_f1_mean": statistics.mean(r[f"{system if system != 'e' else 'd'}_dev_f1"]
+            "dev_f1_mean": statistics.mean(r[f"{'d' if system in 'ef' else system}_dev_f1"]
                                            for r in results if system in r),
             "per_type_f1": {
                 label: statistics.mean(100 * r["ents_per_type"][label]["f"] for r in runs)
@@ -145,11 +149,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: --max-steps 30, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-steps", type=int, default=250, help="updates of 16 posts")
+    parser.add_argument("--context", default="knowledge", choices=["captions", "knowledge", "all"])
+    parser.add_argument("--max-steps", type=int, default=500, help="updates of 16 posts")
     parser.add_argument("--learn-rate", type=float, default=2e-4)
-    parser.add_argument("--warmup-steps", type=int, default=25)
-    parser.add_argument("--eval-frequency", type=int, default=50)
-    parser.add_argument("--systems", default="abcd", help="which of a, b, c, d to train (e comes with d)")
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--eval-frequency", type=int, default=100)
+    parser.add_argument("--systems", default="abcd", help="which of a, b, c, d to train (e and f come with d)")
     parser.add_argument("--extra", default="",
                         help="more config overrides for the ita_ner systems, e.g. "
                              "'--components.ita_ner.head_lr_scale 100'")
@@ -173,7 +178,7 @@ def main():
                 "--training.eval_frequency", args.eval_frequency]
     extra = args.extra.split()
     with open(args.workdir / "log.txt", "a") as log:
-        corpus = convert(args.workdir, log)
+        corpus = convert(args.workdir, args.context, log)
         results = []
         for seed in args.seeds:
             seed_results = {}
@@ -194,7 +199,8 @@ def main():
                 seed_results[f"{system}_seconds"] = time.time() - start
             results.append(seed_results)
     summary = {
-        "settings": {"seeds": args.seeds, "max_steps": args.max_steps, "learn_rate": args.learn_rate,
+        "settings": {"seeds": args.seeds, "context": args.context,
+                     "max_steps": args.max_steps, "learn_rate": args.learn_rate,
                      "warmup_steps": args.warmup_steps, "eval_frequency": args.eval_frequency,
                      "extra": args.extra, "project": str(args.project or "")},
         "systems": summarise(results),

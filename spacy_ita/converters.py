@@ -219,30 +219,60 @@ def read_mner(
     if inline_field is not None and inline_field not in FIELDS:
         raise ValueError(f"Unknown context field {inline_field!r} for the inline format; "
                          f"expected one of {FIELDS}")
-    inline = inline_field is not None
     vocab = _resolve_vocab(nlp_or_vocab, lang)
     texts = {
         field: read_captions(source)
         for field, source in (("captions", captions_path), ("knowledge", knowledge_path))
         if source is not None
     }
+    for image_id, words, tags, context in _parse_posts(path, inline=inline_field is not None):
+        yield _post_doc(vocab, image_id, words, tags, context, inline_field, texts)
 
-    def make_doc(image_id: Optional[str], words: List[str], tags: List[Tuple[str, str]],
-                 context: Optional[List[str]]) -> Doc:
-        doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
-        ents = [Span(doc, start, end, label=label) for start, end, label in bio_to_spans(tags)]
-        doc.set_ents(ents, default="outside")
-        doc._.image_id = image_id
-        fields: Dict[str, List[str]] = {}
-        if context is not None:
-            fields[inline_field] = [" ".join(context)] if context else []
-        for field, by_id in texts.items():
-            text = by_id.get(strip_image_extension(image_id)) if image_id else None
-            if text is not None:
-                fields[field] = fields.get(field, []) + ([text] if text else [])
-        if fields:
-            doc._.visual_context = VisualContext(**fields)
-        return doc
+
+RawPost = Tuple[Optional[str], List[str], List[Tuple[str, str]], Optional[List[str]]]
+
+
+def _post_doc(vocab: Vocab, image_id: Optional[str], words: List[str],
+              tags: List[Tuple[str, str]], context: Optional[List[str]],
+              inline_field: Optional[str], texts: Dict[str, Dict[str, str]]) -> Doc:
+    """A post as a Doc: its entities, image id, and the context fields that its
+    inline context and the files keyed by image id give it."""
+    doc = Doc(vocab, words=words, spaces=[True] * (len(words) - 1) + [False])
+    ents = [Span(doc, start, end, label=label) for start, end, label in bio_to_spans(tags)]
+    doc.set_ents(ents, default="outside")
+    doc._.image_id = image_id
+    fields: Dict[str, List[str]] = {}
+    if context is not None:
+        fields[inline_field] = [" ".join(context)] if context else []
+    for field, by_id in texts.items():
+        text = by_id.get(strip_image_extension(image_id)) if image_id else None
+        if text is not None:
+            fields[field] = fields.get(field, []) + ([text] if text else [])
+    if fields:
+        doc._.visual_context = VisualContext(**fields)
+    return doc
+
+
+def _header_image_id(line: str, where: str, has_imgid: Optional[bool],
+                     first_token_line: int) -> str:
+    """The image id of an `IMGID:<id>` line; ValueError naming `where`."""
+    if has_imgid is False:
+        raise ValueError(
+            f"{where}: IMGID line in a file whose first post (line "
+            f"{first_token_line}) has none; either every post starts "
+            "with an IMGID line or none does"
+        )
+    image_id = line[len(IMGID_PREFIX):].strip()
+    if not image_id or any(char.isspace() for char in image_id):
+        raise ValueError(
+            f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
+        )
+    return image_id
+
+
+def _parse_posts(path: Path, inline: bool) -> Iterator[RawPost]:
+    """The posts of an MNER file as (image id, words, tags, context tokens, or
+    None without `<EOS>`); malformed input raises ValueError naming file:line."""
 
     def no_tokens() -> ValueError:
         return ValueError(f"{path}:{header_line}: post IMGID:{image_id} has no tokens")
@@ -260,24 +290,14 @@ def read_mner(
         is_header = line.startswith(IMGID_PREFIX) and "\t" not in line
         if not line.strip() or is_header:
             if words:
-                yield make_doc(image_id, words, tags, context)
+                yield image_id, words, tags, context
             elif in_post:
                 raise no_tokens()
             in_post, words, tags, context = False, [], [], None
         if not line.strip():
             continue
         if is_header:
-            if has_imgid is False:
-                raise ValueError(
-                    f"{where}: IMGID line in a file whose first post (line "
-                    f"{first_token_line}) has none; either every post starts "
-                    "with an IMGID line or none does"
-                )
-            image_id = line[len(IMGID_PREFIX):].strip()
-            if not image_id or any(char.isspace() for char in image_id):
-                raise ValueError(
-                    f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
-                )
+            image_id = _header_image_id(line, where, has_imgid, first_token_line)
             has_imgid, in_post, header_line = True, True, lineno
             continue
         if has_imgid is None:
@@ -304,7 +324,7 @@ def read_mner(
             words.append(token)
             tags.append(_parse_tag(tag, where))
     if words:
-        yield make_doc(image_id, words, tags, context)
+        yield image_id, words, tags, context
     elif in_post:
         raise no_tokens()
 

@@ -1,6 +1,7 @@
 """`python -m spacy_ita convert`: MNER text files (plain or inline) to `.spacy`
 DocBins, and `python -m spacy_ita export`: back again."""
 from collections import Counter
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
@@ -116,38 +117,52 @@ def convert_cli(
     `export` writes it back.
     """
     output_path = output if output.suffix == ".spacy" else output / f"{input_path.stem}.spacy"
-    doc_bin = DocBin(store_user_data=True)
-    labels: Counter = Counter()
-    n_docs = n_with_context = n_empty = 0
     try:
         inline = (file_format or detect_format(input_path)) == TextFormat.inline
         docs = read_mner(input_path, captions, lang=lang, knowledge_path=knowledge,
                          inline_field=inline_field if inline else None)
-        if n_sents > 1:
-            docs = group_posts(docs, n_sents)
-        for doc in docs:
-            doc_bin.add(doc)
-            n_docs += 1
-            context = doc._.visual_context
-            if context is not None and context.is_empty():
-                n_empty += 1
-            elif context is not None:
-                n_with_context += 1
-            labels.update(ent.label_ for ent in doc.ents)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(output_path, doc_bin.to_bytes())
+        counts = _write_docbin(group_posts(docs, n_sents) if n_sents > 1 else docs, output_path)
     except (ValueError, OSError, ImportError) as err:  # ImportError: unknown --lang
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1)
-    typer.echo(f"Wrote {n_docs} docs with {sum(labels.values())} entities to {output_path}")
+    labels = counts.labels
+    typer.echo(f"Wrote {counts.docs} docs with {sum(labels.values())} entities to {output_path}")
     for label, count in sorted(labels.items(), key=lambda item: (-item[1], item[0])):
         typer.echo(f"  {label}\t{count}")
     if inline:
         typer.echo(f"Read the inline format: the context after {EOS_TOKEN} is in "
                    f"Doc._.visual_context.{inline_field}")
     if captions is not None or knowledge is not None or inline:
-        empty = f" ({n_empty} more an empty one)" if n_empty else ""
-        typer.echo(f"{n_with_context} of {n_docs} docs have a context{empty}")
+        empty = f" ({counts.empty_context} more an empty one)" if counts.empty_context else ""
+        typer.echo(f"{counts.with_context} of {counts.docs} docs have a context{empty}")
+
+
+@dataclass
+class DocCounts:
+    """What convert wrote: docs, docs with a context or an empty one, entities per label."""
+
+    docs: int = 0
+    with_context: int = 0
+    empty_context: int = 0
+    labels: Counter = field(default_factory=Counter)
+
+
+def _write_docbin(docs: Iterable[Doc], output_path: Path) -> DocCounts:
+    """Write the docs to a .spacy file (atomically) and count them."""
+    doc_bin = DocBin(store_user_data=True)
+    counts = DocCounts()
+    for doc in docs:
+        doc_bin.add(doc)
+        counts.docs += 1
+        context = doc._.visual_context
+        if context is not None and context.is_empty():
+            counts.empty_context += 1
+        elif context is not None:
+            counts.with_context += 1
+        counts.labels.update(ent.label_ for ent in doc.ents)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(output_path, doc_bin.to_bytes())
+    return counts
 
 
 @app.command("export")
