@@ -10,6 +10,7 @@
 """
 import re
 from collections import Counter
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence
 
@@ -31,8 +32,10 @@ _NUMBER = re.compile(r"^[+-]?[\d.,:/%$€£]*\d[\d.,:/%$€£]*$")
 _WORD_CHARS = re.compile(r"\w")
 
 
+@lru_cache(maxsize=1 << 16)
 def shape_id(word: str) -> int:
-    """One id for the (kind, case, length bucket) of a token."""
+    """One id for the (kind, case, length bucket) of a token (cached: a
+    collection of posts repeats most of its words)."""
     if _URL.match(word):
         kind = "url"
     elif word[:1] in "#@" and len(word) > 1 and _WORD_CHARS.search(word[1:]):
