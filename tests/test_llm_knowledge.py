@@ -28,6 +28,7 @@ from spacy_ita.cli import app
 from spacy_ita.context import component as _component  # noqa: F401  (the ita_context factory)
 from spacy_ita.context import make_doc, pipe_posts
 from spacy_ita.context.llm import AnswerError, parse_answer
+from spacy_ita.context.registry import Extractor, extractors
 from spacy_ita.knowledge import Mention, parse_mentions
 
 MODEL = "test-model"
@@ -425,6 +426,37 @@ def test_setup_errors_fail_before_any_post_is_sent(monkeypatch):
                           "base_url": "localhost:8000", "model": "m"}})
     with pytest.raises(ValueError, match=r"unknown placeholder \{post\}"):
         llm_nlp(server, prompt="Post: {post}")
+
+
+class CountingTags(Extractor):
+    """An object-tag extractor that counts the posts it is given."""
+
+    name = "spacy-ita-test.counting_tags.v1"
+    needs_pixels = False
+    posts = 0
+
+    def settings(self):
+        return {}
+
+    def __call__(self, records):
+        CountingTags.posts += len(records)
+        return [{"object_tags": ["thing"]} for _ in records]
+
+
+extractors.register(CountingTags.name, func=CountingTags)
+
+
+def test_a_wrong_url_fails_before_the_image_slots_run():
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_context", config={
+        "object_tags": {"@spacy_ita_extractors": CountingTags.name}, "ocr_text": None,
+        "knowledge": {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
+                      "base_url": nowhere, "model": MODEL, "backoff": 0.01}})
+    CountingTags.posts = 0
+    with pytest.raises(RuntimeError, match="cannot be reached"):
+        nlp(make_doc(nlp, "a post", image_id="1"))
+    assert CountingTags.posts == 0
 
 
 def test_the_key_is_never_written_anywhere(tmp_path, caplog, capsys):

@@ -138,6 +138,10 @@ class ItaContext:
         posts = [self._post(doc) for doc in docs if self._wants(doc)]
         if not posts:
             return
+        if KNOWLEDGE in self.extractors:
+            # Its setup (endpoint, key) is checked once per process, before the
+            # image slots: a wrong URL fails before minutes of image work.
+            self.extractors[KNOWLEDGE].load()
         self._read_and_decode(posts)
         for slot, extractor in self.extractors.items():
             if slot == KNOWLEDGE:
