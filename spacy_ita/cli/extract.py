@@ -1,4 +1,5 @@
-"""`python -m spacy_ita extract`: images to visual contexts, stored in a `.spacy` DocBin."""
+"""`python -m spacy_ita extract`: images (and posts) to visual contexts and
+knowledge, stored in a `.spacy` DocBin."""
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class ExtractSummary:
     n_docs: int = 0
     n_with_context: int = 0
     failures: List[Tuple[str, str]] = field(default_factory=list)
+    knowledge_failures: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -48,11 +50,13 @@ def context_config(
     gpu: bool = False,
     batch_size: int = 16,
     existing_context: str = "merge",
+    knowledge: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The `ita_context` config for the CLI options of `extract` (and `apply`)."""
+    """The `ita_context` config for the CLI options of `extract` (and `apply`);
+    `knowledge` is the config of the knowledge extractor, if any."""
     config: Dict[str, Any] = {"cache_path": str(cache) if cache else None,
                               "on_error": "ignore", "batch_size": batch_size,
-                              "existing_context": existing_context}
+                              "existing_context": existing_context, "knowledge": knowledge}
     device = "cuda" if gpu else "cpu"
     if ocr == OCREngine.rapidocr:
         config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"}
@@ -86,6 +90,31 @@ def build_extraction_nlp(lang: str = "en", ocr: OCREngine = OCREngine.rapidocr,
     nlp = spacy.blank(lang)
     nlp.add_pipe("ita_context", config=context_config(ocr, **options))
     return nlp
+
+
+def llm_knowledge_config(
+    endpoint: Optional[str], model: Optional[str], key_env: Optional[str] = None,
+    send_image: bool = False, labels: Optional[str] = None, examples: Optional[Path] = None,
+    concurrency: int = 8, max_calls: Optional[int] = None,
+) -> Optional[Dict[str, Any]]:
+    """The `spacy-ita.llm_knowledge.v1` block for the --knowledge-* options
+    (None without an endpoint); `labels` is comma-separated."""
+    if endpoint is None:
+        if model or key_env or send_image or labels or examples or max_calls is not None:
+            raise ValueError("the --knowledge-* options and --send-image need "
+                             "--knowledge-endpoint")
+        return None
+    if not model:
+        raise ValueError("--knowledge-endpoint needs --knowledge-model")
+    config: Dict[str, Any] = {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
+                              "base_url": endpoint, "model": model, "api_key_env": key_env,
+                              "send_image": send_image, "max_concurrency": concurrency,
+                              "max_calls": max_calls}
+    if labels is not None:
+        config["labels"] = [label.strip() for label in labels.split(",") if label.strip()]
+    if examples is not None:
+        config["examples_path"] = str(examples)
+    return config
 
 
 class _ImageFinder:
@@ -165,8 +194,11 @@ def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
         summary.n_docs += 1
         context = doc._.visual_context
         summary.n_with_context += context is not None and not context.is_empty()
+        name = str(doc._.image_id or doc._.image or doc.text[:40])
         if doc._.image_error is not None:
-            summary.failures.append((str(doc._.image_id or doc._.image), doc._.image_error))
+            summary.failures.append((name, doc._.image_error))
+        if doc._.knowledge_error is not None:
+            summary.knowledge_failures.append((name, doc._.knowledge_error))
         doc_bin.add(doc)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(output_path, doc_bin.to_bytes())
@@ -179,12 +211,48 @@ def print_summary(summary: ExtractSummary, output_path: Path) -> None:
                f"{summary.n_with_context} have a non-empty visual context")
     if not summary.failures:
         typer.echo("No image failed")
+    _list_failures(f"{len(summary.failures)} image(s) failed:", summary.failures)
+    _list_failures(f"{len(summary.knowledge_failures)} post(s) got no knowledge:",
+                   summary.knowledge_failures)
+
+
+def _list_failures(title: str, failures: List[Tuple[str, str]]) -> None:
+    if not failures:
         return
-    typer.echo(f"{len(summary.failures)} image(s) failed:")
-    for name, error in summary.failures[:MAX_LISTED_FAILURES]:
+    typer.echo(title)
+    for name, error in failures[:MAX_LISTED_FAILURES]:
         typer.echo(f"  {name}: {error}")
-    if len(summary.failures) > MAX_LISTED_FAILURES:
-        typer.echo(f"  ... and {len(summary.failures) - MAX_LISTED_FAILURES} more")
+    if len(failures) > MAX_LISTED_FAILURES:
+        typer.echo(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more")
+
+
+# The options of `extract` for knowledge from a language model, kept out of its
+# signature so that it stays readable; the names match llm_knowledge_config's.
+KNOWLEDGE_OPTIONS = {
+    "endpoint": typer.Option(
+        None, "--knowledge-endpoint", metavar="URL",
+        help="OpenAI-compatible API (e.g. http://localhost:8000/v1) of a chat model that "
+        "adds knowledge: the post's entity mentions with types."),
+    "model": typer.Option(
+        None, "--knowledge-model", metavar="NAME", help="Model name at the endpoint."),
+    "key_env": typer.Option(
+        None, "--knowledge-key-env", metavar="VAR",
+        help="Name of the environment variable that holds the API key (none: no key)."),
+    "send_image": typer.Option(
+        False, "--send-image", help="Send the image too (vision models); otherwise the "
+        "model sees the post and the captions, tags and OCR found."),
+    "labels": typer.Option(
+        None, "--knowledge-labels", metavar="L1,L2",
+        help="Entity types to ask for; default PER,LOC,ORG,OTHER."),
+    "examples": typer.Option(
+        None, "--knowledge-examples", exists=True, dir_okay=False, metavar="FILE",
+        help="A .spacy training file whose posts with entities serve as few-shot examples."),
+    "concurrency": typer.Option(
+        8, "--knowledge-concurrency", min=1, help="Requests in flight at once."),
+    "max_calls": typer.Option(
+        None, "--knowledge-max-calls", min=0, metavar="N",
+        help="Most requests this run makes; later posts get no knowledge."),
+}
 
 
 @app.command("extract")
@@ -224,17 +292,30 @@ def extract_cli(
     n_process: int = typer.Option(1, "--n-process", "-n", min=1,
                                   help="Worker processes; each loads its own models."),
     gpu: bool = typer.Option(False, "--gpu", help="Run the models on a CUDA GPU."),
+    knowledge_endpoint: Optional[str] = KNOWLEDGE_OPTIONS["endpoint"],
+    knowledge_model: Optional[str] = KNOWLEDGE_OPTIONS["model"],
+    knowledge_key_env: Optional[str] = KNOWLEDGE_OPTIONS["key_env"],
+    send_image: bool = KNOWLEDGE_OPTIONS["send_image"],
+    knowledge_labels: Optional[str] = KNOWLEDGE_OPTIONS["labels"],
+    knowledge_examples: Optional[Path] = KNOWLEDGE_OPTIONS["examples"],
+    knowledge_concurrency: int = KNOWLEDGE_OPTIONS["concurrency"],
+    knowledge_max_calls: Optional[int] = KNOWLEDGE_OPTIONS["max_calls"],
 ) -> None:
-    """Turn images into visual contexts (object tags, captions, OCR) and store
-    them in Doc._.visual_context in a .spacy file (user data kept). Failed images
-    give an empty context, their error in Doc._.image_error, and are listed at
-    the end."""
+    """Turn images into visual contexts (object tags, captions, OCR) and, with
+    --knowledge-endpoint, posts into knowledge, and store them in
+    Doc._.visual_context in a .spacy file (user data kept). Failed images give
+    an empty context and their error in Doc._.image_error, failed knowledge its
+    error in Doc._.knowledge_error; both are listed at the end."""
     try:
+        knowledge = llm_knowledge_config(knowledge_endpoint, knowledge_model, knowledge_key_env,
+                                         send_image, knowledge_labels, knowledge_examples,
+                                         knowledge_concurrency, knowledge_max_calls)
         nlp = build_extraction_nlp(lang, ocr, tags=tags, detector=detector,
                                    captioner=captioner, precomputed=precomputed, cache=cache,
-                                   gpu=gpu, batch_size=batch_size, existing_context=existing)
+                                   gpu=gpu, batch_size=batch_size, existing_context=existing,
+                                   knowledge=knowledge)
         summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size)
-    except (ValueError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
     print_summary(summary, output)

@@ -20,7 +20,8 @@ from spacy.tokens import Doc
 from spacy.util import minibatch
 
 from ..visual_context import FIELDS, VisualContext, get_visual_context
-from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401  (registers them)
+# Imported to register the extractors they define.
+from . import captions as _captions, llm as _llm, ocr as _ocr, tags as _tags  # noqa: F401
 from .cache import ContextCache
 from .images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                      ImageSource, decode_image, read_image_source)
@@ -137,6 +138,10 @@ class ItaContext:
         posts = [self._post(doc) for doc in docs if self._wants(doc)]
         if not posts:
             return
+        if KNOWLEDGE in self.extractors:
+            # Its setup (endpoint, key) is checked once per process, before the
+            # image slots: a wrong URL fails before minutes of image work.
+            self.extractors[KNOWLEDGE].load()
         self._read_and_decode(posts)
         for slot, extractor in self.extractors.items():
             if slot == KNOWLEDGE:
