@@ -72,12 +72,13 @@ def make_nlp(encoder: Optional[str] = None, **config) -> spacy.Language:
     return nlp
 
 
-def make_examples(nlp: spacy.Language, posts=POSTS) -> List[Example]:
+def make_examples(nlp: spacy.Language, posts=POSTS, field: str = "captions") -> List[Example]:
+    """Examples of (text, entities, context text or None) posts, the context in `field`."""
     examples = []
-    for text, ents, caption in posts:
+    for text, ents, context in posts:
         doc = nlp.make_doc(text)
-        if caption:
-            doc._.visual_context = VisualContext(captions=[caption])
+        if context:
+            doc._.visual_context = VisualContext(**{field: [context]})
         examples.append(Example.from_dict(doc, {"entities": ents}))
     return examples
 

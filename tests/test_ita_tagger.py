@@ -2,8 +2,9 @@
 import pytest
 import spacy
 from spacy.training import Example
-from thinc.api import Adam, fix_random_seed
+from thinc.api import Adam
 
+from helpers import make_examples, train
 from spacy_ita import VisualContext
 from spacy_ita.encoder_inputs import TaggerInput
 from spacy_ita.knowledge import Mention
@@ -24,18 +25,8 @@ def knowledge_pipeline(encoder, **model):
     nlp = spacy.blank("en")
     nlp.add_pipe("ita_ner", config={"model": {
         "@architectures": "spacy-ita.ItaTagger.v2", "name": encoder, **model}})
-    examples = []
-    for text, entities, knowledge in KNOWLEDGE_POSTS:
-        doc = nlp.make_doc(text)
-        if knowledge:
-            doc._.visual_context = VisualContext(knowledge=[knowledge])
-        examples.append(Example.from_dict(doc, {"entities": entities}))
-    fix_random_seed(0)
-    nlp.initialize(lambda: examples)
-    optimizer = Adam(1e-3)
-    for _ in range(3):
-        nlp.update(examples, sgd=optimizer)
-    return nlp, examples
+    examples = make_examples(nlp, KNOWLEDGE_POSTS, field="knowledge")
+    return train(nlp, examples, steps=3, learn_rate=1e-3), examples
 
 
 def predictions(nlp, examples):
