@@ -44,7 +44,7 @@ def package_cli(
         None, "--context-from", exists=True, dir_okay=False, metavar="CORPUS",
         help="Training corpus (.spacy): when its posts carry images, the package starts "
         "with ita_context, so that it reads images itself."),
-    ocr: OCREngine = typer.Option(OCREngine.easyocr, "--ocr",
+    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr",
                                   help="OCR engine of that ita_context (as for `extract`)."),
 ) -> None:
     """Build an installable wheel of MODEL with `spacy package`.
