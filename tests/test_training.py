@@ -167,6 +167,7 @@ def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted
     assert len(list((output / "training-state").iterdir())) == 1
 
 
+@pytest.mark.slow  # about a minute: three runs; make test-all runs it
 def test_resume_with_weight_averaging(setup, tmp_path):
     """model-last holds the averages; the run goes on from the raw weights."""
     averaging = {"training.optimizer.use_averages": True}

@@ -126,6 +126,7 @@ def test_killed_training_resumes_to_the_uninterrupted_model(tmp_path, tiny_encod
     assert_same_parameters(setup["output"], uninterrupted_training)
 
 
+@pytest.mark.slow  # 1-2 min: two training subprocesses; make test-all runs it
 def test_training_killed_while_saving_a_checkpoint(tmp_path, tiny_encoder,
                                                    uninterrupted_training):
     """The kill lands while a checkpoint folder is being written: the previous
