@@ -108,7 +108,7 @@ def assert_same_parameters(output_a, output_b):
 def uninterrupted_training(tmp_path_factory, tiny_encoder):
     """The reference: `--resume` on an empty output trains from the start."""
     setup = training_setup(tmp_path_factory.mktemp("uninterrupted"), tiny_encoder)
-    done = resume_training(setup, eval_frequency=10, max_steps=120)
+    done = resume_training(setup, eval_frequency=10, max_steps=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "there is no checkpoint" in " ".join(done.stdout.split())
     return setup["output"]
@@ -117,10 +117,10 @@ def uninterrupted_training(tmp_path_factory, tiny_encoder):
 def test_killed_training_resumes_to_the_uninterrupted_model(tmp_path, tiny_encoder,
                                                             uninterrupted_training):
     setup = training_setup(tmp_path, tiny_encoder)
-    killed = kill_training(setup, when="between", eval_frequency=10, max_steps=120)
+    killed = kill_training(setup, when="between", eval_frequency=10, max_steps=60)
     assert killed["killed"], killed
     assert_loadable_checkpoints(setup["output"])
-    done = resume_training(setup, eval_frequency=10, max_steps=120)
+    done = resume_training(setup, eval_frequency=10, max_steps=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Resuming after step" in done.stdout
     assert_same_parameters(setup["output"], uninterrupted_training)
@@ -133,10 +133,10 @@ def test_training_killed_while_saving_a_checkpoint(tmp_path, tiny_encoder,
     checkpoint is still in place and loads, and the resumed run ends as an
     uninterrupted one."""
     setup = training_setup(tmp_path, tiny_encoder)
-    killed = kill_training(setup, when="saving", eval_frequency=10, max_steps=120)
+    killed = kill_training(setup, when="saving", eval_frequency=10, max_steps=60)
     assert killed["killed"] and killed["being_written"], killed
     assert_loadable_checkpoints(setup["output"])
-    done = resume_training(setup, eval_frequency=10, max_steps=120)
+    done = resume_training(setup, eval_frequency=10, max_steps=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Resuming after step" in done.stdout
     assert sorted(path.name for path in setup["output"].iterdir()) == \
