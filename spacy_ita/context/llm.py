@@ -259,6 +259,9 @@ class LLMKnowledge(Extractor):
         self.prompt = prompt
         self.examples = ([] if examples_path is None or n_examples == 0
                          else load_examples(examples_path, n_examples, list(self.labels)))
+        # Hashed once: settings() is part of the cache key read for every post.
+        examples_json = json.dumps(self.examples, sort_keys=True, ensure_ascii=False)
+        self.examples_sha256 = hashlib.sha256(examples_json.encode("utf-8")).hexdigest()
         self.json_mode = json_mode
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -289,11 +292,10 @@ class LLMKnowledge(Extractor):
 
     def settings(self) -> Dict[str, Any]:
         """What changes the answer, for the cache key; the examples as a hash."""
-        examples = json.dumps(self.examples, sort_keys=True, ensure_ascii=False)
         return {"base_url": self.base_url, "model": self.model, "send_image": self.send_image,
                 "labels": self.labels, "system_prompt": self.system_prompt,
                 "prompt": self.prompt, "json_mode": self.json_mode,
-                "examples": hashlib.sha256(examples.encode("utf-8")).hexdigest(),
+                "examples": self.examples_sha256,
                 "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     # -- the client -------------------------------------------------------------
