@@ -23,11 +23,16 @@ DEMO_VARS := --vars.epochs 17 --vars.max_steps 250 --vars.eval_frequency 50 --va
 demo: $(BIN)/.installed
 	cd project && ../$(BIN)/python -m spacy project run all . $(DEMO_VARS)
 
+# Test files run in parallel, each file in one worker (its module fixtures are
+# built once): 2 workers for the 2 cores of the CI machine.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ within DRIFT; the state at the resume point is compared bit for bit.
 """
 import hashlib
 import io
+import shutil
 
 import pytest
 import spacy
@@ -29,8 +30,15 @@ class Interrupt(Exception):
     """Raised from inside a training step to stand in for a crash."""
 
 
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_encoder):
+    """The corpus and config the tests share; they only read them."""
+    return training_setup(tmp_path_factory.mktemp("data"), tiny_encoder)
+
+
 @pytest.fixture
-def setup(tmp_path, tiny_encoder):
+def own_setup(tmp_path, tiny_encoder):
+    """A corpus and config of the test's own, for the tests that change them."""
     return training_setup(tmp_path / "data", tiny_encoder)
 
 
@@ -120,23 +128,28 @@ def assert_same_checkpoints(output_a, output_b):
         assert a["ita_ner_loss"] == pytest.approx(b["ita_ner_loss"], rel=1e-4)
 
 
-REFERENCE_STATES = {}  # state digests of the uninterrupted run, by output folder
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """One uninterrupted run for the module: its output and the state digest
+    at the start of each step."""
+    output, states = tmp_path_factory.mktemp("reference") / "uninterrupted", {}
+    run(setup, output, states=states)
+    return output, states
 
 
 @pytest.fixture
-def uninterrupted(setup, tmp_path):
+def uninterrupted(reference, tmp_path):
+    """A copy of the reference run's output, which the test may resume into."""
     output = tmp_path / "uninterrupted"
-    REFERENCE_STATES[output] = {}
-    run(setup, output, states=REFERENCE_STATES[output])
-    yield output
-    del REFERENCE_STATES[output]
+    shutil.copytree(reference[0], output)
+    return output
 
 
-def assert_resumed_in_the_same_state(states, uninterrupted):
+def assert_resumed_in_the_same_state(states, reference):
     """The first step of the resumed run starts from the state the
     uninterrupted run had there, bit for bit."""
     first = min(states)
-    assert states[first] == REFERENCE_STATES[uninterrupted][first]
+    assert states[first] == reference[1][first]
 
 
 def test_the_same_updates_as_spacy_train(setup, tmp_path, uninterrupted):
@@ -154,7 +167,8 @@ def test_the_same_updates_as_spacy_train(setup, tmp_path, uninterrupted):
     # the other stopping points run in make test-all, to keep make test under 15 minutes
     pytest.param(5, id="mid-epoch", marks=pytest.mark.slow),
     pytest.param(8, id="at-an-epoch-end", marks=pytest.mark.slow)])
-def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted, stop):
+def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, reference, uninterrupted,
+                                                   stop):
     output = tmp_path / "interrupted"
     with pytest.raises(Interrupt):
         run(setup, output, fail=(stop, "update"))
@@ -163,7 +177,7 @@ def test_resume_ends_with_the_uninterrupted_model(setup, tmp_path, uninterrupted
     log = run(setup, output, resume=True, steps_seen=steps, states=states)
     assert f"Resuming after step {stop - 1}" in log
     assert steps == list(range(stop, 10))  # nothing before the interruption again
-    assert_resumed_in_the_same_state(states, uninterrupted)
+    assert_resumed_in_the_same_state(states, reference)
     assert_same_checkpoints(output, uninterrupted)
     assert sorted(path.name for path in output.iterdir()) == \
         ["model-best", "model-last", "training-state"]
@@ -184,7 +198,8 @@ def test_resume_with_weight_averaging(setup, tmp_path):
     assert_same_parameters(output / "model-last", uninterrupted / "model-last")
 
 
-def test_a_crash_while_weights_change_keeps_the_last_checkpoint(setup, tmp_path, uninterrupted):
+def test_a_crash_while_weights_change_keeps_the_last_checkpoint(setup, tmp_path, reference,
+                                                                 uninterrupted):
     """Half-updated weights are not saved: model-last stays the step-3
     checkpoint with its resume point, and the resumed run ends as if never stopped."""
     output = tmp_path / "out"
@@ -195,7 +210,7 @@ def test_a_crash_while_weights_change_keeps_the_last_checkpoint(setup, tmp_path,
     log = run(setup, output, resume=True, steps_seen=steps, states=states)
     assert "Resuming after step 3" in log
     assert steps == list(range(4, 10))
-    assert_resumed_in_the_same_state(states, uninterrupted)
+    assert_resumed_in_the_same_state(states, reference)
     assert_same_checkpoints(output, uninterrupted)
 
 
@@ -241,14 +256,14 @@ def test_resume_starts_over_when_the_config_changed(setup, tmp_path, change):
     assert steps[0] == 0
 
 
-def test_resume_starts_over_when_the_training_data_changed(setup, tmp_path):
+def test_resume_starts_over_when_the_training_data_changed(own_setup, tmp_path):
     output = tmp_path / "out"
-    run(setup, output, **{"training.max_steps": 3})
-    docs = list(spacy.tokens.DocBin().from_disk(setup["corpus"]).get_docs(
+    run(own_setup, output, **{"training.max_steps": 3})
+    docs = list(spacy.tokens.DocBin().from_disk(own_setup["corpus"]).get_docs(
         spacy.blank("en").vocab))
-    spacy.tokens.DocBin(store_user_data=True, docs=docs[:-1]).to_disk(setup["corpus"])
+    spacy.tokens.DocBin(store_user_data=True, docs=docs[:-1]).to_disk(own_setup["corpus"])
     steps = []
-    log = run(setup, output, resume=True, steps_seen=steps, **{"training.max_steps": 3})
+    log = run(own_setup, output, resume=True, steps_seen=steps, **{"training.max_steps": 3})
     assert "Not resuming: the training data differs" in log
     assert steps[0] == 0
 
@@ -299,18 +314,18 @@ def test_resume_refuses_a_streamed_corpus(setup, tmp_path):
     assert steps[0] == 0
 
 
-def test_resume_refuses_a_batch_size_schedule_past_the_first_epoch(setup, tmp_path):
+def test_resume_refuses_a_batch_size_schedule_past_the_first_epoch(own_setup, tmp_path):
     """spaCy's batchers draw sizes from one schedule across epochs; a resumed
     run could not draw the same ones."""
-    config = setup["config"].read_text(encoding="utf8")
-    setup["config"].write_text(config.replace("size = 16\nget_length = null\n", (
+    config = own_setup["config"].read_text(encoding="utf8")
+    own_setup["config"].write_text(config.replace("size = 16\nget_length = null\n", (
         'get_length = null\n\n[training.batcher.size]\n@schedules = "compounding.v1"\n'
         "start = 2\nstop = 2\ncompound = 1.0\n")), encoding="utf8")
     scheduled = {"training.batcher.size": None}  # keep the config's schedule
     output = tmp_path / "out"
-    run(setup, output, **scheduled)
+    run(own_setup, output, **scheduled)
     steps = []
-    log = run(setup, output, resume=True, steps_seen=steps, **scheduled)
+    log = run(own_setup, output, resume=True, steps_seen=steps, **scheduled)
     assert "the batch size follows a schedule, which cannot be replayed past the first " \
            "epoch" in log
     assert steps[0] == 0
