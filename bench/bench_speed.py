@@ -127,7 +127,7 @@ def token_floor(nlp, docs, batch_size):
     for i in range(0, len(docs), batch_size):
         batch = docs[i : i + batch_size]
         words = [[token.text for token in doc] for doc in batch]
-        cross_inputs = [ner._cross_input(doc, i) for i, doc in enumerate(batch)]
+        cross_inputs = [ner.cross_input(doc, i) for i, doc in enumerate(batch)]
         contexts = [item.context if item is not None else "" for item in cross_inputs]
         text = tokenizer(words, is_split_into_words=True, padding=True)["input_ids"]
         cross = tokenizer(words, [context.split() for context in contexts],

@@ -259,7 +259,7 @@ class ItaNer(TrainablePipe):
         ]
         # The training inputs' knowledge mentions give the model its type words.
         examples = get_examples() if self.use_context else []
-        cross = [self._cross_input(eg.predicted, i) for i, eg in enumerate(examples)]
+        cross = [self.cross_input(eg.predicted, i) for i, eg in enumerate(examples)]
         self.model.initialize(X=[item for item in cross if item is not None])
 
     def to_disk(self, path, *, exclude=tuple()):
@@ -310,9 +310,11 @@ class ItaNer(TrainablePipe):
                 "The pipeline's cfg and model files do not belong together."
             )
 
-    def _cross_input(self, doc: Doc, index: int) -> Optional[TaggerInput]:
-        """The doc with its rendered context and knowledge mentions, or None
-        when it has no context (its cross-modal view is its text-only view)."""
+    def cross_input(self, doc: Doc, index: int = 0) -> Optional[TaggerInput]:
+        """What the cross-modal view reads for a doc: the doc with its rendered
+        context and the knowledge mentions kept, or None when it has no context
+        (its cross-modal view is then its text-only view). `index` names the
+        doc in warnings and errors."""
         context = get_visual_context(doc, index)
         if context is None:
             if (
@@ -342,7 +344,7 @@ class ItaNer(TrainablePipe):
     def _inference_inputs(self, docs: Sequence[Doc]) -> List[TaggerInput]:
         if not self.use_context or self.view == "text":
             return [TaggerInput(doc) for doc in docs]
-        return [self._cross_input(doc, i) or TaggerInput(doc) for i, doc in enumerate(docs)]
+        return [self.cross_input(doc, i) or TaggerInput(doc) for i, doc in enumerate(docs)]
 
     def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
         """Tag indices per token, by constrained Viterbi over one view per doc."""
@@ -365,7 +367,7 @@ class ItaNer(TrainablePipe):
         its text-only scores stand in for its cross-modal ones.
         """
         cross = (
-            [self._cross_input(doc, i) for i, doc in enumerate(docs)]
+            [self.cross_input(doc, i) for i, doc in enumerate(docs)]
             if self.use_context
             else [None] * len(docs)
         )

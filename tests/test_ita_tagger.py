@@ -106,7 +106,7 @@ def test_unmatched_knowledge_is_kept_or_dropped(tiny_encoder, unmatched, expecte
     docs[0]._.visual_context = VisualContext(knowledge=["Toronto (team) ; Lakers (team)"])
     docs[1]._.visual_context = VisualContext(knowledge=["Lakers (team)"], captions=["a court"])
     docs[2]._.visual_context = VisualContext(knowledge=["Lakers (team)"])
-    inputs = [ner._cross_input(doc, i) for i, doc in enumerate(docs)]
+    inputs = [ner.cross_input(doc, i) for i, doc in enumerate(docs)]
     found = [None if item is None else (item.context, [m.text for m in item.mentions])
              for item in inputs]
     assert found == expected
