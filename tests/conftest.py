@@ -5,6 +5,20 @@ import spacy
 
 from helpers import make_tiny_encoder
 
+# The test files that take minutes, longest first. `make test` runs files in
+# parallel workers in collection order: these start first, so that no worker
+# is left running one of them alone at the end.
+LONGEST_FILES = ("test_project.py", "test_training.py", "test_robust_crash.py",
+                 "test_converters.py", "test_apply_ray.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the tests of a file keep their order
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> str:
