@@ -1,5 +1,12 @@
 """Fixtures shared by tests/ and tests/robustness/; the builders behind them
 are in helpers.py. No test may need a network: helpers switches the hub off."""
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per parallel worker (and the processes its tests start):
+    # the workers already fill the cores, and surplus OpenMP threads spin.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import spacy
 
@@ -8,8 +15,8 @@ from helpers import make_tiny_encoder
 # The test files that take minutes, longest first. `make test` runs files in
 # parallel workers in collection order: these start first, so that no worker
 # is left running one of them alone at the end.
-LONGEST_FILES = ("test_project.py", "test_training.py", "test_robust_crash.py",
-                 "test_converters.py", "test_apply_ray.py")
+LONGEST_FILES = ("test_project.py", "test_training.py", "test_converters.py",
+                 "test_robust_crash.py", "test_apply_ray.py", "test_spacy_train_with_cpu_config.py")
 
 
 def pytest_collection_modifyitems(items):
