@@ -9,6 +9,8 @@ within DRIFT; the state at the resume point is compared bit for bit.
 import hashlib
 import io
 import shutil
+from pathlib import Path
+from typing import Dict, NamedTuple
 
 import pytest
 import spacy
@@ -128,20 +130,26 @@ def assert_same_checkpoints(output_a, output_b):
         assert a["ita_ner_loss"] == pytest.approx(b["ita_ner_loss"], rel=1e-4)
 
 
+class Reference(NamedTuple):
+    """The module's uninterrupted run: its output, and the state digest at the
+    start of each step."""
+
+    output: Path
+    states: Dict[int, str]
+
+
 @pytest.fixture(scope="module")
-def reference(setup, tmp_path_factory):
-    """One uninterrupted run for the module: its output and the state digest
-    at the start of each step."""
+def reference(setup, tmp_path_factory) -> Reference:
     output, states = tmp_path_factory.mktemp("reference") / "uninterrupted", {}
     run(setup, output, states=states)
-    return output, states
+    return Reference(output, states)
 
 
 @pytest.fixture
 def uninterrupted(reference, tmp_path):
     """A copy of the reference run's output, which the test may resume into."""
     output = tmp_path / "uninterrupted"
-    shutil.copytree(reference[0], output)
+    shutil.copytree(reference.output, output)
     return output
 
 
@@ -149,7 +157,7 @@ def assert_resumed_in_the_same_state(states, reference):
     """The first step of the resumed run starts from the state the
     uninterrupted run had there, bit for bit."""
     first = min(states)
-    assert states[first] == reference[1][first]
+    assert states[first] == reference.states[first]
 
 
 def test_the_same_updates_as_spacy_train(setup, tmp_path, uninterrupted):
