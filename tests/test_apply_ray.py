@@ -40,7 +40,8 @@ def ray_inputs(tiny_encoder, tmp_path_factory):
     write_jsonl(folder / "in" / "a.jsonl", records[:18])
     write_jsonl(folder / "in" / "b.jsonl", records[18:] + [{"id": "bad", "image": "red.png"}])
     model = build_pipeline(tiny_encoder, folder)
-    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4, progress=False)
+    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4,
+          image_root=folder, progress=False)
     return folder, model
 
 
@@ -51,7 +52,7 @@ def keyed(rows):
 def test_ray_gives_the_rows_of_the_in_process_run(local_ray, ray_inputs, tmp_path):
     folder, model = ray_inputs
     summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
-                    workers=2, worker_cpus=0.5, batch_size=4, progress=False)
+                    workers=2, worker_cpus=0.5, batch_size=4, image_root=folder, progress=False)
     expected = read_jsonl(folder / "local.jsonl")
     assert summary.n_written == len(expected) == 31 and summary.n_errors == 1
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(expected)
@@ -68,7 +69,7 @@ def test_two_stages_with_a_killed_worker_lose_no_post(local_ray, ray_inputs, tin
     records = read_jsonl(folder / "local.jsonl")
     summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
                     workers=1, worker_cpus=0.5, extract_workers=1, extract_cpus=0.5,
-                    batch_size=4, progress=False)
+                    batch_size=4, image_root=folder, progress=False)
     assert marker.exists(), "no worker was killed"
     assert summary.n_written == 31
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(records)
