@@ -130,6 +130,7 @@ class Fetcher:
         # Host header and TLS server name stay `host`; the socket goes to the checked address.
         connection = connection_class(host, port, timeout=_remaining(deadline, self.timeout))
         watchdog = _Watchdog(deadline)
+        # http.client's hook for opening its socket (instead of a lookup of `host`).
         connection._create_connection = partial(_connect, addresses, watchdog, self.timeout)
         try:
             connection.request("GET", path, headers={"User-Agent": f"spacy-ita/{__version__}"})
@@ -172,7 +173,8 @@ class Fetcher:
             chunks.append(chunk)
 
     def _checked_addresses(self, host: str, port: int, what: str, deadline: float) -> Addresses:
-        """The addresses of `host`, each refused unless public or private URLs are allowed."""
+        """The addresses of `host`; ImageError when any is not public, unless
+        private URLs are allowed."""
         addresses = [(family, sockaddr) for family, _, _, _, sockaddr
                      in _resolve(host, port, deadline, self.timeout)]
         if not self.allow_private_urls:
