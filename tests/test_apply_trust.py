@@ -211,6 +211,13 @@ def test_a_redirect_to_ftp_is_refused(server):
         fetcher.fetch(f"http://127.0.0.1:{server}/redirect?to=ftp://example.com/x.png")
 
 
+def test_a_url_with_non_ascii_characters_is_fetched(folders, server):
+    (folders[0] / "caffè latte.png").write_bytes((folders[0] / "red.png").read_bytes())
+    fetcher = Fetcher(retries=0, timeout=5, allow_private_urls=True)
+    image = fetcher.fetch(f"http://127.0.0.1:{server}/caffè latte.png")
+    assert image == (folders[0] / "red.png").read_bytes()
+
+
 def test_the_checked_address_is_the_one_connected_to(server, loopback_is_public, monkeypatch):
     """A name that resolves to a public address first and to a private one
     afterwards (DNS rebinding) is fetched from the first; the Host header keeps

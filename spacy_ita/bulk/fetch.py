@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, List, Optional, Tuple
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from ..about import __version__
 from ..context.images import DEFAULT_MAX_BYTES, ImageError
@@ -26,6 +26,7 @@ from .inputs import Post
 CHUNK = 1 << 16
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+PRINTABLE_ASCII = "".join(map(chr, range(33, 127)))  # kept as is in a request path
 # The kinds of address a row may not make a worker connect to, first match named.
 NON_PUBLIC = ("loopback", "link_local", "unspecified", "multicast", "reserved", "private")
 
@@ -228,7 +229,8 @@ def _split(url: str, what: str) -> Tuple[str, str, int, str]:
         raise ImageError(f"{what}: scheme {scheme!r} refused (only http and https are fetched)")
     if not host:
         raise ImageError(f"{what} is not valid: no host")
-    return scheme, host, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, host, port, quote(path, safe=PRINTABLE_ASCII)  # é -> %C3%A9, as browsers do
 
 
 def _remaining(deadline: float, timeout: float) -> float:
