@@ -88,7 +88,8 @@ def results(row):
 
 def test_jsonl_rows_carry_columns_entities_context_and_view(pipeline, images, tmp_path):
     source = write_jsonl(tmp_path / "posts.jsonl", posts(images))
-    summary = apply(pipeline, source, tmp_path / "out.jsonl", code=CODE, progress=False)
+    summary = apply(pipeline, source, tmp_path / "out.jsonl", code=CODE, image_root=images,
+                    progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert summary.n_written == 12 and summary.n_errors == 0 and summary.n_skipped == 0
     assert [row["id"] for row in rows] == [f"p{i}" for i in range(12)]
@@ -118,7 +119,8 @@ def test_csv_parquet_and_a_folder_give_the_same_rows_as_jsonl(pipeline, images, 
     frame.to_csv(tmp_path / "in" / "b.csv", index=False)
     (tmp_path / "in" / "sub").mkdir()
     frame.to_parquet(tmp_path / "in" / "sub" / "c.parquet")
-    apply(pipeline, tmp_path / "in", tmp_path / "out.jsonl", code=CODE, progress=False)
+    apply(pipeline, tmp_path / "in", tmp_path / "out.jsonl", code=CODE, image_root=images,
+          progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     files = ["a.jsonl", "b.csv", "sub/c.parquet"]
     assert [(row["input_file"], row["input_row"]) for row in rows] == [
@@ -127,7 +129,7 @@ def test_csv_parquet_and_a_folder_give_the_same_rows_as_jsonl(pipeline, images, 
     assert per_file[0] == per_file[1] == per_file[2]
     # A glob of the same folder finds the same files.
     apply(pipeline, str(tmp_path / "in" / "**" / "*.*"), tmp_path / "glob.jsonl", code=CODE,
-          progress=False)
+          image_root=images, progress=False)
     assert read_jsonl(tmp_path / "glob.jsonl") == rows
 
 
@@ -137,13 +139,15 @@ def test_parquet_output_and_resume_after_new_input(pipeline, images, tmp_path):
     records = posts(images, 9)
     write_jsonl(tmp_path / "in" / "a.jsonl", records)
     out = tmp_path / "out.parquet"
-    apply(pipeline, tmp_path / "in", out, code=CODE, rows_per_part=4, progress=False)
+    apply(pipeline, tmp_path / "in", out, code=CODE, rows_per_part=4, image_root=images,
+          progress=False)
     assert out.exists() and not (tmp_path / "out.parquet.parts").exists()
     first = pq.read_table(out).to_pylist()
     assert [row["id"] for row in first] == [f"p{i}" for i in range(9)]
     assert first[0]["visual_context"]["object_tags"] == ["red"]
     write_jsonl(tmp_path / "in" / "b.jsonl", records[:3])
-    summary = apply(pipeline, tmp_path / "in", out, code=CODE, progress=False)
+    summary = apply(pipeline, tmp_path / "in", out, code=CODE, image_root=images,
+                    progress=False)
     assert (summary.n_skipped, summary.n_written) == (9, 3)
     rows = pq.read_table(out).to_pylist()
     assert sorted((r["input_file"], r["input_row"]) for r in rows) == sorted(
@@ -248,7 +252,7 @@ def test_images_by_url_file_url_and_absolute_path(pipeline, images, server, tmp_
     ]
     write_jsonl(tmp_path / "posts.jsonl", records)
     apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl", code=CODE,
-          max_image_bytes=10**6, progress=False)
+          max_image_bytes=10**6, image_root=images, allow_private_urls=True, progress=False)
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert len(rows) == len(records)
     assert results(rows["http"]) == results(rows["file"]) == results(rows["abs"])
@@ -264,7 +268,7 @@ def test_images_by_url_file_url_and_absolute_path(pipeline, images, server, tmp_
 def test_a_slow_download_stops_at_its_deadline(server):
     post = Post("f", 0, "f, line 1", text="x", image=f"{server}/slow")
     start = time.monotonic()
-    Fetcher(timeout=0.5, retries=0).fetch_posts([post])
+    Fetcher(timeout=0.5, retries=0, allow_private_urls=True).fetch_posts([post])
     assert time.monotonic() - start < 2.5
     assert post.image is None and "took longer than 0.5 s" in post.image_error
 
@@ -310,11 +314,13 @@ def test_sigkill_then_rerun_writes_each_post_once_and_redoes_none(tiny_encoder, 
     write_jsonl(tmp_path / "posts.jsonl", records)
     out = tmp_path / f"out.{suffix}"
     exit_code = _apply_in_a_forked_child(model, tmp_path / "posts.jsonl", out, code=CODE,
-                                         batch_size=8, rows_per_part=8, progress=False)
+                                         batch_size=8, rows_per_part=8, image_root=images,
+                                         progress=False)
     assert exit_code == -9 and marker.exists()
     seen_before = len(log.read_text().splitlines())
     result = CliRunner().invoke(app, ["apply", model, str(tmp_path / "posts.jsonl"), str(out),
-                                      "--code", CODE, "--batch-size", "8"])
+                                      "--code", CODE, "--batch-size", "8",
+                                      "--image-root", str(images)])
     assert result.exit_code == 0, result.output
     assert "Wrote 16 posts" in result.output and "24 were already there" in result.output
     if suffix == "parquet":
@@ -331,9 +337,9 @@ def test_sigkill_then_rerun_writes_each_post_once_and_redoes_none(tiny_encoder, 
 def test_n_process_2_gives_the_rows_of_one_process(pipeline, images, tmp_path):
     write_jsonl(tmp_path / "posts.jsonl", posts(images, 20))
     apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl", code=CODE,
-          batch_size=4, progress=False)
+          batch_size=4, image_root=images, progress=False)
     apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "two.jsonl", code=CODE,
-          batch_size=4, n_process=2, progress=False)
+          batch_size=4, n_process=2, image_root=images, progress=False)
     assert read_jsonl(tmp_path / "two.jsonl") == read_jsonl(tmp_path / "one.jsonl")
 
 
@@ -353,7 +359,7 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     records[3]["text"] = "BOOM goes Boston"
     write_jsonl(tmp_path / "posts.jsonl", records)
     apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl", code=CODE,
-          progress=False)
+          image_root=images, progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert len(rows) == 6
     assert "the pipeline failed on this post: RuntimeError: kaboom" in rows[3]["error"]

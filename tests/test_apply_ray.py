@@ -40,7 +40,8 @@ def ray_inputs(tiny_encoder, tmp_path_factory):
     write_jsonl(folder / "in" / "a.jsonl", records[:18])
     write_jsonl(folder / "in" / "b.jsonl", records[18:] + [{"id": "bad", "image": "red.png"}])
     model = build_pipeline(tiny_encoder, folder)
-    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4, progress=False)
+    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4,
+          image_root=folder, progress=False)
     return folder, model
 
 
@@ -51,7 +52,7 @@ def keyed(rows):
 def test_ray_gives_the_rows_of_the_in_process_run(local_ray, ray_inputs, tmp_path):
     folder, model = ray_inputs
     summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
-                    workers=2, worker_cpus=0.5, batch_size=4, progress=False)
+                    workers=2, worker_cpus=0.5, batch_size=4, image_root=folder, progress=False)
     expected = read_jsonl(folder / "local.jsonl")
     assert summary.n_written == len(expected) == 31 and summary.n_errors == 1
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(expected)
@@ -68,7 +69,24 @@ def test_two_stages_with_a_killed_worker_lose_no_post(local_ray, ray_inputs, tin
     records = read_jsonl(folder / "local.jsonl")
     summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
                     workers=1, worker_cpus=0.5, extract_workers=1, extract_cpus=0.5,
-                    batch_size=4, progress=False)
+                    batch_size=4, image_root=folder, progress=False)
     assert marker.exists(), "no worker was killed"
     assert summary.n_written == 31
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(records)
+
+
+def test_ray_actors_apply_the_trust_model(local_ray, ray_inputs, tmp_path):
+    """The image root and the URL rules travel to the actors: a file outside
+    the root and a loopback URL are refused there as in-process."""
+    folder, model = ray_inputs
+    records = [{"id": "in", "text": "Kobe scores again", "image": "red.png"},
+               {"id": "out", "text": "Kobe scores again", "image": str(folder / "red.png")},
+               {"id": "url", "text": "Kobe scores again", "image": "http://127.0.0.1:9/red.png"}]
+    (tmp_path / "red.png").write_bytes((folder / "red.png").read_bytes())
+    write_jsonl(tmp_path / "posts.jsonl", records)
+    apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl", code=CODE, engine="ray",
+          workers=1, worker_cpus=0.5, progress=False)
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "ray.jsonl")}
+    assert rows["in"]["visual_context"]["object_tags"] == ["red"]
+    assert "outside the image root" in rows["out"]["image_error"]
+    assert "loopback address: refused" in rows["url"]["image_error"]

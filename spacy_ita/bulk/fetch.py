@@ -1,45 +1,94 @@
-"""Image URLs for `apply`: fetched with a size cap, a deadline and a few retries.
+"""The images of `apply`'s posts, under its trust model: a row chooses what is
+read, so a local file must resolve inside the image root, a URL must be http(s)
+to a public address (checked after DNS resolution and on every redirect), every
+image is capped in bytes, and a download is bounded in time as a whole.
 
-A post whose image cannot be fetched keeps its text: it is tagged with the
-text-only view and its `image_error` says what happened to the URL.
+A post whose image is refused or cannot be fetched keeps its text: it is tagged
+with the text-only view and its `image_error` says what happened, and which
+option would allow it.
 """
 import http.client
+import ipaddress
+import os
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List
+from functools import partial
+from typing import Any, List, Optional, Tuple
+from urllib.parse import quote, urljoin, urlsplit
 
 from ..about import __version__
 from ..context.images import DEFAULT_MAX_BYTES, ImageError
 from .inputs import Post
 
 CHUNK = 1 << 16
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+PRINTABLE_ASCII = "".join(map(chr, range(33, 127)))  # kept as is in a request path
+# The kinds of address a row may not make a worker connect to, first match named.
+NON_PUBLIC = ("loopback", "link_local", "unspecified", "multicast", "reserved", "private")
+
+Addresses = List[Tuple[int, Any]]  # (socket family, socket address) pairs
 
 
 @dataclass
 class Fetcher:
-    """Downloads the http(s) images of a batch of posts, several at a time."""
+    """Checks and brings in the images of a batch of posts: local files against
+    the image root and the byte cap, URLs downloaded several at a time."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     timeout: float = 20.0  # seconds for the whole download of one image
     retries: int = 2  # more tries after a timeout, a lost connection or an HTTP 5xx
     threads: int = 8
+    image_root: Optional[str] = None  # local images must resolve inside it; None: no local file
+    allow_private_urls: bool = False  # also fetch from loopback, private, ... addresses
+
+    def __post_init__(self) -> None:
+        if self.image_root is not None:  # resolved once, where the run starts
+            self.image_root = os.path.realpath(self.image_root)
 
     def fetch_posts(self, posts: List[Post]) -> None:
-        """Replace each URL image by its bytes, or record why it failed."""
-        todo = [post for post in posts if isinstance(post.image, str)
-                and post.image.lower().startswith(("http://", "https://"))]
-        if not todo:
+        """Replace each URL image by its bytes and drop the images the rules
+        refuse, recording why in the post's `image_error`."""
+        urls = []
+        for post in posts:
+            if _is_url(post.image):
+                urls.append(post)
+            elif post.image is not None:
+                try:
+                    self.check_local(post.image)
+                except ImageError as err:
+                    post.image, post.image_error = None, f"{post.where}: {err}"
+        if not urls:
             return
-        with ThreadPoolExecutor(min(self.threads, len(todo))) as pool:
-            results = list(pool.map(self._fetch_or_error, [post.image for post in todo]))
-        for post, result in zip(todo, results):
+        with ThreadPoolExecutor(min(self.threads, len(urls))) as pool:
+            results = list(pool.map(self._fetch_or_error, [post.image for post in urls]))
+        for post, result in zip(urls, results):
             if isinstance(result, ImageError):
                 post.image, post.image_error = None, f"{post.where}: {result}"
             else:
                 post.image = result
+
+    def check_local(self, image: Any) -> None:
+        """Refuse image bytes over `max_bytes`, and a path (symlinks followed)
+        outside the image root or to a file over `max_bytes`."""
+        if isinstance(image, (bytes, bytearray)):
+            _check_size(len(image), self.max_bytes, "image bytes")
+            return
+        path = os.fspath(image)
+        real = os.path.realpath(path)
+        if not _is_inside(real, self.image_root):
+            resolved = "" if real == os.path.abspath(path) else f" (resolves to {real!r})"
+            root = repr(self.image_root) if self.image_root else "(none set)"
+            raise ImageError(f"image path {path!r}{resolved} is outside the image root "
+                             f"{root}: refused (--image-root widens it)")
+        try:
+            size = os.stat(real).st_size
+        except OSError:
+            return  # missing or unreadable: the pipeline's reader says which
+        _check_size(size, self.max_bytes, f"image file {path!r}")
 
     def _fetch_or_error(self, url: str):
         try:
@@ -60,37 +109,205 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def _download(self, url: str) -> bytes:
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": f"spacy-ita/{__version__}"})
-        except ValueError as err:
-            raise ImageError(f"image URL {url!r} is not valid: {err}") from None
+        """One try: follow up to MAX_REDIRECTS redirects, each target checked
+        afresh, all within one deadline of `timeout` seconds."""
         deadline = time.monotonic() + self.timeout
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            what = f"image URL {url!r}" + (f" (redirected to {target!r})" if target != url else "")
+            location = self._get(target, what, deadline)
+            if isinstance(location, bytes):
+                return location
+            target = urljoin(target, location)
+        raise ImageError(f"image URL {url!r}: more than {MAX_REDIRECTS} redirects")
+
+    def _get(self, url: str, what: str, deadline: float):
+        """GET `url` from a checked address: the body's bytes, or the Location
+        of a redirect (a str)."""
+        scheme, host, port, path = _split(url, what)
+        addresses = self._checked_addresses(host, port, what, deadline)
+        connection_class = (http.client.HTTPSConnection if scheme == "https"
+                            else http.client.HTTPConnection)
+        # Host header and TLS server name stay `host`; the socket goes to the checked address.
+        connection = connection_class(host, port, timeout=_remaining(deadline, self.timeout))
+        watchdog = _Watchdog(deadline)
+        # http.client's hook for opening its socket (instead of a lookup of `host`).
+        connection._create_connection = partial(_connect, addresses, watchdog, self.timeout)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > self.max_bytes:
-                    raise ImageError(f"image URL {url!r} is {int(length):,} bytes, over the "
-                                     f"limit of {self.max_bytes:,} bytes (max_bytes)")
-                chunks, size = [], 0
-                while True:
-                    if time.monotonic() > deadline:
-                        raise _Transient(f"took longer than {self.timeout:g} s")
-                    chunk = response.read1(CHUNK)  # what has arrived, not a full CHUNK
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise ImageError(f"image URL {url!r} sent more than the limit of "
-                                         f"{self.max_bytes:,} bytes (max_bytes)")
-                    chunks.append(chunk)
-        except urllib.error.HTTPError as err:
-            if err.code >= 500:
-                raise _Transient(f"HTTP {err.code} {err.reason}") from None
-            raise ImageError(f"image URL {url!r}: HTTP {err.code} {err.reason}") from None
-        except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
-            reason = getattr(err, "reason", err)
-            raise _Transient(f"{type(reason).__name__}: {reason}") from None
-        return b"".join(chunks)
+            connection.request("GET", path, headers={"User-Agent": f"spacy-ita/{__version__}"})
+            response = connection.getresponse()
+            if response.status in REDIRECT_STATUSES and response.getheader("Location"):
+                return response.getheader("Location")
+            if response.status >= 500:
+                raise _Transient(f"HTTP {response.status} {response.reason}")
+            if not 200 <= response.status < 300:
+                raise ImageError(f"{what}: HTTP {response.status} {response.reason}")
+            body = self._read_body(response, what)
+            if watchdog.fired:  # the shutdown may read as the end of the body
+                raise _Transient(f"took longer than {self.timeout:g} s")
+            return body
+        except (ImageError, _Transient):
+            raise
+        except (UnicodeError, http.client.InvalidURL) as err:
+            raise ImageError(f"{what} is not valid: {err}") from None
+        except (OSError, http.client.HTTPException) as err:  # timeouts, resets, refusals
+            if watchdog.fired or isinstance(err, TimeoutError):
+                raise _Transient(f"took longer than {self.timeout:g} s") from None
+            raise _Transient(f"{type(err).__name__}: {err}") from None
+        finally:
+            watchdog.stop()
+            connection.close()
+
+    def _read_body(self, response: http.client.HTTPResponse, what: str) -> bytes:
+        length = response.getheader("Content-Length")
+        if length and length.isdigit():
+            _check_size(int(length), self.max_bytes, what)
+        chunks, size = [], 0
+        while True:
+            chunk = response.read1(CHUNK)  # what has arrived, not a full CHUNK
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise ImageError(f"{what} sent more than the limit of {self.max_bytes:,} "
+                                 "bytes (--max-image-bytes)")
+            chunks.append(chunk)
+
+    def _checked_addresses(self, host: str, port: int, what: str, deadline: float) -> Addresses:
+        """The addresses of `host`; ImageError when any is not public, unless
+        private URLs are allowed."""
+        addresses = [(family, sockaddr) for family, _, _, _, sockaddr
+                     in _resolve(host, port, deadline, self.timeout)]
+        if not self.allow_private_urls:
+            for _, sockaddr in addresses:
+                kind, address = non_public_kind(sockaddr[0]), sockaddr[0]
+                if kind:
+                    name = address if host == address else f"{host} resolves to {address}"
+                    raise ImageError(f"{what}: {name}, a {kind} address: refused "
+                                     "(--allow-private-urls allows it)")
+        return addresses
+
+
+def non_public_kind(address: str) -> Optional[str]:
+    """What keeps an IP address from being public ("loopback", "private", ...),
+    None for a public one; an IPv4-mapped IPv6 address is judged as IPv4."""
+    ip = ipaddress.ip_address(address.split("%")[0])  # without an IPv6 zone
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    kind = next((kind for kind in NON_PUBLIC if getattr(ip, f"is_{kind}")), None)
+    if kind is None and not ip.is_global:  # e.g. 100.64.0.0/10, shared by carriers
+        kind = "non-global"
+    return kind and kind.replace("_", "-")
+
+
+def _is_url(image: Any) -> bool:
+    return isinstance(image, str) and image.lower().startswith(("http://", "https://"))
+
+
+def _is_inside(real_path: str, root: Optional[str]) -> bool:
+    try:
+        return root is not None and os.path.commonpath([real_path, root]) == root
+    except ValueError:  # another drive
+        return False
+
+
+def _check_size(size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise ImageError(f"{what} is {size:,} bytes, over the limit of {limit:,} bytes "
+                         "(--max-image-bytes)")
+
+
+def _split(url: str, what: str) -> Tuple[str, str, int, str]:
+    """Scheme, host, port and request path of an http(s) URL; ImageError for any other."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as err:
+        raise ImageError(f"{what} is not valid: {err}") from None
+    if scheme not in ("http", "https"):
+        raise ImageError(f"{what}: scheme {scheme!r} refused (only http and https are fetched)")
+    if not host:
+        raise ImageError(f"{what} is not valid: no host")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, host, port, quote(path, safe=PRINTABLE_ASCII)  # é -> %C3%A9, as browsers do
+
+
+def _remaining(deadline: float, timeout: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Transient(f"took longer than {timeout:g} s")
+    return left
+
+
+def _resolve(host: str, port: int, deadline: float, timeout: float) -> list:
+    """getaddrinfo, given up at the deadline (it has no timeout of its own)."""
+    found = {}
+
+    def look_up():
+        try:
+            found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            found["error"] = err
+
+    thread = threading.Thread(target=look_up, daemon=True)
+    thread.start()
+    thread.join(_remaining(deadline, timeout))
+    if thread.is_alive():
+        raise _Transient(f"took longer than {timeout:g} s (resolving {host})")
+    if "error" in found:
+        raise _Transient(f"cannot resolve {host}: {found['error']}")
+    return found["addresses"]
+
+
+def _connect(addresses: Addresses, watchdog: "_Watchdog", timeout: float,
+             _address=None, _timeout=None, _source=None) -> socket.socket:
+    """http.client's socket factory: a socket to the first checked address
+    that answers, handed to the watchdog (http.client's own target and
+    timeout are ignored)."""
+    error: Optional[OSError] = None
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(_remaining(watchdog.deadline, timeout))
+        try:
+            sock.connect(sockaddr)
+        except OSError as err:
+            sock.close()
+            error = err
+            continue
+        watchdog.watch(sock)
+        return sock
+    raise error or OSError("no address to connect to")
+
+
+class _Watchdog:
+    """Shuts a connection down at the deadline, so that no read outlasts it,
+    however slowly the server drips its headers or body."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.fired = False
+        self._sock: Optional[socket.socket] = None
+        self._timer: Optional[threading.Timer] = None
+
+    def watch(self, sock: socket.socket) -> None:
+        # A duplicate: TLS wrapping detaches the original socket object.
+        self._sock = sock.dup()
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._sock.close()
 
 
 class _Transient(Exception):

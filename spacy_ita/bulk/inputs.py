@@ -103,16 +103,15 @@ class InputFile:
 
 def find_inputs(spec: str) -> List[InputFile]:
     """The input files of a file, a folder (recursively) or a glob, in a stable order."""
-    path = Path(spec)
+    path, root = Path(spec), input_root(spec)
     if path.is_dir():
-        root, paths = path, sorted(p for p in path.rglob("*") if p.is_file())
+        paths = sorted(p for p in path.rglob("*") if p.is_file())
         paths = [p for p in paths if p.suffix.lower() in FORMATS]
     elif path.is_file():
-        root, paths = path.parent, [path]
+        paths = [path]
         if path.suffix.lower() not in FORMATS:
             raise ValueError(f"{spec}: expected a {', '.join(FORMATS)} file")
     elif glob.has_magic(spec):
-        root = _glob_root(spec)
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True)
                        if os.path.isfile(p) and Path(p).suffix.lower() in FORMATS)
     else:
@@ -121,6 +120,16 @@ def find_inputs(spec: str) -> List[InputFile]:
         raise ValueError(f"no {', '.join(FORMATS)} files in {spec!r}")
     return [InputFile(p, p.relative_to(root).as_posix(), FORMATS[p.suffix.lower()])
             for p in paths]
+
+
+def input_root(spec: str) -> Path:
+    """The folder INPUT names: itself, a file's folder, or a glob's folder before
+    its first wildcard. `input_file` names are relative to it, and it is the
+    default image root."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    return _glob_root(spec) if not path.is_file() and glob.has_magic(spec) else path.parent
 
 
 def _glob_root(pattern: str) -> Path:
@@ -197,8 +206,9 @@ def make_post(item: InputFile, row: int, where: str, record: Dict[str, Any],
 
 
 def image_location(value: Any, base: Path) -> Any:
-    """What an image cell points to: None, raw bytes, an http(s) URL, or a
-    local path (relative paths and file:// URLs resolved against `base`)."""
+    """What an image cell points to: None, raw bytes, an http(s) URL, or an
+    absolute local path (relative paths resolved against `base`; a file://
+    URL's path). Whether it may be read is the worker's check (`fetch`)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -218,7 +228,8 @@ def image_location(value: Any, base: Path) -> Any:
     if len(scheme) > 1:  # not a Windows drive letter
         raise ValueError(f"image URL {value!r}: unsupported scheme {scheme!r} "
                          "(http, https and file are supported)")
-    return value if os.path.isabs(value) else str(base / value)
+    # Absolute, so that a worker in another folder or on another node reads the same file.
+    return value if os.path.isabs(value) else str(base.absolute() / value)
 
 
 # Readers yield (row index, where, record, error): the record is a dict, or

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..context.images import DEFAULT_MAX_BYTES
 from .annotate import PipelineSpec
 from .fetch import Fetcher
-from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, read_posts
+from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, input_root, read_posts
 from .outputs import open_writer
 
 ENGINES = ("local", "ray")
@@ -61,6 +61,8 @@ def apply(
     extract_cpus: float = 1.0,
     max_image_bytes: int = DEFAULT_MAX_BYTES,
     fetch_timeout: float = 20.0,
+    image_root: Optional[Union[str, Path]] = None,
+    allow_private_urls: bool = False,
     rows_per_part: int = 20_000,
     overwrite: bool = False,
     progress: bool = True,
@@ -71,6 +73,9 @@ def apply(
     `view`, `image_error` and `error`. Rows already in OUTPUT are skipped, so a
     killed run resumes where it stopped. A pipeline without `ita_context` gets
     one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
+    A row's image file must resolve inside `image_root` (default: the folder
+    INPUT names) and its image URL must reach a public address unless
+    `allow_private_urls` (docs/apply.md, "Trust model").
     `engine="ray"` runs the work as a Ray Data job (see `ray_engine.RaySettings`
     for `workers` and the rest)."""
     if engine not in ENGINES:
@@ -83,7 +88,9 @@ def apply(
     context = {"ocr": ocr, "tags": tags} if add_context else None
     spec = PipelineSpec(str(model), context=context, cache=None if cache is None else str(cache),
                         gpu_id=gpu_id, code=None if code is None else str(code))
-    fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout)
+    fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
+                      image_root=_image_root(input, image_root),
+                      allow_private_urls=allow_private_urls)
     writer = open_writer(Path(output), overwrite, rows_per_part)
     done = writer.done_rows()
     summary = ApplySummary(n_skipped=done.count)
@@ -107,6 +114,14 @@ def apply(
     writer.finish()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _image_root(input: Union[str, Path], image_root: Optional[Union[str, Path]]) -> str:
+    """The folder local images must resolve inside: `image_root`, or the folder INPUT names."""
+    root = input_root(str(input)) if image_root is None else Path(image_root)
+    if not root.is_dir():
+        raise ValueError(f"image_root {str(root)!r} is not a folder")
+    return str(root)
 
 
 def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: ApplySummary,

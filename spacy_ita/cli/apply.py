@@ -55,6 +55,14 @@ def apply_cli(
                                         help="Larger images (files or downloads) are refused."),
     fetch_timeout: float = typer.Option(20.0, "--fetch-timeout",
                                         help="Seconds to download one image URL."),
+    image_root: Optional[Path] = typer.Option(
+        None, "--image-root", metavar="DIR", file_okay=False,
+        help="Image paths and file:// URLs must resolve (symlinks followed) inside DIR "
+        "(default: the folder INPUT names)."),
+    allow_private_urls: bool = typer.Option(
+        False, "--allow-private-urls",
+        help="Also fetch image URLs on loopback, private, link-local, multicast and "
+        "reserved addresses."),
     rows_per_part: int = typer.Option(20_000, "--rows-per-part", min=1,
                                       help="Parquet: rows per part file while running."),
     overwrite: bool = typer.Option(False, "--overwrite",
@@ -68,6 +76,7 @@ def apply_cli(
         summary = apply(
             model, input_path, output, text_column=text_column, image_column=image_column or None,
             keep=[name.strip() for name in keep.split(",") if name.strip()] if keep else None,
+            image_root=image_root, allow_private_urls=allow_private_urls,
             engine=engine, batch_size=batch_size, n_process=n_process, ocr=ocr.value, tags=tags,
             add_context=add_context, cache=cache, gpu_id=gpu_id, code=code, workers=workers,
             worker_cpus=worker_cpus, worker_gpus=worker_gpus, extract_workers=extract_workers,
