@@ -29,6 +29,7 @@ class ApplySummary:
     n_skipped: int = 0
     n_errors: int = 0
     n_image_errors: int = 0
+    n_warnings: int = 0
     n_entities: int = 0
     seconds: float = 0.0
 
@@ -116,10 +117,10 @@ def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: A
     with bar:
         for batch in batches:
             posts = [post for post in batch if done.add(post.file, post.row)]
-            writer.write([post.output_row() for post in posts])
-            for post in posts:
+            for row in writer.write([post.output_row() for post in posts]):
                 summary.n_written += 1
-                summary.n_errors += post.error is not None
-                summary.n_image_errors += post.image_error is not None
-                summary.n_entities += len(post.entities)
+                summary.n_errors += row["error"] is not None
+                summary.n_image_errors += row["image_error"] is not None
+                summary.n_warnings += row["warning"] is not None
+                summary.n_entities += len(row["entities"])
             bar.update(len(batch))
