@@ -186,6 +186,8 @@ FOREIGN = {
                                   "line 1: not a row written by `apply`"),
     "csv named jsonl": ("out.jsonl", lambda path: path.write_text("id,text\n1,hi\n"),
                         "line 1: not a row written by `apply`"),
+    "blank line, then json": ("out.jsonl", lambda path: path.write_text('\n{"id": 1}\n'),
+                              "line 2: not a row written by `apply`"),
     "other jsonl": ("out.jsonl", lambda path: path.write_text('{"input_file": "x"}\n'),
                     "(it has no input_row, entities"),
     "csv output": ("out.csv", lambda path: path.write_text("id,text\n1,hi\n"),

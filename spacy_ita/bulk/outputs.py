@@ -40,6 +40,8 @@ OWN_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view", 
 ROW_START = b'{"input_file": '
 # Written first into OUTPUT.parts/: the folder is apply's to resume and remove.
 PARTS_MARKER = "_spacy_ita_apply.json"
+# How much of its first line tells whether a JSONL file is apply's.
+CHECKED_BYTES = 1 << 20
 PART_FILE = re.compile(r"\.?part-\d{6}\.parquet(\.tmp)?")
 Row = Dict[str, Any]
 
@@ -56,16 +58,19 @@ class JsonlWriter:
         self.file = None
 
     def check_own(self) -> None:
-        """Refuse a file whose first line is not a row apply writes."""
+        """Refuse a file whose first line (blank ones aside) is not a row apply
+        writes, or the beginning of one."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as file:
-            first = file.readline()
-        if first.endswith(b"\n"):
-            if first.strip():
-                _own_row(first, self.path, 1)
-        elif first and not _row_start(first):
-            raise _partial_line_refusal(self.path, 1)
+            for number, line in enumerate(iter(lambda: file.readline(CHECKED_BYTES), b""), 1):
+                if not line.endswith(b"\n"):  # cut short, or longer than CHECKED_BYTES
+                    if not _row_start(line):
+                        raise _partial_line_refusal(self.path, number)
+                    return
+                if line.strip():
+                    _own_row(line, self.path, number)
+                    return
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
