@@ -7,6 +7,7 @@ The pipeline is a blank English one with an entity ruler: the tests are about
 files, not about the model.
 """
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -150,6 +151,18 @@ def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tm
     assert f"{csv}, row 2 (line 3): bytes that are not UTF-8" in rows[3]["warning"]
     assert "column(s) 'text'" in rows[3]["warning"]
     assert [e["text"] for e in rows[3]["entities"]] == ["Boston"]
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_resumed(ruler, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / os.fsdecode(b"caf\xe9.jsonl"), [{"text": "Kobe"}, {"text": "x"}])
+    summary = run(ruler, folder, tmp_path / "out.jsonl")
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_warnings) == (2, 0)
+    assert [row["input_file"] for row in rows] == ["caf\\xe9.jsonl"] * 2
+    again = run(ruler, folder, tmp_path / "out.jsonl")
+    assert (again.n_written, again.n_skipped) == (0, 2)
 
 
 def test_parquet_input_with_strings_that_are_not_utf8(ruler, tmp_path):

@@ -126,8 +126,15 @@ def find_inputs(spec: str) -> List[InputFile]:
         raise FileNotFoundError(f"input {spec!r} does not exist")
     if not paths:
         raise ValueError(f"no {', '.join(FORMATS)} files in {spec!r}")
-    return [InputFile(p, p.relative_to(root).as_posix(), FORMATS[p.suffix.lower()])
+    return [InputFile(p, shown_path(p.relative_to(root).as_posix()), FORMATS[p.suffix.lower()])
             for p in paths]
+
+
+def shown_path(path: Any) -> str:
+    """A path as text that every writer takes: the bytes of a file name that
+    are not UTF-8 as \\xNN, so that `input_file` is written as read and a
+    resumed run finds its rows."""
+    return os.fsencode(path).decode("utf8", errors="backslashreplace")
 
 
 def _glob_root(pattern: str) -> Path:
@@ -295,7 +302,7 @@ def join_warnings(*warnings: Optional[str]) -> Optional[str]:
 
 
 def _jsonl_records(path: Path) -> Records:
-    row = 0
+    row, shown = 0, shown_path(path)
     with open(path, "rb") as file:
         for number, data in enumerate(file, start=1):
             if number == 1 and data.startswith(codecs.BOM_UTF8):
@@ -303,7 +310,7 @@ def _jsonl_records(path: Path) -> Records:
             if not data.strip():
                 continue
             line, warning = decode_utf8(data)
-            where, error = f"{path}, line {number}", None
+            where, error = f"{shown}, line {number}", None
             try:
                 record = json.loads(line)
             except (ValueError, RecursionError) as err:
@@ -320,10 +327,11 @@ def _jsonl_records(path: Path) -> Records:
 def _csv_records(path: Path) -> Records:
     # surrogateescape keeps each byte that is not UTF-8 as a lone surrogate,
     # so that the row that has one can say so.
+    shown = shown_path(path)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         reader = csv.DictReader(file)
         for row, record in enumerate(reader):
-            where = f"{path}, row {row + 1} (line {reader.line_num})"
+            where = f"{shown}, row {row + 1} (line {reader.line_num})"
             error = None
             record, names = repair_columns(record)
             warning = names and (f"bytes that are not UTF-8 replaced by U+FFFD in column(s) "
@@ -349,14 +357,14 @@ def _parquet(path: Path):
 
 
 def _parquet_records(path: Path) -> Records:
-    row = 0
+    row, shown = 0, shown_path(path)
     for batch in _parquet(path).iter_batches(batch_size=PARQUET_READ_ROWS):
         try:
             records, warnings = batch.to_pylist(), [None] * batch.num_rows
         except UnicodeDecodeError:  # a writer that did not check its strings
             records, warnings = _records_repaired(batch)
         for record, warning in zip(records, warnings):
-            yield row, f"{path}, row {row + 1}", record, None, warning
+            yield row, f"{shown}, row {row + 1}", record, None, warning
             row += 1
 
 
