@@ -135,6 +135,22 @@ def test_a_row_the_writer_cannot_write_becomes_an_error_row(tmp_path, suffix, ba
     assert written[1]["entities"] == []
 
 
+@pytest.mark.parametrize("rows_per_part", [8, 2], ids=["one part", "parts"])
+def test_a_parquet_cell_of_another_type_is_left_out_with_a_warning(ruler, tmp_path,
+                                                                   rows_per_part):
+    ids = [1, 2, "3a", 4, 5.5, None]
+    source = write_jsonl(tmp_path / "posts.jsonl",
+                         [{"id": value, "text": "Kobe"} for value in ids])
+    summary = run(ruler, source, tmp_path / "out.parquet", batch_size=2,
+                  rows_per_part=rows_per_part)
+    rows = read_rows(tmp_path / "out.parquet")
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (6, 0, 2)
+    assert [row["id"] for row in rows] == [1, 2, None, 4, None, None]
+    assert "column 'id': a str does not fit the column's type" in rows[2]["warning"]
+    assert "(int64); left out (null)" in rows[4]["warning"]
+    assert all(row["entities"] for row in rows)
+
+
 def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tmp_path):
     (tmp_path / "in").mkdir()
     jsonl = tmp_path / "in" / "a.jsonl"

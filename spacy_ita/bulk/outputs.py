@@ -28,7 +28,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
 
@@ -193,6 +193,7 @@ class ParquetWriter:
         self.part_seconds = part_seconds
         self.buffer: List[Row] = []
         self.buffer_since = time.monotonic()
+        self.types: Dict[str, Any] = {}  # carried column -> its Arrow type in this output
 
     def check_own(self) -> None:
         """Refuse an OUTPUT file or parts folder that apply did not write."""
@@ -224,6 +225,7 @@ class ParquetWriter:
         for part in parts:
             try:
                 table = pq.read_table(part, columns=["input_file", "input_row"])
+                self._learn_types(pq.read_schema(part))
             except (pa.ArrowException, OSError) as err:
                 self._drop_damaged(part, part == parts[-1], err)
                 continue
@@ -279,14 +281,27 @@ class ParquetWriter:
         return rows
 
     def _writable(self, rows: List[Row]) -> List[Row]:
-        """`rows`, each repaired or turned into an error row if it cannot be
-        written (tried one by one only when the batch as a whole cannot)."""
+        """`rows` as they can be written: tried one by one only when the batch
+        as a whole cannot be (see `writable`), then each carried cell that does
+        not fit its column's type left out (see `fit_types`). The types the
+        batch gives new columns become theirs for the rest of the output."""
         try:
-            rows_to_table(rows)
-            return rows
-        except ValueError:  # a carried column of mixed types fails again at the flush
-            return [writable(row, lambda one: rows_to_table([one]), self.path)[0]
-                    for row in rows]
+            table = rows_to_table(rows, self.types)
+        except ValueError:
+            rows = fit_types([writable(row, lambda one: rows_to_table([one]), self.path)[0]
+                              for row in rows], self.types)
+            table = rows_to_table(rows, self.types)
+        self._learn_types(table.schema)
+        return rows
+
+    def _learn_types(self, schema) -> None:
+        """Fix the type of each carried column that has none yet (nor only nulls)."""
+        import pyarrow as pa
+
+        fixed = result_schema()
+        for field in schema:
+            if field.name not in fixed and not pa.types.is_null(field.type):
+                self.types.setdefault(field.name, field.type)
 
     def flush(self) -> None:
         import pyarrow.parquet as pq
@@ -296,7 +311,7 @@ class ParquetWriter:
             existing = self._part_files()
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
             tmp = self.parts / f".{_part_name(number)}.tmp"
-            pq.write_table(rows_to_table(self.buffer), tmp)
+            pq.write_table(rows_to_table(self.buffer, self.types), tmp)
             _sync(tmp)
             os.replace(tmp, self.parts / _part_name(number))
             self.buffer = []
@@ -391,9 +406,10 @@ def result_schema() -> Dict[str, Any]:
             "warning": pa.string(), "error": pa.string()}
 
 
-def rows_to_table(rows: List[Dict[str, Any]]):
+def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
     """An Arrow table of output rows: result columns with fixed types, carried
-    columns with the types their values have."""
+    columns with `types` (which their values must fit) or else the types their
+    values have."""
     import pyarrow as pa
 
     fixed = result_schema()
@@ -403,13 +419,62 @@ def rows_to_table(rows: List[Dict[str, Any]]):
     arrays = {}
     for name in names:
         values = [row.get(name) for row in rows]
+        type_ = fixed.get(name) or (types or {}).get(name)
         try:
-            arrays[name] = pa.array(values, type=fixed.get(name))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ValueError(f"column {name!r} cannot be written to Parquet: its values "
-                             f"have different types ({err}). Keep it out (--keep) or "
-                             "write JSONL.") from None
+            if name not in fixed and not _fits(values, type_):
+                raise pa.ArrowTypeError(f"values that are not all of type {type_}")
+            arrays[name] = pa.array(values, type=type_)
+        except (pa.ArrowException, OverflowError) as err:
+            raise ValueError(f"column {name!r} cannot be written to Parquet: {err}") from None
     return pa.table(arrays)
+
+
+def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
+    """`rows` with each carried cell that does not fit its column's type (in
+    `types`, else that of the column's first value) left out (null), with a
+    warning: Parquet holds one type a column, JSONL would keep the value."""
+    fixed = result_schema()
+    names = dict.fromkeys(name for row in rows for name in row if name not in fixed)
+    for name in names:
+        values = [row.get(name) for row in rows]
+        target = types.get(name) or _first_type(values)
+        if _fits(values, target):
+            continue
+        for row in rows:
+            value = row.get(name)
+            if not _fits([value], target):
+                row[name] = None
+                row["warning"] = join_warnings(row.get("warning"), (
+                    f"column {name!r}: a {type(value).__name__} does not fit the column's "
+                    f"type in this Parquet output ({target}); left out (null)"))
+    return rows
+
+
+def _first_type(values: List[Any]):
+    """The Arrow type of the first value that has one (null when none has)."""
+    import pyarrow as pa
+
+    for value in values:
+        if value is not None and _fits([value], None):
+            return pa.array([value]).type
+    return pa.null()
+
+
+def _fits(values: List[Any], type_) -> bool:
+    """Whether `values` convert to Arrow type `type_` (None: to any one type)
+    as they are: their own type may only widen into it, so that no float is
+    cut to an int and no struct field is dropped."""
+    import pyarrow as pa
+
+    try:
+        own = pa.array(values).type
+        if type_ is None:
+            return True
+        schemas = [pa.schema([("value", type_)]), pa.schema([("value", own)])]
+        merged = pa.unify_schemas(schemas, promote_options="permissive")
+        return merged.field("value").type == type_
+    except (pa.ArrowException, OverflowError, ValueError, TypeError):
+        return False
 
 
 def open_writer(path: Path, overwrite: bool = False, rows_per_part: int = 20_000):
