@@ -210,6 +210,13 @@ def _parquet_dataset(folder: Path) -> None:
     pandas.DataFrame({"text": ["a", "b"]}).to_parquet(folder / "part-0.parquet")
 
 
+def _parts_with_a_stray(output: Path) -> None:
+    parts = output.with_name(output.name + ".parts")
+    parts.mkdir()
+    (parts / PARTS_MARKER).write_text("{}")
+    (parts / "notes.txt").write_text("mine")
+
+
 FOREIGN = {
     "json line without newline": ("out.jsonl", lambda path: path.write_text('{"id": 1}'),
                                   "line 1: not a row written by `apply`"),
@@ -231,6 +238,8 @@ FOREIGN = {
     "parts folder not apply's": ("out.parquet",
                                  lambda path: _parquet_dataset(path.with_name("out.parquet.parts")),
                                  f"has no {PARTS_MARKER}"),
+    "parts folder with a stray file": ("out.parquet", _parts_with_a_stray,
+                                       "holds what apply does not write there: notes.txt"),
     "damaged parquet": ("out.parquet", lambda path: path.write_bytes(b"PAR1\x00\x01"),
                         "cannot be read as Parquet"),
 }

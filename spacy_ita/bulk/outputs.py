@@ -137,16 +137,17 @@ def _own_row(line: bytes, path: Path, number: int) -> Row:
     """The row on a line, or the refusal of a line that apply did not write."""
     try:
         row = json.loads(line)
-        missing = ([name for name in OWN_COLUMNS if name not in row] if isinstance(row, dict)
-                   else OWN_COLUMNS)
-        if not missing:
-            row["input_row"] = int(row["input_row"])
-    except (ValueError, TypeError, RecursionError):
-        missing = OWN_COLUMNS
-    if missing:
-        raise refusal(f"{path}, line {number}:", "not a row written by `apply` (it has no "
-                      f"{', '.join(missing)})")
-    return row
+    except (ValueError, RecursionError):
+        row = None
+    if not isinstance(row, dict):
+        problem = "it is not a JSON object"
+    elif any(name not in row for name in OWN_COLUMNS):
+        problem = f"it has no {', '.join(name for name in OWN_COLUMNS if name not in row)}"
+    elif not (isinstance(row["input_file"], str) and isinstance(row["input_row"], int)):
+        problem = "its input_file and input_row are not a file name and a row number"
+    else:
+        return row
+    raise refusal(f"{path}, line {number}:", f"not a row written by `apply` ({problem})")
 
 
 def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, Any]:
