@@ -181,24 +181,30 @@ def test_a_file_name_that_is_not_utf8_is_written_and_resumed(ruler, tmp_path):
     assert (again.n_written, again.n_skipped) == (0, 2)
 
 
-def test_parquet_input_with_strings_that_are_not_utf8(ruler, tmp_path):
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_parquet_input_with_strings_that_are_not_utf8(ruler, tmp_path, suffix):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     def strings(values):  # a writer that does not check its strings' bytes
         return pa.array(values, type=pa.binary()).view(pa.string())
 
-    tags = pa.ListArray.from_arrays([0, 1, 2, 3], strings([b"a", b"b\xff", b"c"]))
-    pq.write_table(pa.table({"text": strings([b"Kobe", b"Boston \xe9t\xe9", b"Boston"]),
-                             "tags": tags}), tmp_path / "posts.parquet")
-    summary = run(ruler, tmp_path / "posts.parquet", tmp_path / "out.jsonl")
-    rows = read_rows(tmp_path / "out.jsonl")
-    assert (summary.n_written, summary.n_errors) == (3, 0)
+    # Row 2: Latin-1; row 3: a lone surrogate as CESU-8 (Java's modified UTF-8) writes it.
+    texts = [b"Kobe", b"Boston \xe9t\xe9", b"Kobe \xed\xa0\xbd", b"Boston"]
+    tags = pa.ListArray.from_arrays([0, 1, 2, 3, 4], strings([b"a", b"b\xff", b"c", b"d"]))
+    pq.write_table(pa.table({"text": strings(texts), "tags": tags}), tmp_path / "posts.parquet")
+    out = tmp_path / f"out.{suffix}"
+    summary = run(ruler, tmp_path / "posts.parquet", out)
+    rows = read_rows(out)
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (4, 0, 2)
     assert rows[1]["text"] == "Boston \ufffdt\ufffd" and rows[1]["tags"] is None
     assert f"{tmp_path / 'posts.parquet'}, row 2: column 'text': bytes" in rows[1]["warning"]
     assert "column 'tags': holds text that is not UTF-8; left out" in rows[1]["warning"]
-    assert [row["warning"] for row in (rows[0], rows[2])] == [None, None]
-    assert rows[2]["tags"] == ["c"] and rows[1]["entities"][0]["text"] == "Boston"
+    assert rows[2]["text"].startswith("Kobe \ufffd")
+    assert "row 3: column 'text'" in rows[2]["warning"]
+    assert [row["warning"] for row in (rows[0], rows[3])] == [None, None]
+    assert rows[3]["tags"] == ["d"] and rows[1]["entities"][0]["text"] == "Boston"
+    assert [e["text"] for e in rows[2]["entities"]] == ["Kobe"]
 
 
 # 6. OUTPUT is never clobbered.
