@@ -23,7 +23,8 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class ApplySummary:
-    """What a run did: rows written now, rows found already written, failures."""
+    """What a run did: rows written now, rows found already written, failures
+    and repairs (rows with an `error`, `image_error` or `warning`)."""
 
     n_written: int = 0
     n_skipped: int = 0
@@ -69,8 +70,9 @@ def apply(
     """Run the pipeline `model` over every post of INPUT (JSONL, CSV or Parquet
     files; a folder or glob of them) and write one row per post to OUTPUT
     (.jsonl or .parquet): the carried columns, `entities`, `visual_context`,
-    `view`, `image_error` and `error`. Rows already in OUTPUT are skipped, so a
-    killed run resumes where it stopped. A pipeline without `ita_context` gets
+    `view`, `image_error`, `warning` and `error`. Rows already in OUTPUT are
+    skipped, so a killed run resumes where it stopped; an OUTPUT that apply did
+    not write is refused, never changed. A pipeline without `ita_context` gets
     one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
     `engine="ray"` runs the work as a Ray Data job (see `ray_engine.RaySettings`
     for `workers` and the rest)."""
