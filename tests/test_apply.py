@@ -83,7 +83,7 @@ def by_id(rows):
 
 def results(row):
     return {key: row[key] for key in ("entities", "visual_context", "view", "image_error",
-                                      "error")}
+                                      "warning", "error")}
 
 
 def test_jsonl_rows_carry_columns_entities_context_and_view(pipeline, images, tmp_path):
@@ -275,7 +275,7 @@ def test_a_slow_download_stops_at_its_deadline(server):
 
 def test_a_partial_last_line_is_cut_and_its_row_redone(tmp_path):
     path = tmp_path / "out.jsonl"
-    full = json.dumps({"input_file": "a.jsonl", "input_row": 0}) + "\n"
+    full = json.dumps(Post("a.jsonl", 0, "").output_row()) + "\n"
     path.write_text(full + '{"input_file": "a.jsonl", "input_ro')
     done = JsonlWriter(path).done_rows()
     assert done.count == 1 and ("a.jsonl", 0) in done and ("a.jsonl", 1) not in done

@@ -4,11 +4,15 @@ INPUT is one file, a folder (searched recursively) or a glob. Every row keeps
 its place, (file relative to the input root, row index), so that a resumed run
 can skip the rows already in the output. A row that cannot be used (bad JSON,
 no text) still becomes a Post, with its error: it is written, never dropped.
+Text that is not valid Unicode (bytes that are not UTF-8, half of a surrogate
+pair) is repaired to U+FFFD, with a warning in the row that says where.
 """
+import codecs
 import csv
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -17,7 +21,7 @@ from urllib.parse import unquote, urlparse
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # The columns `apply` writes itself; input columns of these names are not carried.
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
-                  "image_error", "error")
+                  "image_error", "warning", "error")
 PARQUET_READ_ROWS = 1024
 
 
@@ -34,16 +38,19 @@ class Post:
     carried: Dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     image_error: Optional[str] = None
+    warning: Optional[str] = None
     visual_context: Optional[Dict[str, List[str]]] = None
     entities: List[Dict[str, Any]] = field(default_factory=list)
     view: Optional[str] = None
 
     def output_row(self) -> Dict[str, Any]:
-        """The carried columns, then the results."""
-        row = dict(self.carried)
-        row.update(input_file=self.file, input_row=self.row, entities=self.entities,
-                   visual_context=self.visual_context, view=self.view,
-                   image_error=self.image_error, error=self.error)
+        """Where the post came from, the carried columns, then the results. A
+        JSONL row starts with `{"input_file": `, which tells a line cut short
+        by a kill from the start of a foreign file (outputs.JsonlWriter)."""
+        row = {"input_file": self.file, "input_row": self.row}
+        row.update(self.carried)
+        row.update(entities=self.entities, visual_context=self.visual_context, view=self.view,
+                   image_error=self.image_error, warning=self.warning, error=self.error)
         return row
 
 
@@ -118,7 +125,7 @@ def find_inputs(spec: str) -> List[InputFile]:
         raise FileNotFoundError(f"input {spec!r} does not exist")
     if not paths:
         raise ValueError(f"no {', '.join(FORMATS)} files in {spec!r}")
-    return [InputFile(p, p.relative_to(root).as_posix(), FORMATS[p.suffix.lower()])
+    return [InputFile(p, shown_path(p.relative_to(root).as_posix()), FORMATS[p.suffix.lower()])
             for p in paths]
 
 
@@ -130,6 +137,13 @@ def input_root(spec: str) -> Path:
     if path.is_dir():
         return path
     return _glob_root(spec) if not path.is_file() and glob.has_magic(spec) else path.parent
+
+
+def shown_path(path: Any) -> str:
+    """A path as text that every writer takes: the bytes of a file name that
+    are not UTF-8 as \\xNN, so that `input_file` is written as read and a
+    resumed run finds its rows."""
+    return os.fsencode(path).decode("utf8", errors="backslashreplace")
 
 
 def _glob_root(pattern: str) -> Path:
@@ -173,17 +187,21 @@ def read_file_posts(item: InputFile, columns: Columns,
         binary = require_pyarrow().types.is_binary, require_pyarrow().types.is_large_binary
         keep = [field.name for field in schema if field.name not in RESULT_COLUMNS
                 and not any(is_binary(field.type) for is_binary in binary)]
-    for row, where, record, error in reader[item.format](item.path):
+    for row, where, record, error, warning in reader[item.format](item.path):
         if has_row(bitmap, row):
             continue
-        yield make_post(item, row, where, record, error, columns, keep)
+        yield make_post(item, row, where, record, error, columns, keep, warning)
 
 
 def make_post(item: InputFile, row: int, where: str, record: Dict[str, Any],
-              error: Optional[str], columns: Columns, keep: Optional[Sequence[str]]) -> Post:
+              error: Optional[str], columns: Columns, keep: Optional[Sequence[str]],
+              warning: Optional[str] = None) -> Post:
     """A Post from one record, or from the error that made the row unreadable;
-    `keep` names the carried columns (None: all but those apply writes)."""
+    `keep` names the carried columns (None: all but those apply writes);
+    `warning` says what the reader repaired."""
     post = Post(item.name, row, where)
+    if warning is not None:
+        post.warning = f"{where}: {warning}"
     if error is not None:
         post.error = f"{where}: {error}"
         return post
@@ -232,37 +250,106 @@ def image_location(value: Any, base: Path) -> Any:
     return value if os.path.isabs(value) else str(base.absolute() / value)
 
 
-# Readers yield (row index, where, record, error): the record is a dict, or
-# empty with the reason in `error`.
-Records = Iterator[Tuple[int, str, Dict[str, Any], Optional[str]]]
+# Readers yield (row index, where, record, error, warning): the record is a
+# dict, or empty with the reason in `error`; `warning` says what was repaired.
+Records = Iterator[Tuple[int, str, Dict[str, Any], Optional[str], Optional[str]]]
+
+# A lone half of a surrogate pair: not a character, so no UTF-8 encoder (the
+# output writers', the tokenizers') takes it. JSON escapes ("\ud83d", a tweet
+# cut in the middle of an emoji) and surrogateescape decoding produce them.
+SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+REPLACEMENT = "\ufffd"
+
+
+def without_surrogates(value: Any) -> Tuple[Any, bool]:
+    """`value` with every lone surrogate in its strings (dict keys and nested
+    values too) replaced by U+FFFD, and whether there was any."""
+    if isinstance(value, str):
+        fixed, count = SURROGATE.subn(REPLACEMENT, value)
+        return fixed, count > 0
+    if isinstance(value, dict):
+        items = [(without_surrogates(key), without_surrogates(item))
+                 for key, item in value.items()]
+        return ({key: item for (key, _), (item, _) in items},
+                any(key_fixed or item_fixed for (_, key_fixed), (_, item_fixed) in items))
+    if isinstance(value, (list, tuple)):
+        items = [without_surrogates(item) for item in value]
+        return [item for item, _ in items], any(fixed for _, fixed in items)
+    return value, False
+
+
+def repair_columns(record: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """`record` without lone surrogates, and the names of the columns that had some."""
+    repaired, names = {}, []
+    for name, value in record.items():
+        fixed_name, name_fixed = without_surrogates(name)
+        repaired[fixed_name], value_fixed = without_surrogates(value)
+        if name_fixed or value_fixed:
+            names.append(repr(fixed_name))
+    return repaired, names
+
+
+def decode_utf8(data: bytes) -> Tuple[str, Optional[str]]:
+    """The text of UTF-8 `data`; bytes that are not UTF-8 become U+FFFD, and
+    the warning says where the first one was."""
+    try:
+        return data.decode("utf8"), None
+    except UnicodeDecodeError as err:
+        return (data.decode("utf8", errors="replace"),
+                f"bytes that are not UTF-8 (the first at byte {err.start}: "
+                f"{data[err.start:err.end]!r}) replaced by U+FFFD")
+
+
+def surrogates_warning(names: List[str]) -> str:
+    """The warning of a row whose columns `names` had lone surrogates replaced."""
+    return (f"half of a surrogate pair (a cut emoji?) replaced by U+FFFD in column(s) "
+            f"{', '.join(names)}")
+
+
+def join_warnings(*warnings: Optional[str]) -> Optional[str]:
+    """The warnings that are there, in one string; None when none is."""
+    return "; ".join(warning for warning in warnings if warning) or None
 
 
 def _jsonl_records(path: Path) -> Records:
-    row = 0
-    with open(path, encoding="utf8", errors="replace") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
+    row, shown = 0, shown_path(path)
+    with open(path, "rb") as file:
+        for number, data in enumerate(file, start=1):
+            if number == 1 and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8):]
+            if not data.strip():
                 continue
-            where, error = f"{path}, line {number}", None
+            line, warning = decode_utf8(data)
+            where, error = f"{shown}, line {number}", None
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
+            except (ValueError, RecursionError) as err:
                 record, error = {}, f"invalid JSON: {err}"
             if not isinstance(record, dict):
                 record, error = {}, f"expected a JSON object, got {type(record).__name__}"
-            yield row, where, record, error
+            elif SURROGATE_ESCAPE.search(line):  # the only way to a surrogate in JSON
+                record, names = repair_columns(record)
+                warning = join_warnings(warning, names and surrogates_warning(names))
+            yield row, where, record, error, warning
             row += 1
 
 
 def _csv_records(path: Path) -> Records:
-    with open(path, encoding="utf8", errors="replace", newline="") as file:
+    # surrogateescape keeps each byte that is not UTF-8 as a lone surrogate,
+    # so that the row that has one can say so.
+    shown = shown_path(path)
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         reader = csv.DictReader(file)
         for row, record in enumerate(reader):
-            where = f"{path}, row {row + 1} (line {reader.line_num})"
+            where = f"{shown}, row {row + 1} (line {reader.line_num})"
             error = None
+            record, names = repair_columns(record)
+            warning = names and (f"bytes that are not UTF-8 replaced by U+FFFD in column(s) "
+                                 f"{', '.join(names)}")
             if None in record:
                 error = f"{len(record[None])} more field(s) than the header has"
-            yield row, where, record, error
+            yield row, where, record, error, warning or None
 
 
 def require_pyarrow():
@@ -281,8 +368,44 @@ def _parquet(path: Path):
 
 
 def _parquet_records(path: Path) -> Records:
-    row = 0
+    row, shown = 0, shown_path(path)
     for batch in _parquet(path).iter_batches(batch_size=PARQUET_READ_ROWS):
-        for record in batch.to_pylist():
-            yield row, f"{path}, row {row + 1}", record, None
+        try:
+            records, warnings = batch.to_pylist(), [None] * batch.num_rows
+        except UnicodeDecodeError:  # a writer that did not check its strings
+            records, warnings = _records_repaired(batch)
+        for record, warning in zip(records, warnings):
+            yield row, f"{shown}, row {row + 1}", record, None, warning
             row += 1
+
+
+def _records_repaired(batch) -> Tuple[List[Dict[str, Any]], List[Optional[str]]]:
+    """The rows of a Parquet batch whose strings are not all UTF-8: bad bytes
+    in a string column become U+FFFD, a nested cell with some is left out; per
+    row, a warning that says which column."""
+    pa = require_pyarrow()
+    columns, warnings = {}, [None] * batch.num_rows
+    for name, column in zip(batch.schema.names, batch.columns):
+        try:
+            columns[name] = column.to_pylist()
+            continue
+        except UnicodeDecodeError:
+            pass
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values, problems = zip(*(decode_utf8(data) if data is not None else (None, None)
+                                     for data in column.cast(pa.large_binary()).to_pylist()))
+        else:
+            values, problems = zip(*(_nested_cell(column, index)
+                                     for index in range(len(column))))
+        columns[name] = values
+        warnings = [join_warnings(warning, problem and f"column {name!r}: {problem}")
+                    for warning, problem in zip(warnings, problems)]
+    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return records, warnings
+
+
+def _nested_cell(column, index: int) -> Tuple[Any, Optional[str]]:
+    try:
+        return column[index].as_py(), None
+    except UnicodeDecodeError:
+        return None, "holds text that is not UTF-8; left out (null)"

@@ -1,26 +1,55 @@
-"""Output of `apply`: JSONL or Parquet, written so that a killed run resumes.
+"""Output of `apply`: JSONL or Parquet, written so that a killed run resumes,
+no row can stop it, and nothing that apply did not write is touched.
 
 Each row carries its `input_file` and `input_row`. On start a writer reads the
 rows already in the output (`done_rows`) and the run skips them, so every post
 is written exactly once however often the run is killed and restarted.
 
+- An existing OUTPUT is resumed (or removed by --overwrite) only when it is
+  apply's own: JSONL rows and Parquet files hold all of OWN_COLUMNS, and the
+  Parquet parts folder holds PARTS_MARKER (written first) and part files only.
+  Anything else is refused, and left as it is.
 - JSONL is appended to in place, one flush per batch. A kill can leave a
   half-written last line; the next run cuts it off (that row is redone).
 - Parquet cannot be appended to, so the rows go into part files in
-  `OUTPUT.parts/` (each written to a temporary name, then renamed), at most
-  `rows_per_part` rows or `part_seconds` of work each; at the end the parts
-  are merged into OUTPUT, one part in memory at a time.
+  `OUTPUT.parts/` (each written to a temporary name, synced, then renamed), at
+  most `rows_per_part` rows or `part_seconds` of work each; at the end the parts
+  are merged into OUTPUT, one part in memory at a time. A last part that
+  cannot be read is removed, and its rows redone.
+- A row that cannot be written (lone surrogates: half an emoji) has them
+  replaced by U+FFFD, with a warning in the row; a row that still cannot be
+  written is written with its error instead of its results.
 """
 import base64
 import datetime
 import json
 import os
-import shutil
+import re
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .inputs import DoneRows, require_pyarrow
+from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
+
+# The columns that make a row or a Parquet file recognisably apply's: every
+# version of apply wrote them (`warning` came later).
+OWN_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view", "image_error",
+               "error")
+# How every JSONL row apply writes begins (Post.output_row puts input_file first).
+ROW_START = b'{"input_file": '
+# Written first into OUTPUT.parts/: the folder is apply's to resume and remove.
+PARTS_MARKER = "_spacy_ita_apply.json"
+# How much of its first line tells whether a JSONL file is apply's.
+CHECKED_BYTES = 1 << 20
+PART_FILE = re.compile(r"\.?part-\d{6}\.parquet(\.tmp)?")
+Row = Dict[str, Any]
+
+
+def refusal(what: str, why: str) -> ValueError:
+    """The error for an OUTPUT that apply will not resume or overwrite."""
+    return ValueError(f"{what} {why}. apply resumes and overwrites only its own output, so it "
+                      "leaves this as it is: choose another OUTPUT, or move this away.")
 
 
 class JsonlWriter:
@@ -28,8 +57,27 @@ class JsonlWriter:
         self.path = path
         self.file = None
 
+    def check_own(self) -> None:
+        """Refuse a file whose first line (blank ones aside) is not a row apply
+        writes, or the beginning of one."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as file:
+            for number, line in enumerate(iter(lambda: file.readline(CHECKED_BYTES), b""), 1):
+                if not line.endswith(b"\n"):  # cut short, or longer than CHECKED_BYTES
+                    if not _row_start(line):
+                        raise _partial_line_refusal(self.path, number)
+                    return
+                if line.strip():
+                    _own_row(line, self.path, number)
+                    return
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
     def done_rows(self) -> DoneRows:
-        """The rows in the file; a partial last line (a kill mid-write) is cut off."""
+        """The rows in the file. A partial last line (a kill mid-write) is cut
+        off, if it follows apply's rows or begins as they do."""
         done = DoneRows()
         if not self.path.exists():
             return done
@@ -37,23 +85,30 @@ class JsonlWriter:
         with open(self.path, "rb") as file:
             for number, line in enumerate(file, start=1):
                 if not line.endswith(b"\n"):
+                    if not done.count and not _row_start(line):
+                        raise _partial_line_refusal(self.path, number)
                     break
                 complete += len(line)
                 if line.strip():
-                    file_name, row = _row_key(line, self.path, number)
-                    done.add(file_name, row)
+                    row = _own_row(line, self.path, number)
+                    done.add(row["input_file"], row["input_row"])
         if complete < self.path.stat().st_size:
             os.truncate(self.path, complete)
         return done
 
-    def write(self, rows: List[Dict[str, Any]]) -> None:
+    def write(self, rows: List[Row]) -> List[Row]:
+        """Append `rows`; the rows as written (see `writable`)."""
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "ab")
-        data = b"".join(json.dumps(row, ensure_ascii=False, default=_json_value).encode("utf8")
-                        + b"\n" for row in rows)
-        self.file.write(data)
+        lines, written = [], []
+        for row in rows:
+            row, line = writable(row, _json_line, self.path)
+            lines.append(line)
+            written.append(row)
+        self.file.write(b"".join(lines))
         self.file.flush()
+        return written
 
     def finish(self) -> None:
         if self.file is not None:
@@ -64,14 +119,59 @@ class JsonlWriter:
     stop = finish  # every written row is already in the file
 
 
-def _row_key(line: bytes, path: Path, number: int):
+def _json_line(row: Row) -> bytes:
+    return json.dumps(row, ensure_ascii=False, default=_json_value).encode("utf8") + b"\n"
+
+
+def _row_start(line: bytes) -> bool:
+    """Whether a line begins as apply's rows do (or is a beginning of that)."""
+    return line[:len(ROW_START)] == ROW_START[:len(line)]
+
+
+def _partial_line_refusal(path: Path, number: int) -> ValueError:
+    return refusal(f"{path}, line {number}:", "not a row written by `apply` (it has no final "
+                   "newline, and it does not begin as apply's rows do)")
+
+
+def _own_row(line: bytes, path: Path, number: int) -> Row:
+    """The row on a line, or the refusal of a line that apply did not write."""
     try:
         row = json.loads(line)
-        return row["input_file"], int(row["input_row"])
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path}, line {number}: not a row written by `apply` (no "
-                         "input_file and input_row); choose another OUTPUT or --overwrite "
-                         "it") from None
+    except (ValueError, RecursionError):
+        row = None
+    if not isinstance(row, dict):
+        problem = "it is not a JSON object"
+    elif any(name not in row for name in OWN_COLUMNS):
+        problem = f"it has no {', '.join(name for name in OWN_COLUMNS if name not in row)}"
+    elif not (isinstance(row["input_file"], str) and isinstance(row["input_row"], int)):
+        problem = "its input_file and input_row are not a file name and a row number"
+    else:
+        return row
+    raise refusal(f"{path}, line {number}:", f"not a row written by `apply` ({problem})")
+
+
+def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, Any]:
+    """`row` as it can be written, and `encode(row)`. A row that cannot be
+    encoded has its lone surrogates replaced by U+FFFD (with a warning); one
+    that still cannot keeps only where it came from, and the reason as its error."""
+    try:
+        return row, encode(row)
+    except Exception as err:  # noqa: BLE001  (no row may stop the run)
+        problem = err
+    repaired, names = repair_columns(row)
+    if names:
+        repaired["warning"] = join_warnings(repaired.get("warning"), surrogates_warning(names))
+        try:
+            return repaired, encode(repaired)
+        except Exception as err:  # noqa: BLE001
+            problem = err
+    failed, _ = repair_columns({
+        "input_file": repaired["input_file"], "input_row": repaired["input_row"],
+        "entities": [], "visual_context": None, "view": None, "image_error": None,
+        "warning": repaired.get("warning"),
+        "error": f"the row could not be written to {path} ({type(problem).__name__}: "
+                 f"{problem}); only where it came from is kept"})
+    return failed, encode(failed)
 
 
 def _json_value(value: Any) -> Any:
@@ -92,27 +192,77 @@ class ParquetWriter:
         self.parts = path.with_name(path.name + ".parts")
         self.rows_per_part = rows_per_part
         self.part_seconds = part_seconds
-        self.buffer: List[Dict[str, Any]] = []
+        self.buffer: List[Row] = []
         self.buffer_since = time.monotonic()
+        self.types: Dict[str, Any] = {}  # carried column -> its Arrow type in this output
+
+    def check_own(self) -> None:
+        """Refuse an OUTPUT file or parts folder that apply did not write."""
+        if self.path.exists():
+            _check_own_parquet(self.path)
+        if self.parts.exists() or self.parts.is_symlink():
+            _check_own_parts(self.parts)
+
+    def remove(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        self._remove_parts()
 
     def done_rows(self) -> DoneRows:
         """The rows in OUTPUT and its parts. A finished OUTPUT becomes the first
-        part, so that new input rows can be added to it."""
+        part, so that new input rows can be added to it; a last part that
+        cannot be read (cut short by a crash) is removed, its rows redone."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self.path.exists():
-            if self.parts.exists():  # killed after the merge: the parts hold every row
-                self.path.unlink()
-            else:
-                self.parts.mkdir(parents=True)
-                os.replace(self.path, self.parts / _part_name(0))
+            # Parts beside OUTPUT: killed while removing them after the merge,
+            # so OUTPUT holds every row.
+            self._remove_parts()
+            self._make_parts_folder()
+            os.replace(self.path, self.parts / _part_name(0))
         done = DoneRows()
-        for part in self._part_files():
-            table = pq.read_table(part, columns=["input_file", "input_row"])
+        parts = self._part_files()
+        for part in parts:
+            try:
+                table = pq.read_table(part, columns=["input_file", "input_row"])
+                self._learn_types(pq.read_schema(part))
+            except (pa.ArrowException, OSError) as err:
+                self._drop_damaged(part, part == parts[-1], err)
+                continue
             for file_name, row in zip(table["input_file"].to_pylist(),
                                       table["input_row"].to_pylist()):
                 done.add(file_name, row)
         return done
+
+    def _drop_damaged(self, part: Path, last: bool, err: Exception) -> None:
+        """Remove the last part when it cannot be read; refuse any other."""
+        if not last:
+            raise ValueError(f"{part} cannot be read ({err}), and it is not the last part, "
+                             "so no crash of apply explains it. Delete it and rerun to redo "
+                             "its rows.")
+        part.unlink()
+        warnings.warn(f"{part} could not be read ({err}): a crash cut it short. It is "
+                      "removed, and its rows are done again.", stacklevel=2)
+
+    def _make_parts_folder(self) -> None:
+        """OUTPUT.parts/, with its marker written before any part."""
+        self.parts.mkdir(parents=True, exist_ok=True)
+        marker = self.parts / PARTS_MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"written_by": "spacy_ita apply",
+                                          "output": self.path.name}) + "\n")
+
+    def _remove_parts(self) -> None:
+        """Delete OUTPUT.parts/, its marker last: a kill midway leaves a
+        folder that is still recognisably apply's."""
+        if not self.parts.exists():
+            return
+        for entry in self.parts.iterdir():
+            if entry.name != PARTS_MARKER:
+                entry.unlink()
+        (self.parts / PARTS_MARKER).unlink(missing_ok=True)
+        self.parts.rmdir()
 
     def _part_files(self) -> List[Path]:
         if not self.parts.exists():
@@ -121,21 +271,49 @@ class ParquetWriter:
             stale.unlink()
         return sorted(self.parts.glob("part-*.parquet"))
 
-    def write(self, rows: List[Dict[str, Any]]) -> None:
+    def write(self, rows: List[Row]) -> List[Row]:
+        """Buffer `rows`, writing a part when enough are; the rows as they will
+        be written (see `writable`)."""
+        rows = self._writable(rows)
         self.buffer.extend(rows)
         if (len(self.buffer) >= self.rows_per_part
                 or time.monotonic() - self.buffer_since >= self.part_seconds):
             self.flush()
+        return rows
+
+    def _writable(self, rows: List[Row]) -> List[Row]:
+        """`rows` as they can be written: tried one by one only when the batch
+        as a whole cannot be (see `writable`), then each carried cell that does
+        not fit its column's type left out (see `fit_types`). The types the
+        batch gives new columns become theirs for the rest of the output."""
+        try:
+            table = rows_to_table(rows, self.types)
+        except ValueError:
+            rows = fit_types([writable(row, lambda one: rows_to_table([one]), self.path)[0]
+                              for row in rows], self.types)
+            table = rows_to_table(rows, self.types)
+        self._learn_types(table.schema)
+        return rows
+
+    def _learn_types(self, schema) -> None:
+        """Fix the type of each carried column that has none yet (nor only nulls)."""
+        import pyarrow as pa
+
+        fixed = result_schema()
+        for field in schema:
+            if field.name not in fixed and not pa.types.is_null(field.type):
+                self.types.setdefault(field.name, field.type)
 
     def flush(self) -> None:
         import pyarrow.parquet as pq
 
         if self.buffer:
-            self.parts.mkdir(parents=True, exist_ok=True)
+            self._make_parts_folder()
             existing = self._part_files()
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
             tmp = self.parts / f".{_part_name(number)}.tmp"
-            pq.write_table(rows_to_table(self.buffer), tmp)
+            pq.write_table(rows_to_table(self.buffer, self.types), tmp)
+            _sync(tmp)
             os.replace(tmp, self.parts / _part_name(number))
             self.buffer = []
         self.buffer_since = time.monotonic()
@@ -168,8 +346,47 @@ class ParquetWriter:
                         table = table.append_column(name, pa.nulls(len(table),
                                                                    schema.field(name).type))
                 writer.write_table(table.select(schema.names).cast(schema))
+        _sync(tmp)
         os.replace(tmp, self.path)
-        shutil.rmtree(self.parts)
+        self._remove_parts()
+
+
+def _sync(path: Path) -> None:
+    """Flush a written file to disk, so that a rename cannot outlive its content."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _check_own_parquet(path: Path) -> None:
+    """Refuse a Parquet OUTPUT that cannot be read or that apply did not write."""
+    pa = require_pyarrow()
+    try:
+        names = pa.parquet.read_schema(path).names
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"OUTPUT {path} cannot be read as Parquet ({err}), so it cannot be "
+                         "resumed, and apply does not remove a file it cannot tell as its "
+                         "own. If it is an apply output cut short, delete it and rerun.") from None
+    missing = [name for name in OWN_COLUMNS if name not in names]
+    if missing:
+        raise refusal(f"OUTPUT {path}", f"is not an apply output (it has no {', '.join(missing)})")
+
+
+def _check_own_parts(folder: Path) -> None:
+    """Refuse a parts folder that apply did not make: one without its marker
+    (unless empty), or with files apply does not write there."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise refusal(str(folder), "is where apply keeps its parts, but it is not a folder")
+    entries = list(folder.iterdir())
+    if entries and not (folder / PARTS_MARKER).is_file():
+        raise refusal(str(folder), f"has no {PARTS_MARKER}, the file apply writes first in the "
+                      "folder of its parts")
+    strays = sorted(entry.name for entry in entries if entry.name != PARTS_MARKER and not (
+        entry.is_file() and PART_FILE.fullmatch(entry.name)))
+    if strays:
+        raise refusal(str(folder), f"holds what apply does not write there: {', '.join(strays)}")
 
 
 def _part_name(number: int) -> str:
@@ -183,15 +400,17 @@ def result_schema() -> Dict[str, Any]:
     texts = pa.list_(pa.string())
     entity = pa.struct([("text", pa.string()), ("label", pa.string()),
                         ("start_char", pa.int64()), ("end_char", pa.int64())])
-    context = pa.struct([("object_tags", texts), ("captions", texts), ("ocr_text", texts)])
+    context = pa.struct([("object_tags", texts), ("captions", texts), ("ocr_text", texts),
+                         ("knowledge", texts)])
     return {"input_file": pa.string(), "input_row": pa.int64(), "entities": pa.list_(entity),
             "visual_context": context, "view": pa.string(), "image_error": pa.string(),
-            "error": pa.string()}
+            "warning": pa.string(), "error": pa.string()}
 
 
-def rows_to_table(rows: List[Dict[str, Any]]):
+def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
     """An Arrow table of output rows: result columns with fixed types, carried
-    columns with the types their values have."""
+    columns with `types` (which their values must fit) or else the types their
+    values have."""
     import pyarrow as pa
 
     fixed = result_schema()
@@ -201,25 +420,75 @@ def rows_to_table(rows: List[Dict[str, Any]]):
     arrays = {}
     for name in names:
         values = [row.get(name) for row in rows]
+        type_ = fixed.get(name) or (types or {}).get(name)
         try:
-            arrays[name] = pa.array(values, type=fixed.get(name))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ValueError(f"column {name!r} cannot be written to Parquet: its values "
-                             f"have different types ({err}). Keep it out (--keep) or "
-                             "write JSONL.") from None
+            if name not in fixed and not _fits(values, type_):
+                raise pa.ArrowTypeError(f"values that are not all of type {type_}")
+            arrays[name] = pa.array(values, type=type_)
+        except (pa.ArrowException, OverflowError) as err:
+            raise ValueError(f"column {name!r} cannot be written to Parquet: {err}") from None
     return pa.table(arrays)
 
 
+def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
+    """`rows` with each carried cell that does not fit its column's type (in
+    `types`, else that of the column's first value) left out (null), with a
+    warning: Parquet holds one type a column, JSONL would keep the value."""
+    fixed = result_schema()
+    names = dict.fromkeys(name for row in rows for name in row if name not in fixed)
+    for name in names:
+        values = [row.get(name) for row in rows]
+        target = types.get(name) or _first_type(values)
+        if _fits(values, target):
+            continue
+        for row in rows:
+            value = row.get(name)
+            if not _fits([value], target):
+                row[name] = None
+                row["warning"] = join_warnings(row.get("warning"), (
+                    f"column {name!r}: a {type(value).__name__} does not fit the column's "
+                    f"type in this Parquet output ({target}); left out (null)"))
+    return rows
+
+
+def _first_type(values: List[Any]):
+    """The Arrow type of the first value that has one (null when none has)."""
+    import pyarrow as pa
+
+    for value in values:
+        if value is not None and _fits([value], None):
+            return pa.array([value]).type
+    return pa.null()
+
+
+def _fits(values: List[Any], type_) -> bool:
+    """Whether `values` convert to Arrow type `type_` (None: to any one type)
+    as they are: their own type may only widen into it, so that no float is
+    cut to an int and no struct field is dropped."""
+    import pyarrow as pa
+
+    try:
+        own = pa.array(values).type
+        if type_ is None:
+            return True
+        schemas = [pa.schema([("value", type_)]), pa.schema([("value", own)])]
+        merged = pa.unify_schemas(schemas, promote_options="permissive")
+        return merged.field("value").type == type_
+    except (pa.ArrowException, OverflowError, ValueError, TypeError):
+        return False
+
+
 def open_writer(path: Path, overwrite: bool = False, rows_per_part: int = 20_000):
-    """The writer for OUTPUT's format (by suffix); `overwrite` starts afresh."""
+    """The writer for OUTPUT's format (by suffix), after checking that what is
+    there already is apply's own output; `overwrite` removes that, to start afresh."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"OUTPUT {path} must end in .jsonl or .parquet")
+    if path.is_dir():
+        raise refusal(f"OUTPUT {path}", "is a folder (apply writes one file)")
     writer = JsonlWriter(path) if suffix == ".jsonl" else ParquetWriter(path, rows_per_part)
+    writer.check_own()
     if overwrite:
-        if path.exists():
-            path.unlink()
-        if suffix == ".parquet" and writer.parts.exists():
-            shutil.rmtree(writer.parts)
+        writer.remove()
     return writer
 

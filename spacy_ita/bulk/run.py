@@ -23,12 +23,14 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class ApplySummary:
-    """What a run did: rows written now, rows found already written, failures."""
+    """What a run did: rows written now, rows found already written, failures
+    and repairs (rows with an `error`, `image_error` or `warning`)."""
 
     n_written: int = 0
     n_skipped: int = 0
     n_errors: int = 0
     n_image_errors: int = 0
+    n_warnings: int = 0
     n_entities: int = 0
     seconds: float = 0.0
 
@@ -70,8 +72,9 @@ def apply(
     """Run the pipeline `model` over every post of INPUT (JSONL, CSV or Parquet
     files; a folder or glob of them) and write one row per post to OUTPUT
     (.jsonl or .parquet): the carried columns, `entities`, `visual_context`,
-    `view`, `image_error` and `error`. Rows already in OUTPUT are skipped, so a
-    killed run resumes where it stopped. A pipeline without `ita_context` gets
+    `view`, `image_error`, `warning` and `error`. Rows already in OUTPUT are
+    skipped, so a killed run resumes where it stopped; an OUTPUT that apply did
+    not write is refused, never changed. A pipeline without `ita_context` gets
     one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
     A row's image file must resolve inside `image_root` (default: the folder
     INPUT names) and its image URL must reach a public address unless
@@ -131,10 +134,10 @@ def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: A
     with bar:
         for batch in batches:
             posts = [post for post in batch if done.add(post.file, post.row)]
-            writer.write([post.output_row() for post in posts])
-            for post in posts:
+            for row in writer.write([post.output_row() for post in posts]):
                 summary.n_written += 1
-                summary.n_errors += post.error is not None
-                summary.n_image_errors += post.image_error is not None
-                summary.n_entities += len(post.entities)
+                summary.n_errors += row["error"] is not None
+                summary.n_image_errors += row["image_error"] is not None
+                summary.n_warnings += row["warning"] is not None
+                summary.n_entities += len(row["entities"])
             bar.update(len(batch))

@@ -88,4 +88,4 @@ def apply_cli(
     typer.echo(f"Wrote {summary.n_written} posts to {output} in {summary.seconds:.1f}s "
                f"({summary.posts_per_second:.1f} posts/s); {summary.n_skipped} were already "
                f"there; {summary.n_entities} entities; {summary.n_errors} row errors, "
-               f"{summary.n_image_errors} image errors")
+               f"{summary.n_image_errors} image errors, {summary.n_warnings} warnings")

@@ -1,0 +1,347 @@
+"""`apply`'s reading and writing at the edges: no row can stop a run (text
+that is not valid Unicode is repaired, with a warning in its row; a row the
+writer cannot write becomes an error row), and an OUTPUT that apply did not
+write is never changed.
+
+The pipeline is a blank English one with an entity ruler: the tests are about
+files, not about the model.
+"""
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import spacy
+
+from spacy_ita.bulk import apply
+from spacy_ita.bulk.inputs import Post
+from spacy_ita.bulk.outputs import PARTS_MARKER, JsonlWriter, ParquetWriter, open_writer
+
+CUT_EMOJI = "\ud83d"  # the first half of 😀 (\ud83d\ude00), as a tweet cut by length ends
+
+
+@pytest.fixture(scope="module")
+def ruler(tmp_path_factory) -> str:
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "LOC", "pattern": "Boston"},
+                                               {"label": "PER", "pattern": "Kobe"}])
+    path = tmp_path_factory.mktemp("ruler") / "model"
+    nlp.to_disk(path)
+    return str(path)
+
+
+def run(model: str, source: Path, output: Path, **options):
+    return apply(model, source, output, add_context=False, progress=False, **options)
+
+
+def write_jsonl(path: Path, records) -> Path:
+    """One JSON object a line; non-ASCII as \\u escapes, as json.dumps writes by default."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def read_rows(path: Path):
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines()]
+
+
+def snapshot(folder: Path) -> Dict[str, bytes]:
+    """Every file under `folder`, by path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# 3. No row can stop a run.
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_cut_emoji_is_repaired_with_a_warning_and_its_batch_written(ruler, tmp_path, suffix):
+    records = [{"id": 0, "text": "Kobe in Boston", "user": "ann"},
+               {"id": 1, "text": "Boston " + CUT_EMOJI, "user": "bob"},
+               {"id": 2, "text": "Kobe again", "user": "cy" + CUT_EMOJI},
+               {"id": 3, "text": "nothing here", "user": "dee"}]
+    source = write_jsonl(tmp_path / "posts.jsonl", records)
+    assert "\\ud83d" in source.read_text()  # the file itself is valid UTF-8
+    out = tmp_path / f"out.{suffix}"
+    summary = run(ruler, source, out, batch_size=8)
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (4, 0, 2)
+    rows = read_rows(out)
+    assert [row["id"] for row in rows] == [0, 1, 2, 3]
+    assert [row["error"] for row in rows] == [None] * 4
+    assert rows[0]["warning"] is None and rows[3]["warning"] is None
+    assert rows[1]["text"] == "Boston \ufffd" and rows[2]["user"] == "cy\ufffd"
+    assert f"{source}, line 2: half of a surrogate pair" in rows[1]["warning"]
+    assert "column(s) 'text'" in rows[1]["warning"]
+    assert f"{source}, line 3" in rows[2]["warning"] and "'user'" in rows[2]["warning"]
+    assert [(e["text"], e["label"]) for e in rows[1]["entities"]] == [("Boston", "LOC")]
+    assert [e["text"] for e in rows[0]["entities"]] == ["Kobe", "Boston"]
+    again = run(ruler, source, out)  # the repaired rows count as done
+    assert (again.n_written, again.n_skipped) == (0, 4)
+
+
+def _results_with_surrogates() -> Post:
+    post = Post("posts.jsonl", 1, "posts.jsonl, line 2", text="Boston", carried={"id": 1})
+    post.entities = [{"text": "Bo" + CUT_EMOJI, "label": "LOC", "start_char": 0,
+                      "end_char": 3}]
+    post.visual_context = {"object_tags": ["dog" + CUT_EMOJI], "captions": [], "ocr_text": [],
+                           "knowledge": ["Boston is a city"]}
+    return post
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_surrogates_in_entities_and_context_are_repaired_by_the_writer(tmp_path, suffix):
+    good = [Post("posts.jsonl", row, "", text="ok", carried={"id": row}) for row in (0, 2)]
+    posts = [good[0], _results_with_surrogates(), good[1]]
+    writer = open_writer(tmp_path / f"out.{suffix}", rows_per_part=2)
+    writer.done_rows()
+    written = writer.write([post.output_row() for post in posts])
+    writer.finish()
+    rows = read_rows(tmp_path / f"out.{suffix}")
+    assert rows == written and [row["id"] for row in rows] == [0, 1, 2]
+    assert rows[1]["entities"][0]["text"] == "Bo\ufffd"
+    assert rows[1]["visual_context"]["object_tags"] == ["dog\ufffd"]
+    assert rows[1]["visual_context"]["knowledge"] == ["Boston is a city"]
+    assert "column(s) 'entities', 'visual_context'" in rows[1]["warning"]
+    assert rows[0]["warning"] is None and rows[2]["warning"] is None
+
+
+class _Unprintable:
+    def __str__(self):
+        raise RuntimeError("no text for this value")
+
+
+@pytest.mark.parametrize("suffix, bad_value", [
+    ("jsonl", _Unprintable()),
+    ("parquet", "not a list of entities"),
+], ids=["jsonl", "parquet"])
+def test_a_row_the_writer_cannot_write_becomes_an_error_row(tmp_path, suffix, bad_value):
+    rows = [Post("posts.jsonl", row, "", text="ok", carried={"id": row}).output_row()
+            for row in range(3)]
+    rows[1]["id" if suffix == "jsonl" else "entities"] = bad_value
+    writer = open_writer(tmp_path / f"out.{suffix}")
+    writer.done_rows()
+    writer.write(rows)
+    writer.finish()
+    written = read_rows(tmp_path / f"out.{suffix}")
+    assert [row["input_row"] for row in written] == [0, 1, 2]
+    assert [row.get("id") for row in written] == [0, None, 2]  # the error row keeps no columns
+    assert written[0]["error"] is None and written[2]["error"] is None
+    assert f"the row could not be written to {tmp_path / f'out.{suffix}'}" in written[1]["error"]
+    assert written[1]["entities"] == []
+
+
+@pytest.mark.parametrize("rows_per_part", [8, 2], ids=["one part", "parts"])
+def test_a_parquet_cell_of_another_type_is_left_out_with_a_warning(ruler, tmp_path,
+                                                                   rows_per_part):
+    ids = [1, 2, "3a", 4, 5.5, None]
+    source = write_jsonl(tmp_path / "posts.jsonl",
+                         [{"id": value, "text": "Kobe"} for value in ids])
+    summary = run(ruler, source, tmp_path / "out.parquet", batch_size=2,
+                  rows_per_part=rows_per_part)
+    rows = read_rows(tmp_path / "out.parquet")
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (6, 0, 2)
+    assert [row["id"] for row in rows] == [1, 2, None, 4, None, None]
+    assert "column 'id': a str does not fit the column's type" in rows[2]["warning"]
+    assert "(int64); left out (null)" in rows[4]["warning"]
+    assert all(row["entities"] for row in rows)
+
+
+def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tmp_path):
+    (tmp_path / "in").mkdir()
+    jsonl = tmp_path / "in" / "a.jsonl"
+    jsonl.write_bytes(b'{"text": "Kobe in Boston"}\n{"text": "caf\xe9 in Boston"}\n')
+    csv = tmp_path / "in" / "b.csv"
+    csv.write_bytes(b"\xef\xbb\xbfid,text\n1,Kobe\n2,Z\xfcrich and Boston\n")  # with a BOM
+    summary = run(ruler, tmp_path / "in", tmp_path / "out.jsonl")
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (4, 0, 2)
+    assert [row["warning"] is None for row in rows] == [True, False, True, False]
+    assert rows[1]["text"] == "caf\ufffd in Boston"
+    assert f"{jsonl}, line 2: bytes that are not UTF-8 (the first at byte 13" in rows[1]["warning"]
+    assert rows[3]["id"] == "2" and rows[3]["text"] == "Z\ufffdrich and Boston"
+    assert f"{csv}, row 2 (line 3): bytes that are not UTF-8" in rows[3]["warning"]
+    assert "column(s) 'text'" in rows[3]["warning"]
+    assert [e["text"] for e in rows[3]["entities"]] == ["Boston"]
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_resumed(ruler, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / os.fsdecode(b"caf\xe9.jsonl"), [{"text": "Kobe"}, {"text": "x"}])
+    summary = run(ruler, folder, tmp_path / "out.jsonl")
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_warnings) == (2, 0)
+    assert [row["input_file"] for row in rows] == ["caf\\xe9.jsonl"] * 2
+    again = run(ruler, folder, tmp_path / "out.jsonl")
+    assert (again.n_written, again.n_skipped) == (0, 2)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_parquet_input_with_strings_that_are_not_utf8(ruler, tmp_path, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def strings(values):  # a writer that does not check its strings' bytes
+        return pa.array(values, type=pa.binary()).view(pa.string())
+
+    # Row 2: Latin-1; row 3: a lone surrogate as CESU-8 (Java's modified UTF-8) writes it.
+    texts = [b"Kobe", b"Boston \xe9t\xe9", b"Kobe \xed\xa0\xbd", b"Boston"]
+    tags = pa.ListArray.from_arrays([0, 1, 2, 3, 4], strings([b"a", b"b\xff", b"c", b"d"]))
+    pq.write_table(pa.table({"text": strings(texts), "tags": tags}), tmp_path / "posts.parquet")
+    out = tmp_path / f"out.{suffix}"
+    summary = run(ruler, tmp_path / "posts.parquet", out)
+    rows = read_rows(out)
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (4, 0, 2)
+    assert rows[1]["text"] == "Boston \ufffdt\ufffd" and rows[1]["tags"] is None
+    assert f"{tmp_path / 'posts.parquet'}, row 2: column 'text': bytes" in rows[1]["warning"]
+    assert "column 'tags': holds text that is not UTF-8; left out" in rows[1]["warning"]
+    assert rows[2]["text"].startswith("Kobe \ufffd")
+    assert "row 3: column 'text'" in rows[2]["warning"]
+    assert [row["warning"] for row in (rows[0], rows[3])] == [None, None]
+    assert rows[3]["tags"] == ["d"] and rows[1]["entities"][0]["text"] == "Boston"
+    assert [e["text"] for e in rows[2]["entities"]] == ["Kobe"]
+
+
+# 6. OUTPUT is never clobbered.
+
+def _parquet_dataset(folder: Path) -> None:
+    import pandas
+
+    folder.mkdir()
+    pandas.DataFrame({"text": ["a", "b"]}).to_parquet(folder / "part-0.parquet")
+
+
+def _parts_with_a_stray(output: Path) -> None:
+    parts = output.with_name(output.name + ".parts")
+    parts.mkdir()
+    (parts / PARTS_MARKER).write_text("{}")
+    (parts / "notes.txt").write_text("mine")
+
+
+FOREIGN = {
+    "json line without newline": ("out.jsonl", lambda path: path.write_text('{"id": 1}'),
+                                  "line 1: not a row written by `apply`"),
+    "csv named jsonl": ("out.jsonl", lambda path: path.write_text("id,text\n1,hi\n"),
+                        "line 1: not a row written by `apply`"),
+    "blank line, then json": ("out.jsonl", lambda path: path.write_text('\n{"id": 1}\n'),
+                              "line 2: not a row written by `apply`"),
+    "other jsonl": ("out.jsonl", lambda path: path.write_text('{"input_file": "x"}\n'),
+                    "(it has no input_row, entities"),
+    "csv output": ("out.csv", lambda path: path.write_text("id,text\n1,hi\n"),
+                   "must end in .jsonl or .parquet"),
+    "folder": ("out.jsonl", lambda path: (path.mkdir(), (path / "notes.txt").write_text("x")),
+               "is a folder"),
+    "parquet dataset folder": ("out.parquet", _parquet_dataset, "is a folder"),
+    "other parquet file": ("out.parquet",
+                           lambda path: (_parquet_dataset(path.parent / "d"),
+                                         (path.parent / "d" / "part-0.parquet").rename(path)),
+                           "is not an apply output (it has no input_file"),
+    "parts folder not apply's": ("out.parquet",
+                                 lambda path: _parquet_dataset(path.with_name("out.parquet.parts")),
+                                 f"has no {PARTS_MARKER}"),
+    "parts folder with a stray file": ("out.parquet", _parts_with_a_stray,
+                                       "holds what apply does not write there: notes.txt"),
+    "damaged parquet": ("out.parquet", lambda path: path.write_bytes(b"PAR1\x00\x01"),
+                        "cannot be read as Parquet"),
+}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_an_output_apply_did_not_write_is_refused_and_left_unchanged(ruler, tmp_path, case,
+                                                                     overwrite):
+    name, make, message = FOREIGN[case]
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}])
+    work = tmp_path / "work"
+    work.mkdir()
+    make(work / name)
+    before = snapshot(work)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(ruler, source, work / name, overwrite=overwrite)
+    assert snapshot(work) == before and before
+
+
+def test_the_cli_says_why_it_refuses(ruler, tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_ita.cli import app
+
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}])
+    (tmp_path / "out.jsonl").write_text('{"id": 1}')
+    result = CliRunner().invoke(app, ["apply", ruler, str(source), str(tmp_path / "out.jsonl"),
+                                      "--no-context", "--overwrite"])
+    assert result.exit_code == 1
+    assert "not a row written by `apply`" in result.output and "move this away" in result.output
+    assert (tmp_path / "out.jsonl").read_text() == '{"id": 1}'
+
+
+def test_a_first_line_cut_short_by_a_kill_is_apply_s_own_and_redone(ruler, tmp_path):
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}, {"text": "Boston"}])
+    (tmp_path / "out.jsonl").write_text('{"input_file": "posts.jsonl", "input_r')
+    summary = run(ruler, source, tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_skipped) == (2, 0)
+    assert [row["input_row"] for row in read_rows(tmp_path / "out.jsonl")] == [0, 1]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_overwrite_replaces_apply_s_own_output(ruler, tmp_path, suffix):
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}, {"text": "Boston"}])
+    out = tmp_path / f"out.{suffix}"
+    run(ruler, source, out)
+    write_jsonl(source, [{"text": "Boston"}])
+    summary = run(ruler, source, out, overwrite=True)
+    assert (summary.n_written, summary.n_skipped) == (1, 0)
+    assert [row["text"] for row in read_rows(out)] == ["Boston"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out." + suffix, "posts.jsonl"]
+
+
+def _parts_of_a_killed_run(ruler: str, tmp_path: Path) -> ParquetWriter:
+    """OUTPUT.parts/ as a run killed after 4 of 6 posts leaves it: two parts."""
+    source = write_jsonl(tmp_path / "posts.jsonl",
+                         [{"text": text} for text in ("Kobe", "Boston", "x", "y")])
+    run(ruler, source, tmp_path / "out.parquet")
+    writer = ParquetWriter(tmp_path / "out.parquet", rows_per_part=2)
+    writer.done_rows()  # the finished output becomes part 0
+    writer.write([Post("posts.jsonl", row, "", carried={"text": "Kobe"}).output_row()
+                  for row in (4, 5)])
+    writer.stop()
+    write_jsonl(source, [{"text": text} for text in ("Kobe", "Boston", "x", "y", "Kobe", "z")])
+    return writer
+
+
+def test_a_damaged_last_part_is_removed_and_its_rows_redone(ruler, tmp_path):
+    writer = _parts_of_a_killed_run(ruler, tmp_path)
+    last = writer.parts / "part-000001.parquet"
+    last.write_bytes(last.read_bytes()[:40])  # cut short, as a crash may leave it
+    with pytest.warns(UserWarning, match="part-000001.parquet could not be read .* removed, "
+                                         "and its rows are done again"):
+        summary = run(ruler, tmp_path / "posts.jsonl", tmp_path / "out.parquet")
+    assert (summary.n_written, summary.n_skipped) == (2, 4)
+    rows = read_rows(tmp_path / "out.parquet")
+    assert [row["input_row"] for row in rows] == list(range(6))
+    assert rows[5]["text"] == "z" and not writer.parts.exists()
+
+
+def test_a_damaged_part_that_is_not_the_last_is_refused(ruler, tmp_path):
+    writer = _parts_of_a_killed_run(ruler, tmp_path)
+    (writer.parts / "part-000000.parquet").write_bytes(b"PAR1")
+    before = snapshot(writer.parts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="not the last part.*Delete it and rerun"):
+            run(ruler, tmp_path / "posts.jsonl", tmp_path / "out.parquet")
+    assert snapshot(writer.parts) == before
+
+
+def test_a_partial_line_after_apply_rows_is_cut_whatever_it_begins_with(tmp_path):
+    """(The rows of earlier versions began with the carried columns.)"""
+    row = Post("a.jsonl", 0, "").output_row()
+    path = tmp_path / "out.jsonl"
+    path.write_text(json.dumps(row) + "\n" + '{"id": "not ours, cut')
+    done = JsonlWriter(path).done_rows()
+    assert done.count == 1 and path.read_text() == json.dumps(row) + "\n"
