@@ -2,6 +2,7 @@
 can neither write files nor name other files or code to load, and an untrained
 ita_ner saves and loads like every spaCy pipe.
 """
+import ast
 import json
 import shutil
 import sys
@@ -186,3 +187,23 @@ def test_a_tokenizer_that_saves_other_files_fails_when_saved_not_when_loaded(sav
     tokenizer.save_pretrained = save_with_extra_file
     with pytest.raises(ValueError, match="weird.bin"):
         nlp.to_disk(tmp_path / "copy")
+
+
+def test_every_transformers_loader_in_the_package_refuses_remote_code():
+    """from_pretrained, from_config and pipeline calls in spacy_ita pass
+    trust_remote_code=False: transformers would otherwise ask at the terminal
+    whether to run the code a model folder names (and wait for an answer)."""
+    package = Path(__file__).resolve().parents[1] / "spacy_ita"
+    loaders, problems = 0, []
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name in ("from_pretrained", "from_config", "pipeline"):
+                loaders += 1
+                value = next((k.value for k in node.keywords if k.arg == "trust_remote_code"), None)
+                if not (isinstance(value, ast.Constant) and value.value is False):
+                    problems.append(f"{source.relative_to(package.parent)}:{node.lineno}")
+    assert loaders >= 4  # the tagger's config, tokenizer and model, the context pipelines
+    assert problems == []
