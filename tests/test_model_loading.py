@@ -92,19 +92,19 @@ def test_a_tokenizer_entry_that_is_not_a_tokenizer_file_name_is_refused(sandbox,
     assert files_under(sandbox) == before
 
 
-@pytest.mark.parametrize("part,key,value,expected", [
-    ("tokenizer_config.json", "vocab_file", "/etc/passwd", "vocab_file"),
-    ("tokenizer_config.json", "fast_tokenizer_files", ["tokenizer.0.0.json"], "fast_tokenizer_files"),
-    ("encoder_config", "use_pretrained_backbone", True, "use_pretrained_backbone"),
+@pytest.mark.parametrize("part,key,value", [
+    ("tokenizer_config.json", "vocab_file", "/etc/passwd"),
+    ("tokenizer_config.json", "fast_tokenizer_files", ["tokenizer.0.0.json"]),
+    ("encoder_config", "use_pretrained_backbone", True),
 ])
-def test_a_config_that_names_other_files_is_refused(sandbox, part, key, value, expected):
+def test_a_config_that_names_other_files_is_refused(sandbox, part, key, value):
     """Transformers would read a `*_file` key's path or load a pretrained
     backbone from elsewhere: neither may come from a pipeline folder."""
     edit_module_blob(sandbox / "pipeline", lambda module: set_setting(module, part, key, value))
     before = files_under(sandbox)
     with pytest.raises(ValueError) as excinfo:
         spacy.load(sandbox / "pipeline")
-    assert expected in str(excinfo.value) and "ita_ner" in str(excinfo.value)
+    assert repr(key) in str(excinfo.value) and "ita_ner" in str(excinfo.value)
     assert files_under(sandbox) == before
 
 
