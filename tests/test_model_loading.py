@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import spacy
 import srsly
+from thinc.api import Config
 
 from helpers import check_tagged, make_examples, make_nlp
+from spacy_ita.encoders import MPNET_ENCODER
 from spacy_ita.ita_tagger import is_initialized
 
 
@@ -122,6 +124,19 @@ def test_code_that_a_config_names_never_runs(sandbox):
     for part in (module.encoder, module.encoder.config, module.tokenizer):
         assert type(part).__module__.startswith("transformers.models.bert."), type(part)
     assert not any("evil" in name for name in sys.modules)
+
+
+def test_a_config_that_names_the_mpnet_encoder_loads_without_assembling_it(sandbox):
+    """The weights are in the pipeline: spacy.load neither needs the encoder's
+    five packages nor unzips it into the cache folder the config names."""
+    path = sandbox / "pipeline" / "config.cfg"
+    config = Config().from_disk(path, interpolate=False)
+    config["components"]["ita_ner"]["model"]["name"] = {
+        "@misc": MPNET_ENCODER, "cache_dir": str(sandbox / "cache")}
+    config.to_disk(path)
+    before = files_under(sandbox)
+    check_tagged(spacy.load(sandbox / "pipeline")("Messi joins Miami"), "Messi joins Miami")
+    assert files_under(sandbox) == before
 
 
 def test_a_tokenizer_entry_that_is_not_bytes_is_refused(sandbox):
