@@ -113,11 +113,12 @@ def test_a_config_that_names_other_files_is_refused(sandbox, part, key, value):
 def test_code_that_a_config_names_never_runs(sandbox):
     """An `auto_map` naming custom classes is ignored: transformers builds its
     own classes for the model type, and imports nothing."""
-    set_auto_map = lambda module: (  # noqa: E731
+    def set_auto_map(module):
         set_setting(module, "encoder_config", "auto_map",
-                    {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}),
+                    {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
         set_setting(module, "tokenizer_config.json", "auto_map",
-                    {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizerFast"]}))
+                    {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizerFast"]})
+
     edit_module_blob(sandbox / "pipeline", set_auto_map)
     nlp = spacy.load(sandbox / "pipeline")
     module = nlp.get_pipe("ita_ner").model.layers[0].shims[0]._model
