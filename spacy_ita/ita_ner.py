@@ -285,7 +285,8 @@ class ItaNer(TrainablePipe):
     def _load(self, load: Callable[[], object], source: str) -> "ItaNer":
         """Run a TrainablePipe loader; the msgpack/JSON errors of truncated or
         foreign data become one error naming the source, and the weights must
-        fit the labels."""
+        fit the labels. An untrained pipe (saved before initialize) has no
+        weights: it loads untrained, to be initialised."""
         try:
             load()
         except ValueError as err:
@@ -293,7 +294,8 @@ class ItaNer(TrainablePipe):
                 f"{self.name}: cannot load {source}: it is truncated, corrupt or not "
                 f"from ita_ner ({type(err).__name__}: {err})"
             ) from err
-        self._check_weights_match_labels()
+        if is_initialized(self.model):
+            self._check_weights_match_labels()
         return self
 
     def _check_weights_match_labels(self) -> None:

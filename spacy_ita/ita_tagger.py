@@ -25,6 +25,7 @@ from thinc.types import Floats2d, Ints1d
 
 from .crf import pad_sequences
 from .encoder_inputs import POOLINGS, EncoderBatch, TaggerInput, encode
+from .encoders import prepare_encoder
 from .losses import ItaLoss, ViewScores, crf_loss_terms
 from .pytorch_ita_tagger import ItaTaggerModule, deserialize_module, serialize_module
 from .token_features import (
@@ -158,7 +159,7 @@ def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
     if model.get_dim("nO") is None:
         raise ValueError("ItaTagger needs nO (the number of tags) before initialisation")
     hf = huggingface_from_pretrained(
-        model.attrs["name"],
+        prepare_encoder(model.attrs["name"]),
         {"use_fast": True, **model.attrs["tokenizer_config"]},
         dict(model.attrs["transformer_config"]),
     )

@@ -5,10 +5,11 @@ The module also carries the Hugging Face tokenizer (a plain attribute, not a
 parameter) so that one object holds everything needed to serialise and rebuild
 the model without a network.
 """
+import json
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import srsly
 import torch
@@ -81,20 +82,33 @@ class ItaTaggerModule(nn.Module):
         return list(torch.split(flat, sizes))
 
 
-def serialize_module(module: ItaTaggerModule) -> bytes:
+# The files a Hugging Face tokenizer's save_pretrained writes: its settings and
+# special tokens, and the vocabulary files under the names transformers'
+# tokenizer classes give them. A saved model's tokenizer is these files and
+# nothing else; any other name, a path above all, is refused.
+TOKENIZER_FILES = frozenset({
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",
+    "chat_template.jinja", "chat_template.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "sentencepiece.model", "tokenizer.model", "spm.model", "spm_char.model", "source.spm",
+    "target.spm", "bpe.codes", "dict.txt", "normalizer.json", "entity_vocab.json",
+    "vocab-src.json", "vocab-tgt.json", "target_vocab.json", "emoji.json", "byte_maps.json",
+    "word_shape.json", "word_pronunciation.json",
+})
+
+
+def serialize_module(module: Optional[ItaTaggerModule]) -> Optional[bytes]:
     """Encoder config, tokenizer files, token-feature settings and all weights,
-    in one msgpack blob."""
-    with tempfile.TemporaryDirectory() as tmp:
-        module.tokenizer.save_pretrained(tmp)
-        tokenizer_files = {
-            path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()
-        }
+    in one msgpack blob; None while the tagger is untrained (no module yet: the
+    thinc model's attrs hold all it needs to be initialised after loading)."""
+    if module is None:
+        return None
     weights = BytesIO()
     torch.save(module.state_dict(), weights)
     return srsly.msgpack_dumps(
         {
             "encoder_config": module.encoder.config.to_dict(),
-            "tokenizer": tokenizer_files,
+            "tokenizer": _tokenizer_files(module.tokenizer),
             "n_tags": module.emission.out_features,
             "features": None if module.features is None else {
                 "shape_width": module.features.shape_width,
@@ -108,14 +122,35 @@ def serialize_module(module: ItaTaggerModule) -> bytes:
     )
 
 
-def deserialize_module(
-    data: bytes, dropout: float, device: torch.device
-) -> ItaTaggerModule:
-    """Rebuild the module from `serialize_module` output, offline.
+def _tokenizer_files(tokenizer: Any) -> Dict[str, bytes]:
+    """The files `tokenizer.save_pretrained` writes, by name. A name outside
+    TOKENIZER_FILES is an error now rather than a pipeline that cannot load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
+    unknown = sorted(set(files) - TOKENIZER_FILES)
+    if unknown:
+        raise ValueError(
+            f"The tokenizer {tokenizer.name_or_path!r} saves files ita_ner cannot store "
+            f"in a pipeline: {unknown}. It stores only {sorted(TOKENIZER_FILES)}."
+        )
+    return files
 
-    Weights are read with `weights_only=True`: a pipeline directory is data,
-    and must not be able to run code when loaded.
+
+def deserialize_module(
+    data: Optional[bytes], dropout: float, device: torch.device
+) -> Optional[ItaTaggerModule]:
+    """Rebuild the module from `serialize_module` output, offline; None for an
+    untrained tagger.
+
+    A pipeline directory is data, and loading it must not run code or touch
+    other files: weights are read with `weights_only=True`, the tokenizer
+    files are written only into a temporary folder under the fixed names a
+    tokenizer saves, configs that name other files are refused, and
+    transformers may not run code a config names (trust_remote_code=False).
     """
+    if data is None:
+        return None
     try:
         msg = srsly.msgpack_loads(data)
         encoder_config = msg["encoder_config"]
@@ -128,14 +163,18 @@ def deserialize_module(
             f"The ita_ner model weights are unreadable (truncated or not an ita_ner "
             f"model file): {err}"
         ) from None
+    _refuse_file_settings(encoder_config, "encoder config")
+    _check_tokenizer_files(tokenizer_files)
     with tempfile.TemporaryDirectory() as tmp:
         srsly.write_json(Path(tmp) / "config.json", encoder_config)
-        config = AutoConfig.from_pretrained(tmp)
+        config = AutoConfig.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
         for name, content in tokenizer_files.items():
             (Path(tmp) / name).write_bytes(content)
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tmp, local_files_only=True, trust_remote_code=False
+        )
     module = ItaTaggerModule(
-        AutoModel.from_config(config), tokenizer, n_tags, dropout,
+        AutoModel.from_config(config, trust_remote_code=False), tokenizer, n_tags, dropout,
         features=None if features is None else TokenFeatureEmbedding(**features),
     )
     try:
@@ -144,3 +183,45 @@ def deserialize_module(
     except Exception as err:
         raise ValueError(f"Could not load the ita_ner model weights: {err}") from None
     return module.to(device)
+
+
+def _check_tokenizer_files(files: Any) -> None:
+    """Refuse a saved tokenizer entry that is not a tokenizer file name (a path
+    would write anywhere) or not bytes, and a tokenizer config that names other
+    files."""
+    if not isinstance(files, dict):
+        raise ValueError("The ita_ner model's tokenizer is not a table of files")
+    for name, content in files.items():
+        if name not in TOKENIZER_FILES:
+            raise ValueError(
+                f"The ita_ner model's tokenizer has an entry {name!r}, which is not a "
+                f"tokenizer file name: expected only names from {sorted(TOKENIZER_FILES)}"
+            )
+        if not isinstance(content, bytes):
+            raise ValueError(f"The ita_ner model's tokenizer file {name!r} is not bytes")
+    if "tokenizer_config.json" in files:
+        try:
+            tokenizer_config = json.loads(files["tokenizer_config.json"])
+        except ValueError as err:
+            raise ValueError(
+                f"The ita_ner model's tokenizer_config.json is not JSON: {err}"
+            ) from None
+        _refuse_file_settings(tokenizer_config, "tokenizer_config.json")
+
+
+def _refuse_file_settings(config: Any, what: str) -> None:
+    """Refuse the settings with which transformers would read a file the config
+    names (`*_file`, `*_files`) or load a pretrained backbone from elsewhere;
+    save_pretrained never writes them. (Code named by `auto_map` never runs:
+    the loaders get trust_remote_code=False.)"""
+    if not isinstance(config, dict):
+        raise ValueError(f"The ita_ner model's {what} is not a JSON object")
+    refused = [
+        key for key in config
+        if key.endswith(("_file", "_files")) or (key == "use_pretrained_backbone" and config[key])
+    ]
+    if refused:
+        raise ValueError(
+            f"The ita_ner model's {what} has {refused}, which would make transformers "
+            "read other files: a pipeline folder may not ask for that"
+        )

@@ -231,7 +231,7 @@ def _list_failures(title: str, failures: List[Tuple[str, str]]) -> None:
 KNOWLEDGE_OPTIONS = {
     "endpoint": typer.Option(
         None, "--knowledge-endpoint", metavar="URL",
-        help="OpenAI-compatible API (e.g. http://localhost:8000/v1) of a chat model that "
+        help="OpenAI-compatible API of a chat model (a vLLM or Ollama server's /v1) that "
         "adds knowledge: the post's entity mentions with types."),
     "model": typer.Option(
         None, "--knowledge-model", metavar="NAME", help="Model name at the endpoint."),
@@ -248,7 +248,7 @@ KNOWLEDGE_OPTIONS = {
         None, "--knowledge-examples", exists=True, dir_okay=False, metavar="FILE",
         help="A .spacy training file whose posts with entities serve as few-shot examples."),
     "concurrency": typer.Option(
-        8, "--knowledge-concurrency", min=1, help="Requests in flight at once."),
+        8, "--knowledge-concurrency", min=1, metavar="N", help="Requests in flight at once."),
     "max_calls": typer.Option(
         None, "--knowledge-max-calls", min=0, metavar="N",
         help="Most requests this run makes; later posts get no knowledge."),
@@ -268,7 +268,8 @@ def extract_cli(
         help="Folder that relative image paths and image ids (by file name or stem) "
         "are found in; default: the JSONL file's folder.",
     ),
-    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", help="OCR engine."),
+    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
+                                  help="OCR engine: rapidocr, easyocr, tesseract or none."),
     tags: bool = typer.Option(True, "--tags/--no-tags",
                               help="Offline EfficientNet ImageNet object tags."),
     detector: Optional[str] = typer.Option(
@@ -283,13 +284,13 @@ def extract_cli(
         None, "--cache", metavar="FILE",
         help="SQLite cache of contexts, reused across runs (created if missing)."),
     existing: str = typer.Option(
-        "merge", "--existing", metavar="keep|merge|replace",
-        help="What to do with contexts the input docs already have."),
+        "merge", "--existing", metavar="MODE",
+        help="keep, merge or replace the contexts the input docs already have."),
     lang: str = typer.Option("en", "--lang", "-l", metavar="LANG",
                              help="Language of the blank tokenizer."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1,
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, metavar="N",
                                    help="Images decoded and run together."),
-    n_process: int = typer.Option(1, "--n-process", "-n", min=1,
+    n_process: int = typer.Option(1, "--n-process", "-n", min=1, metavar="N",
                                   help="Worker processes; each loads its own models."),
     gpu: bool = typer.Option(False, "--gpu", help="Run the models on a CUDA GPU."),
     knowledge_endpoint: Optional[str] = KNOWLEDGE_OPTIONS["endpoint"],

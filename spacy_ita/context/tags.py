@@ -110,10 +110,12 @@ def make_efficientnet_tagger(
 
 @lru_cache(maxsize=None)
 def hf_pipeline(task: str, model: str, device: str, revision: Optional[str]):
-    """A transformers pipeline, built once per process per (task, model, device, revision)."""
+    """A transformers pipeline, built once per process per (task, model, device,
+    revision). Code that the model's config names never runs (a pipeline's
+    config is data): trust_remote_code=False."""
     from transformers import pipeline
 
-    return pipeline(task, model=model, device=device, revision=revision)
+    return pipeline(task, model=model, device=device, revision=revision, trust_remote_code=False)
 
 
 class HFObjectDetector(ImageExtractor):
