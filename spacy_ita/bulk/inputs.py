@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # The columns `apply` writes itself; input columns of these names are not carried.
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
-                  "image_error", "error")
+                  "image_error", "knowledge_error", "error", "retryable")
 PARQUET_READ_ROWS = 1024
 
 
@@ -34,6 +34,8 @@ class Post:
     carried: Dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None
     image_error: Optional[str] = None
+    knowledge_error: Optional[str] = None
+    retryable: bool = False  # failed for a reason that may pass: the next run redoes it
     visual_context: Optional[Dict[str, List[str]]] = None
     entities: List[Dict[str, Any]] = field(default_factory=list)
     view: Optional[str] = None
@@ -43,7 +45,8 @@ class Post:
         row = dict(self.carried)
         row.update(input_file=self.file, input_row=self.row, entities=self.entities,
                    visual_context=self.visual_context, view=self.view,
-                   image_error=self.image_error, error=self.error)
+                   image_error=self.image_error, knowledge_error=self.knowledge_error,
+                   error=self.error, retryable=self.retryable)
         return row
 
 
