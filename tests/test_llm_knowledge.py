@@ -366,14 +366,16 @@ def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
         return first_word_is_a_person(request)
 
     with FakeLLM(reply) as server:
+        nlp = llm_nlp(server, timeout=1.0, max_retries=0)
+        (fast,) = run_posts(nlp, ["fast"])  # the client is made and checked once
         start = time.perf_counter()
-        docs = run_posts(llm_nlp(server, timeout=1.0, max_retries=0), ["drip", "fast"])
+        (drip,) = run_posts(nlp, ["drip"])
         elapsed = time.perf_counter() - start
-    assert docs[0]._.knowledge_error.endswith("timed out after 1s")
-    assert docs[0]._.context_retryable is True
-    assert docs[1]._.visual_context.knowledge == ["fast (PER)"]
-    assert not docs[1]._.context_retryable
-    assert 0.9 < elapsed < 2.5
+    assert drip._.knowledge_error.endswith("timed out after 1s")
+    assert drip._.context_retryable is True
+    assert fast._.visual_context.knowledge == ["fast (PER)"]
+    assert not fast._.context_retryable
+    assert 0.9 < elapsed < 2.0
 
 
 @pytest.mark.parametrize("content_length", [True, False], ids=["declared", "undeclared"])
@@ -384,7 +386,8 @@ def test_a_huge_answer_is_refused_without_reading_it_all(content_length):
         time.sleep(0.2)  # let the server notice that the client is gone
         assert server.bytes_sent < 8 << 20
         assert len(server.requests) == 1  # not asked again: the answer would be the same
-    assert "bytes refused (max_answer_bytes)" in docs[0]._.knowledge_error
+    assert docs[0]._.knowledge_error.endswith(
+        "answer refused: over max_answer_bytes (1,048,576 bytes)")
     assert docs[0]._.context_retryable is False
 
 

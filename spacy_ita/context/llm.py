@@ -246,15 +246,15 @@ def bounded_http_client(seconds: float, max_bytes: int) -> Any:
     http = _http_module(openai)
 
     class BoundedStream(http.SyncByteStream):
-        def __init__(self, stream: Any, deadline: float, cap: int):
-            self.stream, self.deadline, self.cap = stream, deadline, cap
+        def __init__(self, stream: Any, deadline: float, too_large: AnswerTooLarge, cap: int):
+            self.stream, self.deadline, self.too_large, self.cap = stream, deadline, too_large, cap
 
         def __iter__(self):
             received = 0
             for chunk in self.stream:
                 received += len(chunk)
                 if received > self.cap:
-                    raise AnswerTooLarge(f"answer of over {self.cap:,} bytes refused")
+                    raise self.too_large
                 if time.monotonic() > self.deadline:
                     raise http.ReadTimeout(f"no whole answer within {seconds:g}s")
                 yield chunk
@@ -266,15 +266,16 @@ def bounded_http_client(seconds: float, max_bytes: int) -> Any:
         def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
             deadline = time.monotonic() + seconds
             response = super().send(request, stream=True, **kwargs)
-            cap = max_bytes if request.method == "POST" else MAX_LIST_BYTES
+            cap, limit = ((max_bytes, "max_answer_bytes") if request.method == "POST"
+                          else (MAX_LIST_BYTES, "the limit for a model list"))
+            too_large = AnswerTooLarge(f"answer refused: over {limit} ({cap:,} bytes)")
             try:
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > cap:
-                    raise AnswerTooLarge(f"answer of {int(length):,} bytes refused "
-                                         f"(over {cap:,})")
-                response.stream = BoundedStream(response.stream, deadline, cap)
+                    raise too_large
+                response.stream = BoundedStream(response.stream, deadline, too_large, cap)
                 if not stream and len(response.read()) > cap:  # decoded past the cap
-                    raise AnswerTooLarge(f"answer of over {cap:,} bytes refused")
+                    raise too_large
             except BaseException:
                 response.close()
                 raise
@@ -480,8 +481,6 @@ class LLMKnowledge(Extractor):
         openai = _openai()
         if isinstance(err, openai.APITimeoutError):
             reason = f"timed out after {self.timeout:g}s"
-        elif isinstance(err, AnswerTooLarge):
-            reason = f"{err} (max_answer_bytes)"
         elif isinstance(err, openai.APIStatusError):
             reason = f"HTTP {err.status_code}: {err.message[:200]}"
         else:
