@@ -266,7 +266,8 @@ def result_schema() -> Dict[str, Any]:
     texts = pa.list_(pa.string())
     entity = pa.struct([("text", pa.string()), ("label", pa.string()),
                         ("start_char", pa.int64()), ("end_char", pa.int64())])
-    context = pa.struct([("object_tags", texts), ("captions", texts), ("ocr_text", texts)])
+    context = pa.struct([("object_tags", texts), ("captions", texts), ("ocr_text", texts),
+                         ("knowledge", texts)])
     return {"input_file": pa.string(), "input_row": pa.int64(), "entities": pa.list_(entity),
             "visual_context": context, "view": pa.string(), "image_error": pa.string(),
             "knowledge_error": pa.string(), "error": pa.string(), "retryable": pa.bool_()}
