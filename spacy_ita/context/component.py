@@ -250,7 +250,8 @@ class ItaContext:
                 for post in posts:
                     self._run(slot, extractor, [post])
             else:
-                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot)
+                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot,
+                              retryable=isinstance(err, OSError))  # a network or disk error
             return
         self._check_outputs(extractor, outputs, len(posts))
         rows = []
