@@ -138,6 +138,19 @@ def test_a_dead_endpoint_fails_before_any_row(trained, posts, tmp_path):
     assert not output.exists() and not (tmp_path / "out.parquet.parts").exists()
 
 
+def test_an_endpoint_that_dies_after_the_check_gives_retryable_rows(trained, posts, tmp_path,
+                                                                    monkeypatch):
+    from spacy_ita.bulk.annotate import PipelineSpec
+
+    dead = with_knowledge(trained, tmp_path / "dead", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setattr(PipelineSpec, "preflight", lambda self: None)  # it was up then
+    summary = apply(dead, posts, tmp_path / "out.jsonl", add_context=False, progress=False)
+    assert summary.all_failed and summary.n_retryable == 4
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert all("SetupError" in row["error"] and "cannot be reached" in row["error"]
+               and row["retryable"] for row in rows)
+
+
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
 def test_a_post_whose_lm_call_failed_is_retryable_and_the_next_run_redoes_only_it(
         model, server, posts, tmp_path, suffix):

@@ -18,13 +18,14 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from ..context.cache import CacheError
+from ..context.registry import SetupError
 from ..visual_context import get_visual_context
 from .fetch import Fetcher
 from .inputs import Post
 
 STAGES = ("all", "extract", "tag")
 # Exceptions of the environment: the post may well go through in a later run.
-ENVIRONMENT_ERRORS = (OSError, CacheError)
+ENVIRONMENT_ERRORS = (OSError, CacheError, SetupError)
 
 
 @dataclass

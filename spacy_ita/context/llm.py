@@ -28,7 +28,8 @@ from spacy.vocab import Vocab
 
 from ..knowledge import Mention, parse_mentions, render_mentions
 from ..visual_context import get_visual_context
-from .registry import Extractor, ExtractorFailure, ImageRecord, PartialContext, extractors
+from .registry import (Extractor, ExtractorFailure, ImageRecord, PartialContext, SetupError,
+                       extractors)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class _CallCapReached(Exception):
 
 
 class AnswerTooLarge(Exception):
-    """An HTTP answer over the byte cap, refused while it was being read."""
+    """An HTTP answer over the byte cap: refused by its Content-Length, or as
+    soon as that much of it was read."""
 
 
 def _openai():
@@ -374,7 +376,7 @@ class LLMKnowledge(Extractor):
             return None
         key = os.environ.get(self.api_key_env, "").strip()
         if not key:
-            raise RuntimeError(
+            raise SetupError(
                 f"{NAME}: the environment variable {self.api_key_env} (api_key_env) is not "
                 "set or empty; export the API key in it, or set api_key_env to null for a "
                 "server that needs no key")
@@ -411,23 +413,23 @@ class LLMKnowledge(Extractor):
         try:
             served = [model.id for model in self._with_retries(client.models.list, count=False)]
         except openai.APIConnectionError as err:
-            raise RuntimeError(f"{where} cannot be reached ({self._reason(err)}); is the server "
+            raise SetupError(f"{where} cannot be reached ({self._reason(err)}); is the server "
                                "running and the URL right?") from None
         except openai.APIStatusError as err:
             if err.status_code in (401, 403):
                 needs = (f"refused the key in {self.api_key_env}" if self.api_key_env
                          else "needs an API key: set api_key_env to the name of the "
                               "environment variable that holds it")
-                raise RuntimeError(f"{where} {needs} (HTTP {err.status_code})") from None
+                raise SetupError(f"{where} {needs} (HTTP {err.status_code})") from None
             if err.status_code == 404:
-                raise RuntimeError(f"{where}/models answered 404: no OpenAI-compatible API "
+                raise SetupError(f"{where}/models answered 404: no OpenAI-compatible API "
                                    "there (the URL usually ends in /v1)") from None
-            raise RuntimeError(f"{where}/models answered {self._reason(err)}") from None
+            raise SetupError(f"{where}/models answered {self._reason(err)}") from None
         except (openai.APIError, AnswerTooLarge) as err:
-            raise RuntimeError(f"{where}/models: {self._reason(err)}") from None
+            raise SetupError(f"{where}/models: {self._reason(err)}") from None
         if served and not ({self.model, f"{self.model}:latest"} & set(served)):
             listed = ", ".join(sorted(served)[:20])
-            raise RuntimeError(f"{where} does not serve model {self.model!r}; it serves: {listed}")
+            raise SetupError(f"{where} does not serve model {self.model!r}; it serves: {listed}")
 
     def preflight(self) -> None:
         """The key is set and the endpoint answers and serves the model (see `load`)."""

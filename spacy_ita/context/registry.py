@@ -34,6 +34,11 @@ class ImageRecord:
     context: Optional[PartialContext] = None
 
 
+class SetupError(RuntimeError):
+    """An extractor cannot run in this environment (an API key unset, an
+    endpoint unreachable): no post gets its output until that is fixed."""
+
+
 @dataclass
 class ExtractorFailure:
     """An extractor's output for a post it could not handle (a failed call,
