@@ -19,7 +19,7 @@ from helpers import trained_pipeline
 from test_llm_knowledge import KEY, KEY_ENV, MODEL, FakeLLM, Reply, entities, free_port, post_text
 
 from spacy_ita.bulk import apply
-from spacy_ita.bulk.outputs import open_writer
+from spacy_ita.bulk.outputs import is_redone, open_writer
 from spacy_ita.cli import app
 from spacy_ita.cli.evaluate import evaluate_views
 from spacy_ita.context.cache import CacheError, ContextCache
@@ -260,3 +260,4 @@ def test_writers_drop_only_the_rows_to_redo(tmp_path):
         assert open_writer(tmp_path / name).drop_redone(retry_errors=True) == 1
         done = open_writer(tmp_path / name).done_rows()
         assert [("a.jsonl", i) in done for i in range(4)] == [True, False, False, True]
+    assert not is_redone({"retryable": True})  # not a row of apply's: never dropped

@@ -89,7 +89,10 @@ class JsonlWriter:
                 kept.write(line)
             kept.flush()
             os.fsync(kept.fileno())
-        os.replace(tmp, self.path)
+        if dropped:
+            os.replace(tmp, self.path)
+        else:  # the marks were in carried columns
+            tmp.unlink()
         return dropped
 
 
@@ -113,8 +116,8 @@ REDONE_MARKERS = {False: (b'"retryable": true',),
 def is_redone(row: Optional[Dict[str, Any]], retry_errors: bool = False) -> bool:
     """Whether a written row is to be done again by the next run: it failed for
     a reason that may pass (`retryable`), or it has any error and
-    `retry_errors` is set."""
-    if row is None:
+    `retry_errors` is set. A row `apply` did not write (no `input_row`) never is."""
+    if row is None or "input_row" not in row:
         return False
     return bool(row.get("retryable")) or (
         retry_errors and any(row.get(name) is not None for name in ERROR_COLUMNS))
@@ -239,9 +242,9 @@ def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
-    flags = [name for name in ("retryable", *ERROR_COLUMNS)
+    flags = [name for name in ("input_row", "retryable", *ERROR_COLUMNS)
              if name in source.schema_arrow.names]
-    rows = source.read(columns=flags).to_pylist() if flags else []
+    rows = source.read(columns=flags).to_pylist()
     keep = [not is_redone(row, retry_errors) for row in rows]
     if all(keep):
         return 0
