@@ -107,8 +107,9 @@ def evaluate_cli(
         rows.append(("cross, shuffled contexts", metrics["shuffled_contexts"]["cross"]))
     msg.table(
         [(view, f"{r['ents_p']:.2%}", f"{r['ents_r']:.2%}", f"{r['ents_f']:.2%}",
-          f"{r['words_per_second']:.0f}") for view, r in rows],
-        header=("view", "P", "R", "F", "words/s"), divider=True)
+          f"{r['words_per_second']:.0f}", f"{r['n_cross_docs']}/{r['n_docs']}")
+         for view, r in rows],
+        header=("view", "P", "R", "F", "words/s", "with context"), divider=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         replace_json(output, metrics)
