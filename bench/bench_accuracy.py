@@ -123,6 +123,9 @@ def summarise(results):
             "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
             "p_mean": statistics.mean(100 * r["ents_p"] for r in runs),
             "r_mean": statistics.mean(100 * r["ents_r"] for r in runs),
+            # Share of test posts read with context, per ita_ner.views (older metrics lack it).
+            "cross_docs_share": statistics.mean(r["n_cross_docs"] / r["n_docs"] for r in runs)
+            if all("n_cross_docs" in r for r in runs) else None,
             "dev_f1_mean": statistics.mean(r[f"{'d' if system in 'ef' else system}_dev_f1"]
                                            for r in results if system in r),
             "per_type_f1": {

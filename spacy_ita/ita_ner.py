@@ -343,17 +343,26 @@ class ItaNer(TrainablePipe):
         text = context.render(self.context_order, " ", self.context_separator)
         return TaggerInput(doc, text, mentions) if text else None
 
-    def _inference_inputs(self, docs: Sequence[Doc]) -> List[TaggerInput]:
+    def inputs(self, docs: Sequence[Doc]) -> List[TaggerInput]:
+        """What `predict` reads for each doc in the current view: its cross
+        input (see `cross_input`), or the doc alone (`context` None) in the
+        text view or when no context is left."""
         if not self.use_context or self.view == "text":
             return [TaggerInput(doc) for doc in docs]
         return [self.cross_input(doc, i) or TaggerInput(doc) for i, doc in enumerate(docs)]
+
+    def views(self, docs: Sequence[Doc]) -> List[str]:
+        """The view `predict` uses for each doc: "cross" when it reads the doc
+        with context, else "text" (knowledge that names nothing in the post is
+        dropped, so such a doc is "text")."""
+        return ["text" if item.context is None else "cross" for item in self.inputs(docs)]
 
     def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
         """Tag indices per token, by constrained Viterbi over one view per doc."""
         docs = list(docs)
         if not any(len(doc) for doc in docs):
             return [[] for _ in docs]
-        return decode(self.model, self.model.predict(self._inference_inputs(docs)))
+        return decode(self.model, self.model.predict(self.inputs(docs)))
 
     def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
         tags = self.tags

@@ -150,6 +150,7 @@ def install_extensions() -> None:
     """Register the Doc extensions and msgpack hooks (idempotent)."""
     srsly.msgpack_encoders.register("spacy_ita_visual_context", func=encode_visual_context)
     srsly.msgpack_decoders.register("spacy_ita_visual_context", func=decode_visual_context)
-    for name in ("image", "image_id", "visual_context", "image_error", "knowledge_error"):
+    for name in ("image", "image_id", "visual_context", "image_error", "knowledge_error",
+                 "context_retryable"):
         if not Doc.has_extension(name):
             Doc.set_extension(name, default=None)

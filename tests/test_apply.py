@@ -83,7 +83,7 @@ def by_id(rows):
 
 def results(row):
     return {key: row[key] for key in ("entities", "visual_context", "view", "image_error",
-                                      "warning", "error")}
+                                      "warning", "knowledge_error", "error", "retryable")}
 
 
 def test_jsonl_rows_carry_columns_entities_context_and_view(pipeline, images, tmp_path):

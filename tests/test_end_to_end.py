@@ -26,14 +26,14 @@ def record_contexts(nlp, monkeypatch):
     """The context each doc reached the tagger's model with."""
     ner = nlp.get_pipe("ita_ner")
     seen = []
-    original = ner._inference_inputs
+    original = ner.inputs
 
     def inference_inputs(docs):
         inputs = original(docs)
         seen.extend(item.context for item in inputs)
         return inputs
 
-    monkeypatch.setattr(ner, "_inference_inputs", inference_inputs)
+    monkeypatch.setattr(ner, "inputs", inference_inputs)
     return seen
 
 

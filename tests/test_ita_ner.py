@@ -55,7 +55,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
     nlp, examples = trained_tiny
     ner = nlp.get_pipe("ita_ner")
     docs = fresh_docs(examples)
-    inputs = ner._inference_inputs(docs)
+    inputs = ner.inputs(docs)
     assert [item.context is not None for item in inputs] == [
         caption is not None for _, _, caption in POSTS
     ]
@@ -64,7 +64,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
     assert n_sequences(batch) == len(docs)  # one encoder pass per doc
     ner.view = "text"
     try:
-        assert all(item.context is None for item in ner._inference_inputs(docs))
+        assert all(item.context is None for item in ner.inputs(docs))
     finally:
         ner.view = "auto"
 
@@ -170,7 +170,7 @@ def test_text_only_baseline_ignores_context(tiny_encoder):
     examples = make_examples(nlp)
     train(nlp, examples, 2)
     ner = nlp.get_pipe("ita_ner")
-    assert all(item.context is None for item in ner._inference_inputs(fresh_docs(examples)))
+    assert all(item.context is None for item in ner.inputs(fresh_docs(examples)))
 
 
 def test_cross_view_only_training_runs(tiny_encoder):
@@ -218,7 +218,7 @@ def test_visual_context_dict_is_accepted(trained_tiny):
     nlp, _ = trained_tiny
     doc = nlp.make_doc("Phoenix wins")
     doc._.visual_context = {"captions": ["a basketball game"]}
-    assert nlp.get_pipe("ita_ner")._inference_inputs([doc])[0][1] == "a basketball game"
+    assert nlp.get_pipe("ita_ner").inputs([doc])[0][1] == "a basketball game"
 
 
 def test_unseen_label_in_training_is_a_clear_error(trained_tiny):

@@ -46,6 +46,8 @@ class Reply:
     delay: float = 0.0
     headers: Dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
+    drip: float = 0.0  # seconds between the bytes of the body: a slow drip
+    content_length: bool = True  # without: the body ends when the connection closes
 
 
 class _Server(ThreadingHTTPServer):
@@ -60,8 +62,8 @@ class _Server(ThreadingHTTPServer):
 class FakeLLM:
     """An OpenAI-compatible server on 127.0.0.1: GET /v1/models lists `models`,
     POST /v1/chat/completions answers with `reply(request)`. It records every
-    chat request (headers with lower-case names) and the most requests it had
-    in flight at once."""
+    chat request (headers with lower-case names), the most requests it had
+    in flight at once, and the body bytes it got out before a client gave up."""
 
     def __init__(self, reply: Callable[[dict], Reply], models=(MODEL,)):
         self.reply = reply
@@ -69,6 +71,7 @@ class FakeLLM:
         self.requests: List[dict] = []
         self.headers: List[dict] = []
         self.in_flight = self.max_in_flight = 0
+        self.bytes_sent = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         server = self
@@ -77,18 +80,33 @@ class FakeLLM:
             def log_message(self, *args):
                 pass
 
-            def send(self, status: int, body: dict, headers: Dict[str, str] = {}):
+            def send(self, status: int, body: dict, headers: Dict[str, str] = {},
+                     reply: Reply = Reply()):
                 data = json.dumps(body).encode("utf-8")
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                    if reply.content_length:
+                        self.send_header("Content-Length", str(len(data)))
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (a timeout test)
+                    self.write_body(data, reply.drip)
+                except OSError:  # the client gave up (a timeout or size test)
                     pass
+
+            def write_body(self, data: bytes, drip: float):
+                """The body a byte at a time every `drip` seconds, or in 64 KiB
+                pieces through a small send buffer, counting what got out."""
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+                step = 1 if drip else 1 << 16
+                for start in range(0, len(data), step):
+                    self.wfile.write(data[start:start + step])
+                    self.wfile.flush()
+                    with server.lock:
+                        server.bytes_sent += len(data[start:start + step])
+                    if drip and server.stopping.wait(drip):
+                        return
 
             def do_GET(self):
                 if self.path.rstrip("/") != "/v1/models":
@@ -114,7 +132,7 @@ class FakeLLM:
                         server.in_flight -= 1
                 if reply.status != 200:
                     error = {"message": reply.content or "error", "type": "test_error"}
-                    return self.send(reply.status, {"error": error}, reply.headers)
+                    return self.send(reply.status, {"error": error}, reply.headers, reply)
                 message = {"role": "assistant", "content": reply.content}
                 self.send(200, {
                     "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
@@ -122,7 +140,7 @@ class FakeLLM:
                     "choices": [{"index": 0, "message": message,
                                  "finish_reason": reply.finish_reason}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }, reply.headers)
+                }, reply.headers, reply)
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -337,6 +355,52 @@ def test_a_slow_server_times_out_and_the_post_fails_alone():
     assert docs[0]._.knowledge_error.endswith("timed out after 0.5s")
     assert docs[1]._.visual_context.knowledge == ["x (PER)"]
     assert elapsed < 4
+
+
+def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
+    """A byte every 50 ms keeps every read under the timeout: only a deadline
+    for the whole answer stops it (the body would take about 5 s)."""
+    def reply(request):
+        if post_text(request) == "drip":
+            return Reply(entities(("a" * 40, "PER")), drip=0.05)
+        return first_word_is_a_person(request)
+
+    with FakeLLM(reply) as server:
+        nlp = llm_nlp(server, timeout=1.0, max_retries=0)
+        (fast,) = run_posts(nlp, ["fast"])  # the client is made and checked once
+        start = time.perf_counter()
+        (drip,) = run_posts(nlp, ["drip"])
+        elapsed = time.perf_counter() - start
+    assert drip._.knowledge_error.endswith("timed out after 1s")
+    assert drip._.context_retryable is True
+    assert fast._.visual_context.knowledge == ["fast (PER)"]
+    assert not fast._.context_retryable
+    assert 0.9 < elapsed < 2.0
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["declared", "undeclared"])
+def test_a_huge_answer_is_refused_without_reading_it_all(content_length):
+    huge = Reply("x" * (30 << 20), content_length=content_length)
+    with FakeLLM(lambda request: huge) as server:
+        docs = run_posts(llm_nlp(server, max_retries=2, max_answer_bytes=1 << 20), ["big"])
+        time.sleep(0.2)  # let the server notice that the client is gone
+        assert server.bytes_sent < 8 << 20
+        assert len(server.requests) == 1  # not asked again: the answer would be the same
+    assert docs[0]._.knowledge_error.endswith(
+        "answer refused: over max_answer_bytes (1,048,576 bytes)")
+    assert docs[0]._.context_retryable is False
+
+
+def test_failures_that_may_pass_are_marked_retryable_and_the_others_not():
+    answers = {"down": Reply("overloaded", 503), "refused": Reply("bad request", 400),
+               "broken": Reply("{not json"), "late": Reply(entities(("x", "PER")), delay=2),
+               "good": Reply(entities(("good", "PER")))}
+    with FakeLLM(lambda request: answers[post_text(request)]) as server:
+        docs = run_posts(llm_nlp(server, timeout=0.5, max_retries=0, json_mode=False),
+                         list(answers))
+    assert {doc.text: doc._.context_retryable for doc in docs} == {
+        "down": True, "refused": False, "broken": False, "late": True, "good": False}
+    assert docs[-1]._.knowledge_error is None
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])

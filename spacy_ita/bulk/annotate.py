@@ -5,19 +5,27 @@ fill in entities, visual context and view.
 A pipeline loads once per worker from a picklable `PipelineSpec`. The work can
 be split in two stages, "extract" (image -> visual context) and "tag"
 (text + context -> entities), so that Ray can give each its own workers.
+
+A post that fails for a reason of the environment, not of the post (an
+unreachable LM, a timeout, an unusable cache or disk), is marked `retryable`:
+the next run does it again.
 """
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from ..context.cache import CacheError
+from ..context.registry import SetupError
 from ..visual_context import get_visual_context
 from .fetch import Fetcher
 from .inputs import Post
 
 STAGES = ("all", "extract", "tag")
+# Exceptions of the environment: the post may well go through in a later run.
+ENVIRONMENT_ERRORS = (OSError, CacheError, SetupError)
 
 
 @dataclass
@@ -65,6 +73,15 @@ class PipelineSpec:
 
                 component.cache = ContextCache(self.cache)
         return nlp
+
+    def preflight(self) -> None:
+        """Check what the run needs from its environment before the first post,
+        in this process: each context component's cache opens and takes
+        writes, its LM key is set and its endpoint answers. Loads only the
+        context components (no model weights), on the CPU."""
+        nlp = replace(self, gpu_id=-1, threads=None).load("extract")
+        for name in context_components(nlp):
+            nlp.get_pipe(name).preflight()
 
     def _excluded(self, stage: str) -> List[str]:
         """The components a stage does without, read from the model's config so
@@ -122,6 +139,7 @@ class Annotator:
                 try:
                     self._run([post])
                 except Exception as err:
+                    post.retryable = isinstance(err, ENVIRONMENT_ERRORS)
                     post.error = (f"{post.where}: the pipeline failed on this post: "
                                   f"{type(err).__name__}: {err}")
         return posts
@@ -131,8 +149,9 @@ class Annotator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # per-post errors go into rows
             docs = list(self.nlp.pipe(docs))
-        for post, doc in zip(posts, docs):
-            self._record(post, doc)
+            views = self.ner.views(docs) if self.ner is not None else [None] * len(docs)
+        for post, doc, view in zip(posts, docs, views):
+            self._record(post, doc, view)
 
     def _doc(self, post: Post) -> Doc:
         doc = self.nlp.make_doc(post.text)
@@ -142,27 +161,19 @@ class Annotator:
             doc._.image = post.image
         return doc
 
-    def _record(self, post: Post, doc: Doc) -> None:
+    def _record(self, post: Post, doc: Doc, view: Optional[str]) -> None:
+        """Copy what the pipeline found into the post; `view` is what ita_ner
+        read ("cross" or "text"; None without ita_ner)."""
         if self.stage != "tag":
             context = get_visual_context(doc)
             post.visual_context = None if context is None else context.to_dict()
             if doc._.image_error is not None:
                 post.image_error = f"{post.where}: {doc._.image_error}"
+            if doc._.knowledge_error is not None:
+                post.knowledge_error = f"{post.where}: {doc._.knowledge_error}"
+            post.retryable = bool(doc._.context_retryable)
             post.image = None  # the bytes of a fetched image are not needed any more
         if self.stage != "extract":
             post.entities = [{"text": ent.text, "label": ent.label_, "start_char": ent.start_char,
                               "end_char": ent.end_char} for ent in doc.ents]
-            post.view = self._view(doc)
-
-    def _view(self, doc: Doc) -> Optional[str]:
-        """"cross" when ita_ner tagged the doc with its visual context, "text"
-        when without; None for a pipeline without ita_ner."""
-        ner = self.ner
-        if ner is None:
-            return None
-        if not ner.use_context or ner.view == "text":
-            return "text"
-        context = get_visual_context(doc)
-        if context is None or not context.render(ner.context_order):
-            return "text"
-        return "cross"
+            post.view = view

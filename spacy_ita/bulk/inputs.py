@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # The columns `apply` writes itself; input columns of these names are not carried.
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
-                  "image_error", "warning", "error")
+                  "image_error", "warning", "knowledge_error", "error", "retryable")
 PARQUET_READ_ROWS = 1024
 
 
@@ -39,6 +39,8 @@ class Post:
     error: Optional[str] = None
     image_error: Optional[str] = None
     warning: Optional[str] = None
+    knowledge_error: Optional[str] = None
+    retryable: bool = False  # failed for a reason that may pass: the next run redoes it
     visual_context: Optional[Dict[str, List[str]]] = None
     entities: List[Dict[str, Any]] = field(default_factory=list)
     view: Optional[str] = None
@@ -50,7 +52,9 @@ class Post:
         row = {"input_file": self.file, "input_row": self.row}
         row.update(self.carried)
         row.update(entities=self.entities, visual_context=self.visual_context, view=self.view,
-                   image_error=self.image_error, warning=self.warning, error=self.error)
+                   image_error=self.image_error, warning=self.warning,
+                   knowledge_error=self.knowledge_error, error=self.error,
+                   retryable=self.retryable)
         return row
 
 

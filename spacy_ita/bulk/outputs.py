@@ -11,6 +11,11 @@ is written exactly once however often the run is killed and restarted.
   Anything else is refused, and left as it is.
 - JSONL is appended to in place, one flush per batch. A kill can leave a
   half-written last line; the next run cuts it off (that row is redone).
+- A row written with `retryable` true (a failure that may pass: the LM
+  down, a timeout, the cache) is taken out of the output when the next run
+  starts (`drop_redone`, which rewrites the files that hold one), so that run
+  does it again and each post is still in the output once; `retry_errors`
+  takes out every row with an error.
 - Parquet cannot be appended to, so the rows go into part files in
   `OUTPUT.parts/` (each written to a temporary name, synced, then renamed), at
   most `rows_per_part` rows or `part_seconds` of work each; at the end the parts
@@ -118,6 +123,33 @@ class JsonlWriter:
 
     stop = finish  # every written row is already in the file
 
+    def drop_redone(self, retry_errors: bool = False) -> int:
+        """Take the rows to be redone (see `is_redone`) out of the file; their
+        number. The file is rewritten (to a temporary file, then renamed) only
+        when a line may hold one."""
+        markers = REDONE_MARKERS[retry_errors]
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as file:
+            if not any(marker in line for line in file for marker in markers):
+                return 0
+        dropped = 0
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(self.path, "rb") as source, open(tmp, "wb") as kept:
+            for line in source:
+                if line.endswith(b"\n") and any(marker in line for marker in markers) \
+                        and is_redone(_json_or_none(line), retry_errors):
+                    dropped += 1
+                    continue
+                kept.write(line)
+            kept.flush()
+            os.fsync(kept.fileno())
+        if dropped:
+            os.replace(tmp, self.path)
+        else:  # the marks were in carried columns
+            tmp.unlink()
+        return dropped
+
 
 def _json_line(row: Row) -> bytes:
     return json.dumps(row, ensure_ascii=False, default=_json_value).encode("utf8") + b"\n"
@@ -172,6 +204,31 @@ def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, A
         "error": f"the row could not be written to {path} ({type(problem).__name__}: "
                  f"{problem}); only where it came from is kept"})
     return failed, encode(failed)
+
+
+# Rows `apply` writes to redo have `"retryable": true` (or, with retry_errors,
+# an error column set); a JSONL line without these bytes holds none.
+ERROR_COLUMNS = ("error", "image_error", "knowledge_error")
+REDONE_MARKERS = {False: (b'"retryable": true',),
+                  True: (b'"retryable": true', b'error": "')}
+
+
+def is_redone(row: Optional[Dict[str, Any]], retry_errors: bool = False) -> bool:
+    """Whether a written row is to be done again by the next run: it failed for
+    a reason that may pass (`retryable`), or it has any error and
+    `retry_errors` is set. A row `apply` did not write (no `input_row`) never is."""
+    if row is None or "input_row" not in row:
+        return False
+    return bool(row.get("retryable")) or (
+        retry_errors and any(row.get(name) is not None for name in ERROR_COLUMNS))
+
+
+def _json_or_none(line: bytes) -> Optional[Dict[str, Any]]:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _json_value(value: Any) -> Any:
@@ -388,6 +445,39 @@ def _check_own_parts(folder: Path) -> None:
     if strays:
         raise refusal(str(folder), f"holds what apply does not write there: {', '.join(strays)}")
 
+    def drop_redone(self, retry_errors: bool = False) -> int:
+        """Take the rows to be redone (see `is_redone`) out of OUTPUT and its
+        parts; their number. Each file that holds one is rewritten batch by
+        batch to a temporary file, then renamed."""
+        files = ([self.path] if self.path.exists() else []) + self._part_files()
+        return sum(_drop_parquet_rows(path, retry_errors) for path in files)
+
+
+def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
+    """Rewrite one Parquet file without its rows to be redone; their number. A
+    file that cannot be read is left to `done_rows`, which redoes or refuses it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        source = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError):
+        return 0
+    flags = [name for name in ("input_row", "retryable", *ERROR_COLUMNS)
+             if name in source.schema_arrow.names]
+    rows = source.read(columns=flags).to_pylist()
+    keep = [not is_redone(row, retry_errors) for row in rows]
+    if all(keep):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    start = 0
+    with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+        for batch in source.iter_batches():
+            writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
+            start += len(batch)
+    os.replace(tmp, path)
+    return keep.count(False)
+
 
 def _part_name(number: int) -> str:
     return f"part-{number:06d}.parquet"
@@ -404,7 +494,8 @@ def result_schema() -> Dict[str, Any]:
                          ("knowledge", texts)])
     return {"input_file": pa.string(), "input_row": pa.int64(), "entities": pa.list_(entity),
             "visual_context": context, "view": pa.string(), "image_error": pa.string(),
-            "warning": pa.string(), "error": pa.string()}
+            "warning": pa.string(), "knowledge_error": pa.string(), "error": pa.string(),
+            "retryable": pa.bool_()}
 
 
 def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):

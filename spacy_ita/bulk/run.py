@@ -23,20 +23,30 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class ApplySummary:
-    """What a run did: rows written now, rows found already written, failures
-    and repairs (rows with an `error`, `image_error` or `warning`)."""
+    """What a run did: rows written now, rows found already written, earlier
+    failures taken out to be redone, failures (`n_retryable`: those the next
+    run redoes) and repairs (rows with a `warning`)."""
 
     n_written: int = 0
     n_skipped: int = 0
+    n_redone: int = 0
     n_errors: int = 0
     n_image_errors: int = 0
     n_warnings: int = 0
+    n_knowledge_errors: int = 0
+    n_retryable: int = 0
+    n_failed: int = 0  # rows with an error or marked retryable
     n_entities: int = 0
     seconds: float = 0.0
 
     @property
     def posts_per_second(self) -> float:
         return self.n_written / self.seconds if self.seconds else 0.0
+
+    @property
+    def all_failed(self) -> bool:
+        """Every row written now failed: the setup, not the posts, is wrong."""
+        return self.n_written > 0 and self.n_failed == self.n_written
 
 
 def apply(
@@ -67,14 +77,18 @@ def apply(
     allow_private_urls: bool = False,
     rows_per_part: int = 20_000,
     overwrite: bool = False,
+    retry_errors: bool = False,
     progress: bool = True,
 ) -> ApplySummary:
     """Run the pipeline `model` over every post of INPUT (JSONL, CSV or Parquet
     files; a folder or glob of them) and write one row per post to OUTPUT
     (.jsonl or .parquet): the carried columns, `entities`, `visual_context`,
-    `view`, `image_error`, `warning` and `error`. Rows already in OUTPUT are
-    skipped, so a killed run resumes where it stopped; an OUTPUT that apply did
-    not write is refused, never changed. A pipeline without `ita_context` gets
+    `view`, `image_error`, `warning`, `knowledge_error`, `error` and
+    `retryable`. Rows already in OUTPUT are skipped, so a killed run resumes
+    where it stopped, but rows marked `retryable` (and with `retry_errors`
+    every row with an error) are done again; an OUTPUT that apply did not
+    write is refused, never changed. Before the first row the context's cache,
+    LM key and endpoint are checked. A pipeline without `ita_context` gets
     one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
     A row's image file must resolve inside `image_root` (default: the folder
     INPUT names) and its image URL must reach a public address unless
@@ -94,9 +108,11 @@ def apply(
     fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
                       image_root=_image_root(input, image_root),
                       allow_private_urls=allow_private_urls)
+    spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
     writer = open_writer(Path(output), overwrite, rows_per_part)
+    n_redone = writer.drop_redone(retry_errors)
     done = writer.done_rows()
-    summary = ApplySummary(n_skipped=done.count)
+    summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)
     if engine == "ray":
         from .ray_engine import RaySettings, run_ray
 
@@ -139,5 +155,8 @@ def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: A
                 summary.n_errors += row["error"] is not None
                 summary.n_image_errors += row["image_error"] is not None
                 summary.n_warnings += row["warning"] is not None
+                summary.n_knowledge_errors += row.get("knowledge_error") is not None
+                summary.n_retryable += bool(row.get("retryable"))
+                summary.n_failed += row["error"] is not None or bool(row.get("retryable"))
                 summary.n_entities += len(row["entities"])
             bar.update(len(batch))

@@ -67,11 +67,16 @@ def apply_cli(
                                       help="Parquet: rows per part file while running."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Start afresh instead of resuming OUTPUT."),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors",
+        help="Also redo the rows of OUTPUT with any error (rows marked retryable are "
+        "always redone)."),
 ) -> None:
     """Annotate every post of INPUT with the pipeline MODEL and write one row per
     post to OUTPUT: the carried columns, entities (text, label, start_char,
-    end_char), the visual context, the view, and any image or row error.
-    Rerun after a crash: rows already in OUTPUT are skipped."""
+    end_char), the visual context, the view, and any image, knowledge or row
+    error. Rerun after a crash: rows already in OUTPUT are skipped, except
+    those marked retryable (the LM or the cache failed), which are redone."""
     try:
         summary = apply(
             model, input_path, output, text_column=text_column, image_column=image_column or None,
@@ -81,11 +86,22 @@ def apply_cli(
             add_context=add_context, cache=cache, gpu_id=gpu_id, code=code, workers=workers,
             worker_cpus=worker_cpus, worker_gpus=worker_gpus, extract_workers=extract_workers,
             extract_cpus=extract_cpus, max_image_bytes=max_image_bytes,
-            fetch_timeout=fetch_timeout, rows_per_part=rows_per_part, overwrite=overwrite)
+            fetch_timeout=fetch_timeout, rows_per_part=rows_per_part, overwrite=overwrite,
+            retry_errors=retry_errors)
     except (ValueError, OSError, RuntimeError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
-    typer.echo(f"Wrote {summary.n_written} posts to {output} in {summary.seconds:.1f}s "
+    redone = f" ({summary.n_redone} of them redone)" if summary.n_redone else ""
+    typer.echo(f"Wrote {summary.n_written} posts{redone} to {output} in {summary.seconds:.1f}s "
                f"({summary.posts_per_second:.1f} posts/s); {summary.n_skipped} were already "
                f"there; {summary.n_entities} entities; {summary.n_errors} row errors, "
-               f"{summary.n_image_errors} image errors, {summary.n_warnings} warnings")
+               f"{summary.n_image_errors} image errors, {summary.n_knowledge_errors} "
+               f"knowledge errors, {summary.n_warnings} warnings")
+    if summary.n_retryable:
+        typer.echo(f"{summary.n_retryable} rows failed for a reason that may pass (the LM "
+                   "endpoint, a timeout, the cache) and are marked retryable: rerun the same "
+                   "command to redo just those (add --retry-errors to redo every row with "
+                   "an error).")
+    if summary.all_failed:
+        typer.echo("Error: every row failed; see the error columns of OUTPUT.", err=True)
+        raise typer.Exit(code=1)

@@ -5,11 +5,13 @@ name and output-changing settings), so re-running a corpus never recomputes a
 context and changing one extractor's settings only recomputes that extractor.
 WAL journaling lets several processes read and write at once; every write is
 one atomic statement, so a writer killed at any moment leaves the file valid.
+A file that cannot be opened, read or written raises CacheError, which names it.
 """
 import json
 import os
 import sqlite3
-from typing import Dict, Iterable, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 Context = Dict[str, List[str]]  # field name -> texts, as extractors return them
 
@@ -21,6 +23,10 @@ CREATE TABLE IF NOT EXISTS contexts (
     PRIMARY KEY (image_hash, extractor)
 ) WITHOUT ROWID
 """
+
+
+class CacheError(RuntimeError):
+    """The cache file cannot be used: corrupt, unwritable, locked or on a full disk."""
 
 
 class ContextCache:
@@ -42,23 +48,47 @@ class ContextCache:
     def __setstate__(self, state: Dict[str, object]) -> None:
         self.__init__(**state)
 
+    @contextmanager
+    def _failing_as(self, doing: str) -> Iterator[None]:
+        """Turn SQLite's and the file system's errors into a CacheError naming the file."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as err:
+            raise CacheError(f"the context cache {self.path} cannot be {doing}: "
+                             f"{type(err).__name__}: {err}. It only saves work: delete it, "
+                             "or choose another cache file") from None
+
     def connection(self) -> sqlite3.Connection:
         if self._connection is None or self._pid != os.getpid():
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self.timeout,
-                                         isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(_SCHEMA)
+            with self._failing_as("opened"):
+                directory = os.path.dirname(os.path.abspath(self.path))
+                os.makedirs(directory, exist_ok=True)
+                connection = sqlite3.connect(self.path, timeout=self.timeout,
+                                             isolation_level=None, check_same_thread=False)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute(_SCHEMA)
             self._connection, self._pid = connection, os.getpid()
         return self._connection
 
+    def check(self) -> None:
+        """Open the file and make a write that is rolled back: a corrupt or
+        unwritable cache fails here, once, rather than on every post."""
+        connection = self.connection()
+        with self._failing_as("written to"):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("INSERT OR REPLACE INTO contexts (image_hash, extractor, "
+                                   "context) VALUES ('', '', '{}')")
+            finally:
+                connection.execute("ROLLBACK")
+
     def get(self, image_hash: str, extractor: str) -> Optional[Context]:
-        row = self.connection().execute(
-            "SELECT context FROM contexts WHERE image_hash = ? AND extractor = ?",
-            (image_hash, extractor),
-        ).fetchone()
+        with self._failing_as("read"):
+            row = self.connection().execute(
+                "SELECT context FROM contexts WHERE image_hash = ? AND extractor = ?",
+                (image_hash, extractor),
+            ).fetchone()
         return None if row is None else json.loads(row[0])
 
     def put(self, image_hash: str, extractor: str, context: Context) -> None:
@@ -71,15 +101,16 @@ class ContextCache:
         if not values:
             return
         connection = self.connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(
-                "INSERT OR REPLACE INTO contexts (image_hash, extractor, context) "
-                "VALUES (?, ?, ?)", values)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        with self._failing_as("written to"):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO contexts (image_hash, extractor, context) "
+                    "VALUES (?, ?, ?)", values)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def __len__(self) -> int:
         return self.connection().execute("SELECT COUNT(*) FROM contexts").fetchone()[0]

@@ -7,6 +7,8 @@ context field. The `knowledge` slot runs last and sees the post's text and
 what the image slots found. A bad image gives that doc an empty context and a
 readable `Doc._.image_error`, failed knowledge an empty `knowledge` field and
 `Doc._.knowledge_error`; the other docs of the batch are processed normally.
+`Doc._.context_retryable` says whether a failure may pass (a server down, a
+timeout), so that a later run should try the doc again.
 """
 import hashlib
 import json
@@ -58,9 +60,11 @@ class _Post:
     error: Optional[str] = None  # about the image and the slots that read it
     knowledge_error: Optional[str] = None
     knowledge_key: Optional[str] = None  # what the knowledge answer is cached under
+    retryable: bool = False  # some failure may pass: a later run should try again
     parts: Dict[str, PartialContext] = field(default_factory=dict)
 
-    def fail(self, message: str, slot: Optional[str] = None) -> None:
+    def fail(self, message: str, slot: Optional[str] = None, retryable: bool = False) -> None:
+        self.retryable = self.retryable or retryable
         if slot == KNOWLEDGE:
             self.knowledge_error = _join_errors(self.knowledge_error, message)
         else:
@@ -122,6 +126,15 @@ class ItaContext:
     def cache_key(self, extractor: Extractor) -> str:
         return f"{extractor.cache_key} max_side={self.max_side}"
 
+    def preflight(self) -> None:
+        """Check what a run needs from its environment before any doc: the cache
+        opens and takes writes, and each extractor's preflight passes (an API
+        key set, an endpoint that answers). Raises with the reason."""
+        if self.cache is not None:
+            self.cache.check()
+        for extractor in self.extractors.values():
+            extractor.preflight()
+
     def __call__(self, doc: Doc) -> Doc:
         self._process([doc])
         return doc
@@ -154,6 +167,7 @@ class ItaContext:
             post.doc._.visual_context = self._merge(post.doc, post.parts)
             post.doc._.image_error = post.error
             post.doc._.knowledge_error = post.knowledge_error
+            post.doc._.context_retryable = post.retryable
             if post.error is not None or post.knowledge_error is not None:
                 self._report(post)
 
@@ -236,13 +250,14 @@ class ItaContext:
                 for post in posts:
                     self._run(slot, extractor, [post])
             else:
-                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot)
+                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot,
+                              retryable=isinstance(err, OSError))  # a network or disk error
             return
         self._check_outputs(extractor, outputs, len(posts))
         rows = []
         for post, output in zip(posts, outputs):
             if isinstance(output, ExtractorFailure):
-                post.fail(f"{extractor.name} failed: {output.reason}", slot)
+                post.fail(f"{extractor.name} failed: {output.reason}", slot, output.retryable)
                 continue
             post.parts[slot] = output
             cache_id = self._cache_id(slot, post)
@@ -295,7 +310,8 @@ class ItaContext:
 @Language.factory(
     "ita_context",
     default_config=DEFAULT_CONFIG,
-    assigns=["doc._.visual_context", "doc._.image_error", "doc._.knowledge_error"],
+    assigns=["doc._.visual_context", "doc._.image_error", "doc._.knowledge_error",
+             "doc._.context_retryable"],
     requires=["doc._.image"],
 )
 def make_ita_context(

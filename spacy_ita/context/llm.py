@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,8 @@ from spacy.vocab import Vocab
 
 from ..knowledge import Mention, parse_mentions, render_mentions
 from ..visual_context import get_visual_context
-from .registry import Extractor, ExtractorFailure, ImageRecord, PartialContext, extractors
+from .registry import (Extractor, ExtractorFailure, ImageRecord, PartialContext, SetupError,
+                       extractors)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ PLACEHOLDERS = {"system_prompt": ("labels",), "prompt": ("text", "context", "lab
 CONTEXT_NAMES = (("captions", "Image caption"), ("object_tags", "Objects in the image"),
                  ("ocr_text", "Text in the image"))
 MAX_BACKOFF = 60.0  # seconds; also the cap on a server's Retry-After
+# The most bytes read of a GET /models answer (hosted APIs list hundreds of models).
+MAX_LIST_BYTES = 16 << 20
+# HTTP statuses after which the same request may work later (a refused key or a
+# missing model, once the setup is fixed); other 4xx are final for that post.
+RETRYABLE_STATUSES = (401, 403, 404, 408, 409, 429)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
@@ -77,6 +84,11 @@ class AnswerError(ValueError):
 
 class _CallCapReached(Exception):
     """The run has made `max_calls` calls."""
+
+
+class AnswerTooLarge(Exception):
+    """An HTTP answer over the byte cap: refused by its Content-Length, or as
+    soon as that much of it was read."""
 
 
 def _openai():
@@ -219,6 +231,61 @@ def load_examples(path: str, n: int, labels: Sequence[str]) -> List[Tuple[str, D
     return examples
 
 
+def _http_module(openai: Any) -> Any:
+    """The HTTP library the openai client is built on (httpx2 from openai 3 on, httpx before)."""
+    base = next(cls for cls in openai.DefaultHttpxClient.__mro__ if cls.__name__ == "Client")
+    return sys.modules[base.__module__.split(".")[0]]
+
+
+def bounded_http_client(seconds: float, max_bytes: int) -> Any:
+    """An HTTP client for the openai client whose every request must have its
+    whole answer within `seconds` of being sent, not `seconds` per read, and
+    whose answers to POST (chat completions) are refused past `max_bytes`
+    (Content-Length first, then while reading): a slow drip times out, a huge
+    answer is never read whole. Answers come uncompressed, so the cap is what
+    gets parsed."""
+    openai = _openai()
+    http = _http_module(openai)
+
+    class BoundedStream(http.SyncByteStream):
+        def __init__(self, stream: Any, deadline: float, too_large: AnswerTooLarge, cap: int):
+            self.stream, self.deadline, self.too_large, self.cap = stream, deadline, too_large, cap
+
+        def __iter__(self):
+            received = 0
+            for chunk in self.stream:
+                received += len(chunk)
+                if received > self.cap:
+                    raise self.too_large
+                if time.monotonic() > self.deadline:
+                    raise http.ReadTimeout(f"no whole answer within {seconds:g}s")
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    class BoundedClient(openai.DefaultHttpxClient):
+        def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + seconds
+            response = super().send(request, stream=True, **kwargs)
+            cap, limit = ((max_bytes, "max_answer_bytes") if request.method == "POST"
+                          else (MAX_LIST_BYTES, "the limit for a model list"))
+            too_large = AnswerTooLarge(f"answer refused: over {limit} ({cap:,} bytes)")
+            try:
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > cap:
+                    raise too_large
+                response.stream = BoundedStream(response.stream, deadline, too_large, cap)
+                if not stream and len(response.read()) > cap:  # decoded past the cap
+                    raise too_large
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+    return BoundedClient(timeout=seconds, headers={"Accept-Encoding": "identity"})
+
+
 class LLMKnowledge(Extractor):
     """Asks a chat model at an OpenAI-compatible endpoint for each post's entity
     mentions, `max_concurrency` posts at a time, with retries; a post whose
@@ -231,8 +298,9 @@ class LLMKnowledge(Extractor):
                  send_image: bool, labels: Union[Sequence[str], Dict[str, str]],
                  system_prompt: str, prompt: str, examples_path: Optional[str],
                  n_examples: int, json_mode: bool, temperature: float,
-                 max_tokens: Optional[int], max_answer_chars: int, max_concurrency: int,
-                 timeout: float, max_retries: int, backoff: float, max_calls: Optional[int]):
+                 max_tokens: Optional[int], max_answer_chars: int, max_answer_bytes: int,
+                 max_concurrency: int, timeout: float, max_retries: int, backoff: float,
+                 max_calls: Optional[int]):
         if not re.match(r"^https?://", base_url):
             raise ValueError(f"{NAME}: base_url must start with http:// or https://, "
                              f"got {base_url!r}")
@@ -242,6 +310,7 @@ class LLMKnowledge(Extractor):
                              "that holds the key (letters, digits, _), not the key itself")
         for setting, value, low in (("n_examples", n_examples, 0), ("max_tokens", max_tokens, 1),
                                     ("max_answer_chars", max_answer_chars, 1),
+                                    ("max_answer_bytes", max_answer_bytes, 1),
                                     ("max_concurrency", max_concurrency, 1),
                                     ("max_retries", max_retries, 0), ("max_calls", max_calls, 0)):
             if value is not None and value < low:
@@ -266,6 +335,7 @@ class LLMKnowledge(Extractor):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_answer_chars = max_answer_chars
+        self.max_answer_bytes = max_answer_bytes
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
@@ -306,7 +376,7 @@ class LLMKnowledge(Extractor):
             return None
         key = os.environ.get(self.api_key_env, "").strip()
         if not key:
-            raise RuntimeError(
+            raise SetupError(
                 f"{NAME}: the environment variable {self.api_key_env} (api_key_env) is not "
                 "set or empty; export the API key in it, or set api_key_env to null for a "
                 "server that needs no key")
@@ -323,11 +393,14 @@ class LLMKnowledge(Extractor):
         a refused key or a model the server does not serve fails here, before
         any post is sent."""
         key = self._api_key()
-        cache_key = (os.getpid(), self.base_url, key, self.timeout, self.model)
+        cache_key = (os.getpid(), self.base_url, key, self.timeout, self.model,
+                     self.max_answer_bytes)
         with _CLIENTS_LOCK:
             if cache_key not in _CLIENTS:
+                http_client = bounded_http_client(self.timeout, self.max_answer_bytes)
                 client = _openai().OpenAI(base_url=self.base_url, api_key=key or "none",
-                                          timeout=self.timeout, max_retries=0)
+                                          timeout=self.timeout, max_retries=0,
+                                          http_client=http_client)
                 self._check(client)
                 _CLIENTS[cache_key] = client
             return _CLIENTS[cache_key]
@@ -340,23 +413,27 @@ class LLMKnowledge(Extractor):
         try:
             served = [model.id for model in self._with_retries(client.models.list, count=False)]
         except openai.APIConnectionError as err:
-            raise RuntimeError(f"{where} cannot be reached ({self._reason(err)}); is the server "
+            raise SetupError(f"{where} cannot be reached ({self._reason(err)}); is the server "
                                "running and the URL right?") from None
         except openai.APIStatusError as err:
             if err.status_code in (401, 403):
                 needs = (f"refused the key in {self.api_key_env}" if self.api_key_env
                          else "needs an API key: set api_key_env to the name of the "
                               "environment variable that holds it")
-                raise RuntimeError(f"{where} {needs} (HTTP {err.status_code})") from None
+                raise SetupError(f"{where} {needs} (HTTP {err.status_code})") from None
             if err.status_code == 404:
-                raise RuntimeError(f"{where}/models answered 404: no OpenAI-compatible API "
+                raise SetupError(f"{where}/models answered 404: no OpenAI-compatible API "
                                    "there (the URL usually ends in /v1)") from None
-            raise RuntimeError(f"{where}/models answered {self._reason(err)}") from None
-        except openai.APIError as err:
-            raise RuntimeError(f"{where}/models: {self._reason(err)}") from None
+            raise SetupError(f"{where}/models answered {self._reason(err)}") from None
+        except (openai.APIError, AnswerTooLarge) as err:
+            raise SetupError(f"{where}/models: {self._reason(err)}") from None
         if served and not ({self.model, f"{self.model}:latest"} & set(served)):
             listed = ", ".join(sorted(served)[:20])
-            raise RuntimeError(f"{where} does not serve model {self.model!r}; it serves: {listed}")
+            raise SetupError(f"{where} does not serve model {self.model!r}; it serves: {listed}")
+
+    def preflight(self) -> None:
+        """The key is set and the endpoint answers and serves the model (see `load`)."""
+        self.load()
 
     # -- one call, with retries ---------------------------------------------------
 
@@ -392,6 +469,14 @@ class LLMKnowledge(Extractor):
         except (AttributeError, TypeError, ValueError):
             pass
         return min(delay, MAX_BACKOFF)
+
+    @staticmethod
+    def _may_pass(err: Exception) -> bool:
+        """Whether a failed call may work later: no answer at all (timeout,
+        connection), a server error, or a status a fixed setup or a calmer
+        server clears (RETRYABLE_STATUSES)."""
+        status = getattr(err, "status_code", None)
+        return status is None or status >= 500 or status in RETRYABLE_STATUSES
 
     def _reason(self, err: Exception) -> str:
         """A short, key-free reason for a failed call."""
@@ -461,8 +546,10 @@ class LLMKnowledge(Extractor):
             answer, finish = choice.message.content, choice.finish_reason
         except _CallCapReached:
             return ExtractorFailure(f"max_calls ({self.max_calls}) reached: no more calls "
-                                    "in this run")
+                                    "in this run", retryable=True)
         except (openai.APIConnectionError, openai.APIStatusError) as err:
+            return ExtractorFailure(self._reason(err), retryable=self._may_pass(err))
+        except AnswerTooLarge as err:
             return ExtractorFailure(self._reason(err))
         except Exception as err:  # an answer that is not a chat completion, say
             return ExtractorFailure(self._scrub(f"{type(err).__name__}: {err}"))
@@ -501,6 +588,7 @@ def make_llm_knowledge(
     temperature: float = 0.0,
     max_tokens: Optional[int] = 512,
     max_answer_chars: int = 4000,
+    max_answer_bytes: int = 1 << 20,
     max_concurrency: int = 8,
     timeout: float = 60.0,
     max_retries: int = 4,
@@ -514,12 +602,13 @@ def make_llm_knowledge(
     mentions it returns become `X (type) ; Y (type)`. `labels` (names, or
     names with descriptions) are the types to use; `examples_path` a .spacy
     file whose first `n_examples` posts with entities serve as examples;
-    `max_calls` caps the requests of a run."""
+    `max_calls` caps the requests of a run. Each request has `timeout`
+    seconds for its whole answer, of at most `max_answer_bytes` bytes."""
     return LLMKnowledge(
         model=model, base_url=base_url, api_key_env=api_key_env, send_image=send_image,
         labels=labels, system_prompt=system_prompt, prompt=prompt,
         examples_path=examples_path, n_examples=n_examples, json_mode=json_mode,
         temperature=temperature, max_tokens=max_tokens, max_answer_chars=max_answer_chars,
-        max_concurrency=max_concurrency, timeout=timeout, max_retries=max_retries,
+        max_answer_bytes=max_answer_bytes, max_concurrency=max_concurrency, timeout=timeout, max_retries=max_retries,
         backoff=backoff, max_calls=max_calls,
     )

@@ -34,12 +34,20 @@ class ImageRecord:
     context: Optional[PartialContext] = None
 
 
+class SetupError(RuntimeError):
+    """An extractor cannot run in this environment (an API key unset, an
+    endpoint unreachable): no post gets its output until that is fixed."""
+
+
 @dataclass
 class ExtractorFailure:
     """An extractor's output for a post it could not handle (a failed call,
-    say): that post gets no context from it and the reason as its error."""
+    say): that post gets no context from it and the reason as its error.
+    `retryable` marks a failure that may pass (a server down, a timeout), so
+    that a later run asks again."""
 
     reason: str
+    retryable: bool = False
 
 
 class Extractor:
@@ -70,6 +78,10 @@ class Extractor:
     def load(self) -> Any:
         """Load the model (or table) once per process and return it; called
         before the first batch so that a broken setup fails loudly."""
+
+    def preflight(self) -> None:
+        """Check, without loading a model, what a run needs from its
+        environment (an API key, a server that answers); raise if it is missing."""
 
     def __call__(
         self, records: List[ImageRecord]

@@ -76,7 +76,7 @@ def test_none_context_is_the_text_view(nlp):
     ner = nlp.get_pipe("ita_ner")
     doc = nlp.make_doc("Kobe visits Boston")
     doc._.visual_context = None
-    assert ner._inference_inputs([doc]) == [TaggerInput(doc)]
+    assert ner.inputs([doc]) == [TaggerInput(doc)]
     check_tagged(nlp(doc), "Kobe visits Boston", ner.labels)
 
 
