@@ -250,6 +250,7 @@ def test_the_view_is_what_ita_ner_read(model, posts, tmp_path):
 def test_writers_drop_only_the_rows_to_redo(tmp_path):
     # A carried column may hold the same key deeper down: not a mark.
     rows = [{"input_file": "a.jsonl", "input_row": i, "meta": {"retryable": True, "error": "x"},
+             "entities": [], "visual_context": None, "view": None, "image_error": None,
              "error": "bad JSON" if i == 1 else None, "retryable": i == 2}
             for i in range(4)]
     for name in ("out.jsonl", "out.parquet"):

@@ -407,6 +407,13 @@ class ParquetWriter:
         os.replace(tmp, self.path)
         self._remove_parts()
 
+    def drop_redone(self, retry_errors: bool = False) -> int:
+        """Take the rows to be redone (see `is_redone`) out of OUTPUT and its
+        parts; their number. Each file that holds one is rewritten batch by
+        batch to a temporary file, then renamed."""
+        files = ([self.path] if self.path.exists() else []) + self._part_files()
+        return sum(_drop_parquet_rows(path, retry_errors) for path in files)
+
 
 def _sync(path: Path) -> None:
     """Flush a written file to disk, so that a rename cannot outlive its content."""
@@ -445,13 +452,6 @@ def _check_own_parts(folder: Path) -> None:
     if strays:
         raise refusal(str(folder), f"holds what apply does not write there: {', '.join(strays)}")
 
-    def drop_redone(self, retry_errors: bool = False) -> int:
-        """Take the rows to be redone (see `is_redone`) out of OUTPUT and its
-        parts; their number. Each file that holds one is rewritten batch by
-        batch to a temporary file, then renamed."""
-        files = ([self.path] if self.path.exists() else []) + self._part_files()
-        return sum(_drop_parquet_rows(path, retry_errors) for path in files)
-
 
 def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
     """Rewrite one Parquet file without its rows to be redone; their number. A
@@ -475,6 +475,7 @@ def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
         for batch in source.iter_batches():
             writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
             start += len(batch)
+    _sync(tmp)
     os.replace(tmp, path)
     return keep.count(False)
 
