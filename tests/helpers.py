@@ -48,7 +48,9 @@ POSTS = [
 def make_tiny_encoder(path) -> str:
     """A randomly initialised 2-layer BERT with the bundled encoder's tokenizer,
     saved to `path`: fast for tests of mechanics, and its 64 positions force
-    long sentences into windows."""
+    long sentences into windows. Seeded: every session builds the same weights,
+    so a test that trains on them learns the same."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from spacy_ita.encoders import bundled_encoder
@@ -57,7 +59,10 @@ def make_tiny_encoder(path) -> str:
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64)
-    BertModel(config).save_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertModel(config)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
