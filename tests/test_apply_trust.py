@@ -109,12 +109,20 @@ def test_max_image_bytes_caps_files_and_bytes_as_downloads(pipeline, folders, tm
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Serves a folder, plus /redirect?to=URL, /host (echoes the Host header)
-    and /drip-headers, /drip-body (a byte every 0.1 s for 3 s)."""
+    """Serves a folder, plus /redirect?to=URL, /host (echoes the Host header),
+    /drip-headers, /drip-body (a byte every 0.1 s for 3 s) and /down/NAME (503
+    while `down` is set, then the file NAME)."""
+
+    down = True
 
     def do_GET(self):
         path, query = self.path.split("?")[0], parse_qs(urlsplit(self.path).query)
-        if path == "/redirect":
+        if path.startswith("/down/") and _Handler.down:
+            self.send_error(503)
+        elif path.startswith("/down/"):
+            self.path = self.path[len("/down"):]
+            super().do_GET()
+        elif path == "/redirect":
             self.send_response(302)
             self.send_header("Location", query["to"][0])
             self.end_headers()
@@ -271,3 +279,27 @@ def test_settings_reach_worker_processes(pipeline, folders, server, tmp_path):
     assert "--image-root" in rows["out"]["image_error"]
     assert "--allow-private-urls" in rows["url"]["image_error"]
 
+
+
+def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, server, tmp_path,
+                                                            monkeypatch):
+    """HTTP 503 after every try is a failure that may pass: the row is marked
+    retryable, and the next run fetches that image again (and only it)."""
+    posts, _ = folders
+    write_jsonl(posts / "in.jsonl", [
+        {"id": "down", "text": "a", "image": f"http://127.0.0.1:{server}/down/red.png"},
+        {"id": "file", "text": "b", "image": "red.png"}])
+    monkeypatch.setattr(_Handler, "down", True)
+    run = partial(apply, pipeline, posts / "in.jsonl", tmp_path / "out.jsonl",
+                  allow_private_urls=True, progress=False)
+    first = run()
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert rows["down"]["retryable"] and "HTTP 503" in rows["down"]["image_error"]
+    assert not rows["file"]["retryable"] and tags(rows["file"]) == ["red"]
+    assert (first.n_written, first.n_retryable) == (2, 1)
+    monkeypatch.setattr(_Handler, "down", False)
+    second = run()
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert (second.n_written, second.n_redone, second.n_skipped) == (1, 1, 1)
+    assert len(rows) == 2
+    assert by_id(rows)["down"]["image_error"] is None and tags(by_id(rows)["down"]) == ["red"]

@@ -171,7 +171,7 @@ class Annotator:
                 post.image_error = f"{post.where}: {doc._.image_error}"
             if doc._.knowledge_error is not None:
                 post.knowledge_error = f"{post.where}: {doc._.knowledge_error}"
-            post.retryable = bool(doc._.context_retryable)
+            post.retryable = post.retryable or bool(doc._.context_retryable)  # or its fetch
             post.image = None  # the bytes of a fetched image are not needed any more
         if self.stage != "extract":
             post.entities = [{"text": ent.text, "label": ent.label_, "start_char": ent.start_char,

@@ -68,6 +68,7 @@ class Fetcher:
         for post, result in zip(urls, results):
             if isinstance(result, ImageError):
                 post.image, post.image_error = None, f"{post.where}: {result}"
+                post.retryable = post.retryable or isinstance(result, ImageUnreachable)
             else:
                 post.image = result
 
@@ -103,7 +104,7 @@ class Fetcher:
                 return self._download(url)
             except _Transient as err:
                 if attempt == self.retries:
-                    raise ImageError(f"image URL {url!r} could not be fetched after "
+                    raise ImageUnreachable(f"image URL {url!r} could not be fetched after "
                                      f"{attempt + 1} tries: {err}") from None
                 time.sleep(0.2 * 2 ** attempt)
         raise AssertionError("unreachable")
@@ -138,7 +139,7 @@ class Fetcher:
             response = connection.getresponse()
             if response.status in REDIRECT_STATUSES and response.getheader("Location"):
                 return response.getheader("Location")
-            if response.status >= 500:
+            if response.status >= 500 or response.status in (408, 429):
                 raise _Transient(f"HTTP {response.status} {response.reason}")
             if not 200 <= response.status < 300:
                 raise ImageError(f"{what}: HTTP {response.status} {response.reason}")
@@ -308,6 +309,11 @@ class _Watchdog:
         if self._timer is not None:
             self._timer.cancel()
             self._sock.close()
+
+
+class ImageUnreachable(ImageError):
+    """An image URL that failed for a reason that may pass (a timeout, a lost
+    connection, HTTP 5xx): its row is retryable, and the next run fetches it again."""
 
 
 class _Transient(Exception):
