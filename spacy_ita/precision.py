@@ -11,7 +11,7 @@ a context the component opens around its model calls: a model called outside
 it runs in fp32.
 """
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +55,10 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(_cpu_flags() & CPU_BF16_FLAGS)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 counts only native support anyway
+            return torch.cuda.is_bf16_supported()
     return False
 
 
@@ -91,6 +94,7 @@ def encoder_precision(precision: str) -> Iterator[None]:
 def encoder_autocast(device: torch.device) -> ContextManager:
     """The autocast for an encoder forward on the device, as the current
     `encoder_precision` says: bf16 autocast, or a context that changes nothing."""
-    bf16 = effective_precision(_precision.get(), device) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if effective_precision(_precision.get(), device) == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
