@@ -8,8 +8,15 @@ knowledge; each cross-modal view reads the context fields it names. The token
 features (ItaTagger.v2, the default) are timed against v1, which has none, on
 the same inputs: what they cost on top of the sequence.
 
+With --precisions, the bench compares ita_ner's encoder in fp32 and in bf16
+autocast instead (interleaved in the same way), against the stock NER (fp32),
+and trains a pipeline briefly to count how often both precisions find the
+same entities on the posts.
+
     python bench/bench_speed.py --quick            # minutes
     python bench/bench_speed.py --output bench/results/speed.json
+    OMP_NUM_THREADS=1 python bench/bench_speed.py --precisions --posts 300 \
+        --output bench/results/speed_bf16.json
 """
 import argparse
 import json
@@ -18,30 +25,37 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import spacy  # noqa: E402
 import torch  # noqa: E402
+from spacy.scorer import get_ner_prf  # noqa: E402
 from spacy.training import Example  # noqa: E402
-from thinc.api import Adam  # noqa: E402
+from thinc.api import Adam, fix_random_seed, warmup_linear  # noqa: E402
 
 from spacy_ita.converters import read_mner  # noqa: E402
 from spacy_ita.encoders import bundled_encoder  # noqa: E402
+from spacy_ita.precision import native_bf16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
-KNOWLEDGE = DATA / "pgim_knowledge.txt"
 STOCK_CONFIG = REPO / "project" / "configs" / "stock_ner.cfg"
 LABELS = ["LOC", "ORG", "OTHER", "PER"]
+PRECISIONS = ("fp32", "bf16")
+# The updates timed in each precision, and their ita_ner settings.
+UPDATES = {"text-only update": {"use_context": False},
+           "CVA update, knowledge": {"context_order": ["knowledge"]}}
 
 
 def load_posts(path: Path, limit: int):
-    """Test posts with their captions and knowledge as context."""
+    """Posts with their captions and knowledge (from the same folder) as context."""
     if not path.exists():
         sys.exit(f"Data not found: {path} (see ../shared/data/README.md)")
-    docs = list(read_mner(path, DATA / "blip2_captions.txt", knowledge_path=KNOWLEDGE))
+    docs = list(read_mner(path, path.parent / "blip2_captions.txt",
+                          knowledge_path=path.parent / "pgim_knowledge.txt"))
     return docs[:limit] if limit else docs
 
 
@@ -65,19 +79,34 @@ def stock_pipeline():
     return nlp
 
 
-def annotate(nlp, docs, batch_size, view=None, fields=None):
-    """Seconds to tag copies of the docs in one view, reading the context `fields`."""
-    if view is not None:
-        nlp.get_pipe("ita_ner").view = view
-    if fields is not None:
-        nlp.get_pipe("ita_ner").context_order = list(fields)
+def annotate(nlp, docs, batch_size, view=None, fields=None, precision=None, tagged=None):
+    """Seconds to tag copies of the docs in one view, reading the context
+    `fields`, with the encoder in `precision`; the tagged copies go into `tagged`."""
+    settings = {"view": view, "context_order": fields and list(fields), "precision": precision}
+    for setting, value in settings.items():
+        if value is not None:
+            setattr(nlp.get_pipe("ita_ner"), setting, value)
     copies = [doc.copy() for doc in docs]
     for doc in copies:
         doc.ents = []
     start = time.perf_counter()
-    for _ in nlp.pipe(copies, batch_size=batch_size):
-        pass
+    for doc in nlp.pipe(copies, batch_size=batch_size):
+        if tagged is not None:
+            tagged.append(doc)
     return time.perf_counter() - start
+
+
+def interleaved_words_per_second(systems, n_words, repeats):
+    """Words per second of each system (a function timing one run): one
+    warm-up run each, then `repeats` rounds in which the systems take turns;
+    medians, so that drift of a shared machine hits all of them alike."""
+    for run in systems.values():
+        run()
+    times = {name: [] for name in systems}
+    for _ in range(repeats):
+        for name, run in systems.items():
+            times[name].append(run())
+    return {name: n_words / statistics.median(t) for name, t in times.items()}
 
 
 def bare_encoder(docs, batch_size):
@@ -137,14 +166,14 @@ def token_floor(nlp, docs, batch_size):
     return 1 + cross_positions / text_positions
 
 
-def peak_rss_of_annotation(n_posts: int, batch_size: int) -> float:
+def peak_rss_of_annotation(path: Path, n_posts: int, batch_size: int) -> float:
     """Peak resident memory (MiB) of a fresh process that annotates the posts."""
     code = (
         "import os, resource, sys; sys.path.insert(0, %r); import bench_speed as b; "
-        "docs = b.load_posts(b.DATA / 'test.txt', %d); "
-        "b.annotate(b.ita_pipeline(), docs, %d); "
+        "docs = b.load_posts(b.Path(%r), %d); "
+        "b.annotate(b.ita_pipeline(precision='fp32'), docs, %d); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    ) % (str(Path(__file__).parent), n_posts, batch_size)
+    ) % (str(Path(__file__).parent), str(path), n_posts, batch_size)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -156,16 +185,31 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--data", type=Path, default=DATA, help="the Twitter-2015 folder")
+    parser.add_argument("--precisions", action="store_true",
+                        help="compare ita_ner's encoder in fp32 and bf16 instead")
+    parser.add_argument("--agreement-steps", type=int, default=150,
+                        help="with --precisions: updates of 16 training posts before "
+                             "comparing the entities of both precisions")
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     args = parser.parse_args()
     if args.quick:
         args.posts, args.repeats, args.train_steps = args.posts or 200, 3, 4
+    results = precision_comparison(args) if args.precisions else system_comparison(args)
+    print(json.dumps(results, indent=2))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2))
 
-    docs = load_posts(DATA / "test.txt", args.posts)
+
+def system_comparison(args):
+    """ita_ner's views and variants against the stock NER and the bare encoder,
+    all in fp32 (--precisions compares ita_ner in bf16)."""
+    docs = load_posts(args.data / "test.txt", args.posts)
     n_words = sum(len(doc) for doc in docs)
     examples = [Example(doc.copy(), doc) for doc in docs]
-    ita = ita_pipeline(examples=examples)
-    v1 = ita_pipeline("spacy-ita.ItaTagger.v1")
+    ita = ita_pipeline(examples=examples, precision="fp32")
+    v1 = ita_pipeline("spacy-ita.ItaTagger.v1", precision="fp32")
     stock = stock_pipeline()
     encoder_run = bare_encoder(docs, args.batch_size)
     systems = {
@@ -180,18 +224,13 @@ def main():
         "stock spaCy NER": lambda: annotate(stock, docs, args.batch_size),
         "bare encoder forward": encoder_run,
     }
-    for run in systems.values():  # warm up
-        run()
-    times = {name: [] for name in systems}
-    for _ in range(args.repeats):
-        for name, run in systems.items():
-            times[name].append(run())
-    wps = {name: n_words / statistics.median(t) for name, t in times.items()}
+    wps = interleaved_words_per_second(systems, n_words, args.repeats)
     ita.get_pipe("ita_ner").context_order = ["knowledge"]
 
     training = update_speeds({"ITA with CVA (both views), knowledge": ita_pipeline(
-                                  examples=examples, context_order=["knowledge"]),
-                              "text-only": ita_pipeline(examples=examples, use_context=False)},
+                                  examples=examples, context_order=["knowledge"], precision="fp32"),
+                              "text-only": ita_pipeline(examples=examples, use_context=False,
+                                                        precision="fp32")},
                              examples, 16, args.train_steps)
 
     results = {
@@ -200,6 +239,7 @@ def main():
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
+        "ita_ner_precision": ita.get_pipe("ita_ner").precision_in_effect,
         "words_per_second": wps,
         "ratios": {
             "text view / stock NER (target >= 0.9)": wps["ita_ner text view"] / wps["stock spaCy NER"],
@@ -212,12 +252,91 @@ def main():
         "training_posts_per_second": training,
         "cva_update_cost": training["text-only"] / training["ITA with CVA (both views), knowledge"],
         "cva_update_token_floor": token_floor(ita, docs, 16),
-        "peak_rss_mib_annotating": peak_rss_of_annotation(len(docs), args.batch_size),
+        "peak_rss_mib_annotating": peak_rss_of_annotation(args.data / "test.txt", len(docs),
+                                                          args.batch_size),
     }
-    print(json.dumps(results, indent=2))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def precision_comparison(args):
+    """ita_ner's encoder in fp32 and in bf16 autocast, interleaved: words per
+    second of the text view and of the cross view with knowledge beside the
+    stock NER (fp32), posts per second of a text-only and a CVA update, and
+    how often both precisions find the same entities after a brief training."""
+    docs = load_posts(args.data / "test.txt", args.posts)
+    n_words = sum(len(doc) for doc in docs)
+    examples = [Example(doc.copy(), doc) for doc in docs]
+    ita = ita_pipeline(examples=examples)
+    stock = stock_pipeline()
+    systems = {"stock spaCy NER (fp32)": lambda: annotate(stock, docs, args.batch_size)}
+    for precision in PRECISIONS:
+        systems[f"text view, {precision}"] = partial(
+            annotate, ita, docs, args.batch_size, "text", precision=precision)
+        systems[f"cross view, knowledge, {precision}"] = partial(
+            annotate, ita, docs, args.batch_size, "cross", ["knowledge"], precision)
+    wps = interleaved_words_per_second(systems, n_words, args.repeats)
+    del ita, stock
+    updates = update_speeds(
+        {f"{update}, {precision}": ita_pipeline(examples=examples, precision=precision, **settings)
+         for update, settings in UPDATES.items() for precision in PRECISIONS},
+        examples, 16, args.train_steps)
+    return {
+        "posts": len(docs),
+        "words": n_words,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(torch.device("cpu")),
+        "words_per_second": wps,
+        "ratios": {
+            "text view, bf16 / fp32 (target >= 2.0)":
+                wps["text view, bf16"] / wps["text view, fp32"],
+            "text view, bf16 / stock NER (target >= 2.0)":
+                wps["text view, bf16"] / wps["stock spaCy NER (fp32)"],
+            "text view, fp32 / stock NER": wps["text view, fp32"] / wps["stock spaCy NER (fp32)"],
+            "cross view, knowledge, bf16 / fp32":
+                wps["cross view, knowledge, bf16"] / wps["cross view, knowledge, fp32"],
+        },
+        "training_posts_per_second": updates,
+        "update_speedups (bf16 / fp32)": {
+            update: updates[f"{update}, bf16"] / updates[f"{update}, fp32"] for update in UPDATES},
+        "agreement": precision_agreement(args, docs),
+    }
+
+
+def precision_agreement(args, docs):
+    """Train a pipeline for `--agreement-steps` updates of 16 training posts
+    (in ita_ner's default precision), then tag the docs in each view in fp32
+    and in bf16: the share of docs and of entities both find, and each one's F1."""
+    train_docs = load_posts(args.data / "train.txt", 16 * args.agreement_steps)
+    train_examples = [Example(doc.copy(), doc) for doc in train_docs]
+    fix_random_seed(0)
+    nlp = ita_pipeline(examples=train_examples)
+    optimizer = Adam(warmup_linear(2e-4, max(1, args.agreement_steps // 10), args.agreement_steps),
+                     grad_clip=1.0, L2=0.01, L2_is_weight_decay=True)
+    start = time.perf_counter()
+    for step in range(args.agreement_steps):
+        nlp.update(train_examples[16 * step : 16 * step + 16], drop=0.1, sgd=optimizer)
+        optimizer.step_schedules()
+    results = {"training_posts": len(train_examples),
+               "trained_in": nlp.get_pipe("ita_ner").precision_in_effect,
+               "training_seconds": time.perf_counter() - start}
+    for view in ("text", "auto"):
+        tagged = {precision: [] for precision in PRECISIONS}
+        for precision in PRECISIONS:
+            annotate(nlp, docs, args.batch_size, view, precision=precision, tagged=tagged[precision])
+        found = {precision: [{(ent.start, ent.end, ent.label_) for ent in doc.ents} for doc in tagged_docs]
+                 for precision, tagged_docs in tagged.items()}
+        pairs = list(zip(found["fp32"], found["bf16"]))
+        results[f"{view} view"] = {
+            "docs with the same entities": sum(a == b for a, b in pairs) / len(pairs),
+            "entities found by both / by either": sum(len(a & b) for a, b in pairs)
+                                                  / max(1, sum(len(a | b) for a, b in pairs)),
+            **{f"ents_f, {precision}": get_ner_prf(
+                [Example(doc, gold) for doc, gold in zip(tagged[precision], docs)])["ents_f"]
+               for precision in PRECISIONS},
+        }
+    return results
 
 
 if __name__ == "__main__":

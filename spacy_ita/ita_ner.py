@@ -22,8 +22,10 @@ from thinc.types import Ints1d
 from .encoder_inputs import TaggerInput
 from .files import replace_file, replace_json
 from .knowledge import matched_mentions, parse_mentions, render_mentions
-from .ita_tagger import ScoreGradient, decode, is_initialized, loss_and_gradient, n_scored_tags
+from .ita_tagger import (ScoreGradient, decode, is_initialized, loss_and_gradient, model_device,
+                         n_scored_tags)
 from .losses import ItaLoss, ViewScores
+from .precision import check_precision, effective_precision, encoder_precision
 from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
 from .views import VIEWS
 from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
@@ -58,6 +60,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_MODEL_CONFIG)["model"]
         "model": DEFAULT_MODEL,
         "tag_scheme": "BIO",
         "view": "auto",
+        "precision": "auto",
         "use_context": True,
         "context_order": list(DEFAULT_ORDER),
         "context_separator": " ",
@@ -80,6 +83,7 @@ def make_ita_ner(
     model: Model,
     tag_scheme: str,
     view: str,
+    precision: str,
     use_context: bool,
     context_order: List[str],
     context_separator: str,
@@ -92,6 +96,8 @@ def make_ita_ner(
     """Create an ita_ner component.
 
     tag_scheme: "BIO" or "BILUO". view: "auto", "cross" or "text" at inference.
+    precision: the encoder's, in training and inference: "bf16" (autocast),
+    "fp32", or "auto": bf16 where the device has it natively, else fp32.
     use_context: False trains and runs a text-only baseline that ignores context.
     context_order / context_separator: how Doc._.visual_context becomes text.
     knowledge_form: "mentions" reads only the entity mentions (and their types)
@@ -108,6 +114,7 @@ def make_ita_ner(
         name,
         tag_scheme=tag_scheme,
         view=view,
+        precision=precision,
         use_context=use_context,
         context_order=context_order,
         context_separator=context_separator,
@@ -153,6 +160,7 @@ class ItaNer(TrainablePipe):
         *,
         tag_scheme: str = "BIO",
         view: str = "auto",
+        precision: str = "auto",
         use_context: bool = True,
         context_order: Sequence[str] = DEFAULT_ORDER,
         context_separator: str = " ",
@@ -173,6 +181,7 @@ class ItaNer(TrainablePipe):
         self.name = name
         self.tag_scheme = tag_scheme
         self.view = view
+        self.precision = precision
         self.use_context = use_context
         self.context_order = list(context_order)
         self.context_separator = context_separator
@@ -202,6 +211,20 @@ class ItaNer(TrainablePipe):
         if value not in VIEWS:
             raise ValueError(f"Unknown ita_ner view {value!r}; expected one of {VIEWS}")
         self._view = value
+
+    @property
+    def precision(self) -> str:
+        """The encoder's precision setting: "auto", "bf16" or "fp32"."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value, self.name)
+
+    @property
+    def precision_in_effect(self) -> str:
+        """"bf16" or "fp32": what the setting means on the model's device."""
+        return effective_precision(self.precision, model_device(self.model))
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -362,7 +385,9 @@ class ItaNer(TrainablePipe):
         docs = list(docs)
         if not any(len(doc) for doc in docs):
             return [[] for _ in docs]
-        return decode(self.model, self.model.predict(self.inputs(docs)))
+        with encoder_precision(self.precision):
+            scores = self.model.predict(self.inputs(docs))
+        return decode(self.model, scores)
 
     def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
         tags = self.tags
@@ -407,7 +432,8 @@ class ItaNer(TrainablePipe):
         set_dropout_rate(self.model, drop)
         docs = [eg.predicted for eg in examples]
         inputs, views = self._training_views(docs)
-        views.scores, backprop = self.model.begin_update(inputs)
+        with encoder_precision(self.precision):
+            views.scores, backprop = self.model.begin_update(inputs)
         loss, gradient = self.get_loss(examples, views)
         backprop(gradient)
         if sgd is not None:

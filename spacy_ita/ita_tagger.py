@@ -147,6 +147,13 @@ def get_module(model: Model) -> ItaTaggerModule:
     return model.layers[0].shims[0]._model
 
 
+def model_device(model: Model) -> torch.device:
+    """Where the tagger's weights are, or will be once initialised."""
+    if is_initialized(model):
+        return get_module(model).emission.weight.device
+    return get_torch_default_device()
+
+
 def n_scored_tags(model: Model) -> int:
     """How many tags the saved or initialised weights score."""
     return get_module(model).emission.out_features

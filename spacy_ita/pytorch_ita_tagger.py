@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .crf import LinearChainCRF
 from .encoder_inputs import EncoderBatch
+from .precision import encoder_autocast
 from .token_features import TokenFeatureEmbedding
 
 
@@ -43,24 +44,30 @@ class ItaTaggerModule(nn.Module):
         self.crf = LinearChainCRF(n_tags, *(allowed_moves or ()))
 
     def forward(self, batch: EncoderBatch) -> torch.Tensor:
-        """Emissions `(n_tokens, n_tags)` for all spaCy tokens of the batch.
+        """Emissions `(n_tokens, n_tags)`, fp32, for all spaCy tokens of the batch.
 
         The encoder runs once per chunk of similar-length sequences; token
         vectors are pooled from the subword vectors as the batch's pooling
-        index says (see `EncoderBatch`).
+        index says (see `EncoderBatch`). The encoder alone runs in the
+        precision of the current `precision.encoder_precision` context.
         """
         added = self._encoder_input_additions(batch)
         outputs = []
-        for i, ids in enumerate(batch.input_ids):
-            extra = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids[i]}
-            if added is None:
-                extra["input_ids"] = ids
-            else:
-                embeddings = self.encoder.get_input_embeddings()(ids)
-                extra["inputs_embeds"] = embeddings + added[i].view_as(embeddings)
-            hidden = self.encoder(attention_mask=batch.attention_mask[i], **extra).last_hidden_state
-            outputs.append(hidden.reshape(-1, hidden.shape[-1]))
-        flat = torch.cat(outputs)
+        # One autocast for all chunks: it casts each weight to bf16 once per batch.
+        with encoder_autocast(self.emission.weight.device):
+            for i, ids in enumerate(batch.input_ids):
+                extra = ({} if batch.token_type_ids is None
+                         else {"token_type_ids": batch.token_type_ids[i]})
+                if added is None:
+                    extra["input_ids"] = ids
+                else:
+                    embeddings = self.encoder.get_input_embeddings()(ids)
+                    extra["inputs_embeds"] = embeddings + added[i].view_as(embeddings)
+                hidden = self.encoder(attention_mask=batch.attention_mask[i], **extra)
+                hidden = hidden.last_hidden_state
+                outputs.append(hidden.reshape(-1, hidden.shape[-1]))
+        # Back to fp32 after a bf16 encoder: the head, the CRF and the losses stay fp32.
+        flat = torch.cat(outputs).float()
         tokens = flat.new_zeros((batch.n_tokens, flat.shape[-1]))
         tokens = tokens.index_add(
             0, batch.pool_target, flat[batch.pool_source] * batch.pool_weight[:, None]

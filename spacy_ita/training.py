@@ -29,6 +29,7 @@ from wasabi import Printer
 
 from .checkpoints import (Checkpoints, Progress, ResumePoint, fingerprint, random_states,
                           set_random_states)
+from .ita_ner import ItaNer
 
 # (epoch, batch index in the epoch, the epoch's example order, batch)
 Batch = Tuple[int, int, Optional[List[int]], List[Example]]
@@ -85,6 +86,10 @@ def train(
     if T["annotating_components"]:
         say(msg.info(f"Set annotations on update for: {T['annotating_components']}"))
     say(msg.info(f"Initial learn rate: {optimizer.learn_rate}"))
+    for name, proc in nlp.pipeline:
+        if isinstance(proc, ItaNer):
+            say(msg.info(f"{name}: precision {proc.precision!r}, the encoder runs in "
+                         f"{proc.precision_in_effect}"))
 
     def checkpoint(progress: Progress, info: Dict[str, Any], is_best: bool) -> None:
         """After an evaluation: the scores into the meta, and a checkpoint."""

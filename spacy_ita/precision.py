@@ -1,0 +1,100 @@
+"""The numeric precision of ita_ner's encoder: bf16 autocast or fp32.
+
+bf16 autocast runs the transformer's matrix products in bfloat16, about 2-3x
+faster where the hardware has bf16 instructions (and far slower where it only
+emulates them). Only the encoder is autocast: its output goes back to fp32
+before the token features, the emission layer, the CRF and the losses, and the
+weights stay fp32, so saved pipelines are the same in either precision.
+
+The component's setting reaches the torch module through `encoder_precision`,
+a context the component opens around its model calls: a model called outside
+it runs in fp32.
+"""
+import logging
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import ContextManager, Iterator, Set, Tuple
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp32")
+# CPU flags of native bf16 arithmetic: x86 (AVX-512 BF16, AMX) and ARM (BF16).
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+logger = logging.getLogger(__name__)
+_precision: ContextVar[str] = ContextVar("ita_encoder_precision", default="fp32")
+_announced: Set[Tuple[str, str]] = set()
+
+
+def check_precision(value: str, owner: str = "ita_ner") -> str:
+    """The value, if it names a precision; else a ValueError saying what is allowed."""
+    if value not in PRECISIONS:
+        raise ValueError(f"Unknown {owner} precision {value!r}; expected one of {PRECISIONS}")
+    return value
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    flags = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively rather than by emulation:
+    a CPU with bf16 instructions, a CUDA GPU with bf16 units."""
+    if device.type == "cpu":
+        return bool(_cpu_flags() & CPU_BF16_FLAGS)
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 counts only native support anyway
+            return torch.cuda.is_bf16_supported()
+    return False
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32": what `precision` means on the device. "auto" is bf16
+    where it is native; the first time a choice is made on a device type, the
+    log says which (and warns when bf16 is forced on a device that emulates it)."""
+    check_precision(precision)
+    native = native_bf16(device)
+    effective = "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
+    if (precision, device.type) not in _announced:
+        _announced.add((precision, device.type))
+        nativeness = "native" if native else "not native"
+        if precision == "bf16" and not native:
+            logger.warning("ita_ner: bf16 is %s on %s: the encoder will run slower than in "
+                           "fp32 (precision 'auto' chooses for you)", nativeness, device.type)
+        else:
+            logger.info("ita_ner: precision %r on %s (bf16 %s): the encoder runs in %s",
+                        precision, device.type, nativeness, effective)
+    return effective
+
+
+@contextmanager
+def encoder_precision(precision: str) -> Iterator[None]:
+    """Within this context, ita_ner's encoder runs in `precision`."""
+    token = _precision.set(check_precision(precision))
+    try:
+        yield
+    finally:
+        _precision.reset(token)
+
+
+def encoder_autocast(device: torch.device) -> ContextManager:
+    """The autocast for an encoder forward on the device, as the current
+    `encoder_precision` says: bf16 autocast, or a context that changes nothing."""
+    if effective_precision(_precision.get(), device) == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
