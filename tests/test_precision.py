@@ -2,6 +2,7 @@
 import logging
 
 import pytest
+import srsly
 import spacy
 import torch
 
@@ -149,3 +150,30 @@ def test_saved_pipeline_loads_and_runs_in_both_precisions(trained_tiny, tmp_path
         assert entities(loaded.pipe(fresh_docs(examples))) == expected, precision
     config.write_text(config.read_text().replace('precision = "fp32"\n', ""))
     assert spacy.load(tmp_path / "pipeline").get_pipe("ita_ner").precision == "auto"
+
+
+def test_apply_and_evaluate_take_a_precision(trained_tiny, tmp_path):
+    """`apply`'s and `evaluate`'s `--precision` override the pipeline's own
+    setting; a wrong value is an error that names the allowed ones."""
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_ita.bulk.annotate import PipelineSpec
+    from spacy_ita.cli import app
+
+    nlp, examples = trained_tiny
+    nlp.to_disk(tmp_path / "pipeline")
+    for precision in ("bf16", "fp32"):
+        spec = PipelineSpec(str(tmp_path / "pipeline"), context=None, precision=precision)
+        assert spec.load().get_pipe("ita_ner").precision == precision
+    DocBin(docs=[eg.reference for eg in examples], store_user_data=True).to_disk(
+        tmp_path / "gold.spacy")
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pipeline"), str(tmp_path / "gold.spacy"),
+                                 "--precision", "bf16", "--output", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert srsly.read_json(tmp_path / "m.json")["precision"] == "bf16"
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pipeline"), str(tmp_path / "gold.spacy"),
+                                 "--precision", "half"])
+    assert result.exit_code == 1
+    assert "Unknown ita_ner precision 'half'; expected one of" in " ".join(result.output.split())

@@ -39,6 +39,7 @@ class PipelineSpec:
     gpu_id: int = -1
     threads: Optional[int] = None  # torch threads per worker; None: leave as is
     code: Optional[str] = None  # a Python file to import first (custom components)
+    precision: Optional[str] = None  # of every ita_ner: "auto", "bf16", "fp32"; None: as saved
 
     def load(self, stage: str = "all") -> Language:
         """The pipeline for one stage: "all", "extract" (only the context
@@ -65,6 +66,10 @@ class PipelineSpec:
             nlp.add_pipe("ita_context", config=config,
                          **({"before": before[0]} if before else {"first": True}))
             contexts = context_components(nlp)
+        if self.precision is not None:
+            for name in nlp.pipe_names:
+                if nlp.get_pipe_meta(name).factory == "ita_ner":
+                    nlp.get_pipe(name).precision = self.precision
         for name in contexts:
             component = nlp.get_pipe(name)
             component.on_error = "ignore"  # errors go into the output rows

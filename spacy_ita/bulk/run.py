@@ -13,6 +13,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 from tqdm import tqdm
 
 from ..context.images import DEFAULT_MAX_BYTES
+from ..precision import check_precision
 from .annotate import PipelineSpec
 from .fetch import Fetcher
 from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, input_root, read_posts
@@ -65,6 +66,7 @@ def apply(
     add_context: bool = True,
     cache: Optional[Union[str, Path]] = None,
     gpu_id: int = -1,
+    precision: Optional[str] = None,
     code: Optional[Union[str, Path]] = None,
     workers: int = 1,
     worker_cpus: float = 1.0,
@@ -92,7 +94,8 @@ def apply(
     one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
     A row's image file must resolve inside `image_root` (default: the folder
     INPUT names) and its image URL must reach a public address unless
-    `allow_private_urls` (docs/apply.md, "Trust model").
+    `allow_private_urls` (docs/apply.md, "Trust model"). `precision` sets
+    every ita_ner's (`"auto"`, `"bf16"`, `"fp32"`; None keeps the pipeline's).
     `engine="ray"` runs the work as a Ray Data job (see `ray_engine.RaySettings`
     for `workers` and the rest)."""
     if engine not in ENGINES:
@@ -104,7 +107,8 @@ def apply(
     columns = Columns(text_column, image_column, keep)
     context = {"ocr": ocr, "tags": tags} if add_context else None
     spec = PipelineSpec(str(model), context=context, cache=None if cache is None else str(cache),
-                        gpu_id=gpu_id, code=None if code is None else str(code))
+                        gpu_id=gpu_id, code=None if code is None else str(code),
+                        precision=None if precision is None else check_precision(precision))
     fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
                       image_root=_image_root(input, image_root),
                       allow_private_urls=allow_private_urls)

@@ -83,6 +83,9 @@ def evaluate_cli(
     views: str = typer.Option("cross,text", "--views", help=f"Comma-separated, of {', '.join(VIEWS)}"),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU"),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="MODE",
+        help="The encoder's: auto (bf16 where native), bf16 or fp32 (default: the pipeline's)"),
     component: str = typer.Option("ita_ner", "--component", help="Name of the ita_ner component"),
     shuffled: bool = typer.Option(
         False, "--shuffled-contexts",
@@ -97,9 +100,16 @@ def evaluate_cli(
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     nlp = spacy.load(model)
+    ner = nlp.get_pipe(component)
+    if precision is not None:
+        try:
+            ner.precision = precision
+        except ValueError as err:
+            msg.fail(str(err), exits=1)
     examples = list(MultimodalCorpus(data)(nlp))
     results = evaluate_views(nlp, examples, view_list, batch_size, component)
-    metrics = {"model": model, "data": str(data), "views": results}
+    metrics = {"model": model, "data": str(data), "precision": ner.precision_in_effect,
+               "views": results}
     rows = [(view, r) for view, r in results.items()]
     if shuffled:
         metrics["shuffled_contexts"] = evaluate_views(
