@@ -260,7 +260,11 @@ def test_the_timeout_bounds_the_whole_download(server, path):
     ("10.1.2.3", "private"), ("192.168.0.1", "private"), ("fd00::1", "private"),
     ("169.254.169.254", "link-local"), ("fe80::1%eth0", "link-local"),
     ("224.0.0.1", "multicast"), ("240.0.0.1", "reserved"), ("0.0.0.0", "unspecified"),
-    ("100.64.0.1", "non-global"), ("93.184.216.34", None), ("2606:4700::1111", None)])
+    ("100.64.0.1", "non-global"), ("93.184.216.34", None), ("2606:4700::1111", None),
+    # IPv6 that leads to IPv4 (6to4, Teredo's client) is judged by it; fec0::/10 is site-local.
+    ("2002:7f00:1::1", "loopback"), ("2002:a9fe:a9fe::1", "link-local"),
+    ("2002:5db8:d822::1", None), ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+    ("fec0::1", "site-local")])
 def test_which_addresses_are_not_public(address, kind):
     assert non_public_kind(address) == kind
 

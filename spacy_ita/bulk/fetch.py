@@ -28,7 +28,8 @@ MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 PRINTABLE_ASCII = "".join(map(chr, range(33, 127)))  # kept as is in a request path
 # The kinds of address a row may not make a worker connect to, first match named.
-NON_PUBLIC = ("loopback", "link_local", "unspecified", "multicast", "reserved", "private")
+NON_PUBLIC = ("loopback", "link_local", "site_local", "unspecified", "multicast", "reserved",
+              "private")  # site_local: IPv6 only (fec0::/10, deprecated, still routed inside)
 
 Addresses = List[Tuple[int, Any]]  # (socket family, socket address) pairs
 
@@ -191,11 +192,16 @@ class Fetcher:
 
 def non_public_kind(address: str) -> Optional[str]:
     """What keeps an IP address from being public ("loopback", "private", ...),
-    None for a public one; an IPv4-mapped IPv6 address is judged as IPv4."""
+    None for a public one. An IPv6 address that carries IPv4 ones (IPv4-mapped,
+    6to4, Teredo) is as non-public as any of them, since it can lead there."""
     ip = ipaddress.ip_address(address.split("%")[0])  # without an IPv6 zone
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    kind = next((kind for kind in NON_PUBLIC if getattr(ip, f"is_{kind}")), None)
+    if ip.version == 6:
+        teredo = ip.teredo or ()  # (server, client)
+        for carried in (ip.ipv4_mapped, ip.sixtofour, *teredo):
+            kind = carried and non_public_kind(str(carried))
+            if kind:
+                return kind
+    kind = next((kind for kind in NON_PUBLIC if getattr(ip, f"is_{kind}", False)), None)
     if kind is None and not ip.is_global:  # e.g. 100.64.0.0/10, shared by carriers
         kind = "non-global"
     return kind and kind.replace("_", "-")
