@@ -6,6 +6,7 @@ bounded in time as a whole.
 The pipeline is only an `ita_context` with the cheap colour extractor of
 tests/apply_code.py: an image that was read shows as its colour tag.
 """
+import os
 import re
 import socket
 import threading
@@ -25,6 +26,7 @@ from spacy_ita.bulk import apply
 from spacy_ita.bulk import fetch
 from spacy_ita.bulk.fetch import Fetcher, non_public_kind
 from spacy_ita.bulk.inputs import Post
+from spacy_ita.context.images import read_image_source
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,15 @@ def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, s
     assert (second.n_written, second.n_redone, second.n_skipped) == (1, 1, 1)
     assert len(rows) == 2
     assert by_id(rows)["down"]["image_error"] is None and tags(by_id(rows)["down"]) == ["red"]
+
+
+def test_a_symlink_is_not_followed_again_after_the_check(folders):
+    """The checked real path is what the pipeline reads: a link swapped to
+    point out of the root between check and read still reads the checked file."""
+    posts, outside = folders
+    post = Post("f", 0, "f, line 1", text="x", image=str(posts / "link-in.png"))
+    Fetcher(image_root=str(posts)).fetch_posts([post])
+    (posts / "link-in.png").unlink()
+    (posts / "link-in.png").symlink_to(outside / "blue.png")
+    assert post.image == os.path.realpath(posts / "red.png") and post.image_error is None
+    assert read_image_source(post.image).data == (posts / "red.png").read_bytes()

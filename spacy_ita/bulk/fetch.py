@@ -59,7 +59,7 @@ class Fetcher:
                 urls.append(post)
             elif post.image is not None:
                 try:
-                    self.check_local(post.image)
+                    post.image = self.check_local(post.image)
                 except ImageError as err:
                     post.image, post.image_error = None, f"{post.where}: {err}"
         if not urls:
@@ -73,12 +73,14 @@ class Fetcher:
             else:
                 post.image = result
 
-    def check_local(self, image: Any) -> None:
-        """Refuse image bytes over `max_bytes`, and a path (symlinks followed)
+    def check_local(self, image: Any) -> Any:
+        """What to read: image bytes as they are, a path as the real path it was
+        checked as (so that no symlink is followed again between the check and
+        the read). Refuses bytes over `max_bytes`, and a path (symlinks followed)
         outside the image root or to a file over `max_bytes`."""
         if isinstance(image, (bytes, bytearray)):
             _check_size(len(image), self.max_bytes, "image bytes")
-            return
+            return image
         path = os.fspath(image)
         real = os.path.realpath(path)
         if not _is_inside(real, self.image_root):
@@ -89,8 +91,9 @@ class Fetcher:
         try:
             size = os.stat(real).st_size
         except OSError:
-            return  # missing or unreadable: the pipeline's reader says which
+            return real  # missing or unreadable: the pipeline's reader says which
         _check_size(size, self.max_bytes, f"image file {path!r}")
+        return real
 
     def _fetch_or_error(self, url: str):
         try:
