@@ -311,6 +311,36 @@ def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, s
     assert by_id(rows)["down"]["image_error"] is None and tags(by_id(rows)["down"]) == ["red"]
 
 
+def test_an_invalid_host_name_or_path_costs_only_its_row(pipeline, folders, tmp_path):
+    """Host names IDNA cannot encode (a label over 63 characters, an empty
+    one) and a path with a NUL byte are image errors of their rows; the run
+    goes on and tags every post."""
+    posts, _ = folders
+    images = {"long-label": "http://" + "a" * 64 + ".example.com/x.png",
+              "empty-label": "http://a..b/x.png", "nul": "red\x00.png", "fine": "red.png"}
+    write_jsonl(posts / "in.jsonl", [{"id": name, "text": "Kobe scores", "image": image}
+                                     for name, image in images.items()])
+    summary = apply(pipeline, posts / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert (summary.n_written, summary.n_image_errors, summary.n_retryable) == (4, 3, 0)
+    assert tags(rows["fine"]) == ["red"]
+    for name in ("long-label", "empty-label"):
+        assert "is not valid: host name" in rows[name]["image_error"]
+    assert "could not be checked: ValueError: embedded null byte" in rows["nul"]["image_error"]
+
+
+def test_an_unexpected_error_while_fetching_costs_only_its_row(monkeypatch):
+    def broken(url, what):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fetch, "_split", broken)
+    post = Post("f", 0, "f, line 1", text="x", image="http://example.com/x.png")
+    Fetcher(retries=0).fetch_posts([post])
+    assert post.image is None and not post.retryable
+    assert post.image_error == ("f, line 1: image URL 'http://example.com/x.png' could not be "
+                                "fetched: RuntimeError: boom")
+
+
 def test_a_symlink_is_not_followed_again_after_the_check(folders):
     """The checked real path is what the pipeline reads: a link swapped to
     point out of the root between check and read still reads the checked file."""

@@ -60,8 +60,9 @@ class Fetcher:
             elif post.image is not None:
                 try:
                     post.image = self.check_local(post.image)
-                except ImageError as err:
-                    post.image, post.image_error = None, f"{post.where}: {err}"
+                except Exception as err:  # an odd path costs its row only
+                    error = _as_image_error(err, f"image path {post.image!r}", "checked")
+                    post.image, post.image_error = None, f"{post.where}: {error}"
         if not urls:
             return
         with ThreadPoolExecutor(min(self.threads, len(urls))) as pool:
@@ -96,10 +97,12 @@ class Fetcher:
         return real
 
     def _fetch_or_error(self, url: str):
+        """The bytes at `url`, or the ImageError that says why not: whatever
+        goes wrong with one URL costs its row only, never the run."""
         try:
             return self.fetch(url)
-        except ImageError as err:
-            return err
+        except Exception as err:
+            return _as_image_error(err, f"image URL {url!r}", "fetched")
 
     def fetch(self, url: str) -> bytes:
         """The bytes at `url`; ImageError when it is refused, too big or unreachable."""
@@ -182,7 +185,7 @@ class Fetcher:
         """The addresses of `host`; ImageError when any is not public, unless
         private URLs are allowed."""
         addresses = [(family, sockaddr) for family, _, _, _, sockaddr
-                     in _resolve(host, port, deadline, self.timeout)]
+                     in _resolve(host, port, what, deadline, self.timeout)]
         if not self.allow_private_urls:
             for _, sockaddr in addresses:
                 kind, address = non_public_kind(sockaddr[0]), sockaddr[0]
@@ -221,6 +224,13 @@ def _is_inside(real_path: str, root: Optional[str]) -> bool:
         return False
 
 
+def _as_image_error(err: Exception, what: str, verb: str) -> ImageError:
+    """`err` as an ImageError naming `what`: an unexpected error is kept with its type."""
+    if isinstance(err, ImageError):
+        return err
+    return ImageError(f"{what} could not be {verb}: {type(err).__name__}: {err}")
+
+
 def _check_size(size: int, limit: int, what: str) -> None:
     if size > limit:
         raise ImageError(f"{what} is {size:,} bytes, over the limit of {limit:,} bytes "
@@ -250,14 +260,15 @@ def _remaining(deadline: float, timeout: float) -> float:
     return left
 
 
-def _resolve(host: str, port: int, deadline: float, timeout: float) -> list:
-    """getaddrinfo, given up at the deadline (it has no timeout of its own)."""
+def _resolve(host: str, port: int, what: str, deadline: float, timeout: float) -> list:
+    """getaddrinfo, given up at the deadline (it has no timeout of its own).
+    A name that cannot be a host name is a final ImageError."""
     found = {}
 
     def look_up():
         try:
             found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as err:
+        except Exception as err:  # raised again below, in the fetching thread
             found["error"] = err
 
     thread = threading.Thread(target=look_up, daemon=True)
@@ -265,8 +276,13 @@ def _resolve(host: str, port: int, deadline: float, timeout: float) -> list:
     thread.join(_remaining(deadline, timeout))
     if thread.is_alive():
         raise _Transient(f"took longer than {timeout:g} s (resolving {host})")
-    if "error" in found:
-        raise _Transient(f"cannot resolve {host}: {found['error']}")
+    error = found.get("error")
+    if isinstance(error, UnicodeError):  # IDNA: an empty label or one over 63 characters
+        raise ImageError(f"{what} is not valid: host name {host!r}: {error}")
+    if isinstance(error, OSError):
+        raise _Transient(f"cannot resolve {host}: {error}")
+    if error is not None:
+        raise error
     return found["addresses"]
 
 
