@@ -341,6 +341,16 @@ def test_an_unexpected_error_while_fetching_costs_only_its_row(monkeypatch):
                                 "fetched: RuntimeError: boom")
 
 
+def test_the_timeout_bounds_all_tries_together(server):
+    """A timeout spends the whole --fetch-timeout: no more tries, however many
+    are allowed, and the row stays retryable for the next run."""
+    post = Post("f", 0, "f, line 1", text="x", image=f"http://127.0.0.1:{server}/drip-body")
+    start = time.monotonic()
+    Fetcher(timeout=0.5, retries=5, allow_private_urls=True).fetch_posts([post])
+    assert 0.45 < time.monotonic() - start < 1.2
+    assert "after 1 try: took longer than 0.5 s" in post.image_error and post.retryable
+
+
 def test_a_symlink_is_not_followed_again_after_the_check(folders):
     """The checked real path is what the pipeline reads: a link swapped to
     point out of the root between check and read still reads the checked file."""

@@ -40,8 +40,8 @@ class Fetcher:
     the image root and the byte cap, URLs downloaded several at a time."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
-    timeout: float = 20.0  # seconds for the whole download of one image
-    retries: int = 2  # more tries after a timeout, a lost connection or an HTTP 5xx
+    timeout: float = 20.0  # seconds for the whole download of one image, all tries included
+    retries: int = 2  # more tries, while time is left, after a lost connection or HTTP 5xx
     threads: int = 8
     image_root: Optional[str] = None  # local images must resolve inside it; None: no local file
     allow_private_urls: bool = False  # also fetch from loopback, private, ... addresses
@@ -105,21 +105,25 @@ class Fetcher:
             return _as_image_error(err, f"image URL {url!r}", "fetched")
 
     def fetch(self, url: str) -> bytes:
-        """The bytes at `url`; ImageError when it is refused, too big or unreachable."""
+        """The bytes at `url`; ImageError when it is refused, too big or
+        unreachable. A failure that may pass is tried again while time is left:
+        `timeout` bounds all the tries together, not each."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                return self._download(url)
+                return self._download(url, deadline)
             except _Transient as err:
-                if attempt == self.retries:
-                    raise ImageUnreachable(f"image URL {url!r} could not be fetched after "
-                                     f"{attempt + 1} tries: {err}") from None
-                time.sleep(0.2 * 2 ** attempt)
+                pause = 0.2 * 2 ** attempt
+                if attempt == self.retries or time.monotonic() + pause >= deadline:
+                    tries = "1 try" if attempt == 0 else f"{attempt + 1} tries"
+                    raise ImageUnreachable(f"image URL {url!r} could not be fetched "
+                                           f"after {tries}: {err}") from None
+                time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def _download(self, url: str) -> bytes:
+    def _download(self, url: str, deadline: float) -> bytes:
         """One try: follow up to MAX_REDIRECTS redirects, each target checked
-        afresh, all within one deadline of `timeout` seconds."""
-        deadline = time.monotonic() + self.timeout
+        afresh, all before `deadline`."""
         target = url
         for _ in range(MAX_REDIRECTS + 1):
             what = f"image URL {url!r}" + (f" (redirected to {target!r})" if target != url else "")
