@@ -286,7 +286,6 @@ def test_settings_reach_worker_processes(pipeline, folders, server, tmp_path):
     assert "--allow-private-urls" in rows["url"]["image_error"]
 
 
-
 def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, server, tmp_path,
                                                             monkeypatch):
     """HTTP 503 after every try is a failure that may pass: the row is marked
@@ -349,6 +348,41 @@ def test_the_timeout_bounds_all_tries_together(server):
     Fetcher(timeout=0.5, retries=5, allow_private_urls=True).fetch_posts([post])
     assert 0.45 < time.monotonic() - start < 1.2
     assert "after 1 try: took longer than 0.5 s" in post.image_error and post.retryable
+
+
+@pytest.mark.parametrize("errno, retryable, message", [
+    (socket.EAI_NONAME, False, "host gone.test does not exist (no such name)"),
+    (socket.EAI_AGAIN, True, "after 3 tries: cannot resolve gone.test")])
+def test_a_name_that_does_not_exist_is_final(monkeypatch, errno, retryable, message):
+    """NXDOMAIN is final (tried once); a DNS failure that may pass is tried
+    again and leaves the row retryable."""
+    lookups = []
+
+    def failing_getaddrinfo(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(errno, "no such name")
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", failing_getaddrinfo)
+    post = Post("f", 0, "f, line 1", text="x", image="http://gone.test/x.png")
+    Fetcher(timeout=5).fetch_posts([post])
+    assert post.image is None and post.retryable is retryable
+    assert message in post.image_error
+    assert len(lookups) == (3 if retryable else 1)
+
+
+def test_a_refused_connection_is_final_after_its_tries():
+    """Nothing listening: tried again within the run, then a final error, as a
+    dead host in scraped data seldom comes back."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/x.png"
+        post = Post("f", 0, "f, line 1", text="x", image=url)
+        Fetcher(timeout=5, allow_private_urls=True).fetch_posts([post])
+    finally:
+        closed.close()
+    assert post.image is None and not post.retryable
+    assert "after 3 tries: ConnectionRefusedError" in post.image_error
 
 
 def test_a_symlink_is_not_followed_again_after_the_check(folders):

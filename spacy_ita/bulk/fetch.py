@@ -31,6 +31,9 @@ PRINTABLE_ASCII = "".join(map(chr, range(33, 127)))  # kept as is in a request p
 NON_PUBLIC = ("loopback", "link_local", "site_local", "unspecified", "multicast", "reserved",
               "private")  # site_local: IPv6 only (fec0::/10, deprecated, still routed inside)
 
+# getaddrinfo's answers for a name that does not exist or has no address (NXDOMAIN).
+NAME_UNKNOWN = tuple(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA")
+                     if hasattr(socket, name))
 Addresses = List[Tuple[int, Any]]  # (socket family, socket address) pairs
 
 
@@ -115,9 +118,10 @@ class Fetcher:
             except _Transient as err:
                 pause = 0.2 * 2 ** attempt
                 if attempt == self.retries or time.monotonic() + pause >= deadline:
+                    failure = ImageError if err.final else ImageUnreachable
                     tries = "1 try" if attempt == 0 else f"{attempt + 1} tries"
-                    raise ImageUnreachable(f"image URL {url!r} could not be fetched "
-                                           f"after {tries}: {err}") from None
+                    raise failure(f"image URL {url!r} could not be fetched after {tries}: "
+                                  f"{err}") from None
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
@@ -165,7 +169,9 @@ class Fetcher:
         except (OSError, http.client.HTTPException) as err:  # timeouts, resets, refusals
             if watchdog.fired or isinstance(err, TimeoutError):
                 raise _Transient(f"took longer than {self.timeout:g} s") from None
-            raise _Transient(f"{type(err).__name__}: {err}") from None
+            # Nothing listening: tried again now, but a dead host seldom comes back.
+            raise _Transient(f"{type(err).__name__}: {err}",
+                             final=isinstance(err, ConnectionRefusedError)) from None
         finally:
             watchdog.stop()
             connection.close()
@@ -266,7 +272,8 @@ def _remaining(deadline: float, timeout: float) -> float:
 
 def _resolve(host: str, port: int, what: str, deadline: float, timeout: float) -> list:
     """getaddrinfo, given up at the deadline (it has no timeout of its own).
-    A name that cannot be a host name is a final ImageError."""
+    A name that cannot exist or does not is a final ImageError; a failure of
+    the lookup itself (a DNS server not answering) may pass."""
     found = {}
 
     def look_up():
@@ -283,6 +290,8 @@ def _resolve(host: str, port: int, what: str, deadline: float, timeout: float) -
     error = found.get("error")
     if isinstance(error, UnicodeError):  # IDNA: an empty label or one over 63 characters
         raise ImageError(f"{what} is not valid: host name {host!r}: {error}")
+    if isinstance(error, socket.gaierror) and error.errno in NAME_UNKNOWN:
+        raise ImageError(f"{what}: host {host} does not exist ({error.strerror})")
     if isinstance(error, OSError):
         raise _Transient(f"cannot resolve {host}: {error}")
     if error is not None:
@@ -346,4 +355,9 @@ class ImageUnreachable(ImageError):
 
 
 class _Transient(Exception):
-    """A failure worth another try."""
+    """A failure worth another try; `final` when it is not worth another run
+    once the tries are spent (nothing listening at the address)."""
+
+    def __init__(self, message: str, final: bool = False):
+        super().__init__(message)
+        self.final = final
