@@ -6,6 +6,7 @@ bounded in time as a whole.
 The pipeline is only an `ita_context` with the cheap colour extractor of
 tests/apply_code.py: an image that was read shows as its colour tag.
 """
+import os
 import re
 import socket
 import threading
@@ -25,6 +26,7 @@ from spacy_ita.bulk import apply
 from spacy_ita.bulk import fetch
 from spacy_ita.bulk.fetch import Fetcher, non_public_kind
 from spacy_ita.bulk.inputs import Post
+from spacy_ita.context.images import read_image_source
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +262,11 @@ def test_the_timeout_bounds_the_whole_download(server, path):
     ("10.1.2.3", "private"), ("192.168.0.1", "private"), ("fd00::1", "private"),
     ("169.254.169.254", "link-local"), ("fe80::1%eth0", "link-local"),
     ("224.0.0.1", "multicast"), ("240.0.0.1", "reserved"), ("0.0.0.0", "unspecified"),
-    ("100.64.0.1", "non-global"), ("93.184.216.34", None), ("2606:4700::1111", None)])
+    ("100.64.0.1", "non-global"), ("93.184.216.34", None), ("2606:4700::1111", None),
+    # IPv6 that leads to IPv4 (6to4, Teredo's client) is judged by it; fec0::/10 is site-local.
+    ("2002:7f00:1::1", "loopback"), ("2002:a9fe:a9fe::1", "link-local"),
+    ("2002:5db8:d822::1", None), ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+    ("fec0::1", "site-local")])
 def test_which_addresses_are_not_public(address, kind):
     assert non_public_kind(address) == kind
 
@@ -278,7 +284,6 @@ def test_settings_reach_worker_processes(pipeline, folders, server, tmp_path):
     assert tags(rows["in"]) == ["red"]
     assert "--image-root" in rows["out"]["image_error"]
     assert "--allow-private-urls" in rows["url"]["image_error"]
-
 
 
 def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, server, tmp_path,
@@ -303,3 +308,90 @@ def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, s
     assert (second.n_written, second.n_redone, second.n_skipped) == (1, 1, 1)
     assert len(rows) == 2
     assert by_id(rows)["down"]["image_error"] is None and tags(by_id(rows)["down"]) == ["red"]
+
+
+def test_an_invalid_host_name_or_path_costs_only_its_row(pipeline, folders, tmp_path):
+    """Host names IDNA cannot encode (a label over 63 characters, an empty
+    one) and a path with a NUL byte are image errors of their rows; the run
+    goes on and tags every post."""
+    posts, _ = folders
+    images = {"long-label": "http://" + "a" * 64 + ".example.com/x.png",
+              "empty-label": "http://a..b/x.png", "nul": "red\x00.png", "fine": "red.png"}
+    write_jsonl(posts / "in.jsonl", [{"id": name, "text": "Kobe scores", "image": image}
+                                     for name, image in images.items()])
+    summary = apply(pipeline, posts / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert (summary.n_written, summary.n_image_errors, summary.n_retryable) == (4, 3, 0)
+    assert tags(rows["fine"]) == ["red"]
+    for name in ("long-label", "empty-label"):
+        assert "is not valid: host name" in rows[name]["image_error"]
+    assert "could not be checked: ValueError: embedded null byte" in rows["nul"]["image_error"]
+
+
+def test_an_unexpected_error_while_fetching_costs_only_its_row(monkeypatch):
+    def broken(url, what):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fetch, "_split", broken)
+    post = Post("f", 0, "f, line 1", text="x", image="http://example.com/x.png")
+    Fetcher(retries=0).fetch_posts([post])
+    assert post.image is None and not post.retryable
+    assert post.image_error == ("f, line 1: image URL 'http://example.com/x.png' could not be "
+                                "fetched: RuntimeError: boom")
+
+
+def test_the_timeout_bounds_all_tries_together(server):
+    """A timeout spends the whole --fetch-timeout: no more tries, however many
+    are allowed, and the row stays retryable for the next run."""
+    post = Post("f", 0, "f, line 1", text="x", image=f"http://127.0.0.1:{server}/drip-body")
+    start = time.monotonic()
+    Fetcher(timeout=0.5, retries=5, allow_private_urls=True).fetch_posts([post])
+    assert 0.45 < time.monotonic() - start < 1.2
+    assert "after 1 try: took longer than 0.5 s" in post.image_error and post.retryable
+
+
+@pytest.mark.parametrize("errno, retryable, message", [
+    (socket.EAI_NONAME, False, "host gone.test does not exist (no such name)"),
+    (socket.EAI_AGAIN, True, "after 3 tries: cannot resolve gone.test")])
+def test_a_name_that_does_not_exist_is_final(monkeypatch, errno, retryable, message):
+    """NXDOMAIN is final (tried once); a DNS failure that may pass is tried
+    again and leaves the row retryable."""
+    lookups = []
+
+    def failing_getaddrinfo(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(errno, "no such name")
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", failing_getaddrinfo)
+    post = Post("f", 0, "f, line 1", text="x", image="http://gone.test/x.png")
+    Fetcher(timeout=5).fetch_posts([post])
+    assert post.image is None and post.retryable is retryable
+    assert message in post.image_error
+    assert len(lookups) == (3 if retryable else 1)
+
+
+def test_a_refused_connection_is_final_after_its_tries():
+    """Nothing listening: tried again within the run, then a final error, as a
+    dead host in scraped data seldom comes back."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/x.png"
+        post = Post("f", 0, "f, line 1", text="x", image=url)
+        Fetcher(timeout=5, allow_private_urls=True).fetch_posts([post])
+    finally:
+        closed.close()
+    assert post.image is None and not post.retryable
+    assert "after 3 tries: ConnectionRefusedError" in post.image_error
+
+
+def test_a_symlink_is_not_followed_again_after_the_check(folders):
+    """The checked real path is what the pipeline reads: a link swapped to
+    point out of the root between check and read still reads the checked file."""
+    posts, outside = folders
+    post = Post("f", 0, "f, line 1", text="x", image=str(posts / "link-in.png"))
+    Fetcher(image_root=str(posts)).fetch_posts([post])
+    (posts / "link-in.png").unlink()
+    (posts / "link-in.png").symlink_to(outside / "blue.png")
+    assert post.image == os.path.realpath(posts / "red.png") and post.image_error is None
+    assert read_image_source(post.image).data == (posts / "red.png").read_bytes()

@@ -28,8 +28,12 @@ MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 PRINTABLE_ASCII = "".join(map(chr, range(33, 127)))  # kept as is in a request path
 # The kinds of address a row may not make a worker connect to, first match named.
-NON_PUBLIC = ("loopback", "link_local", "unspecified", "multicast", "reserved", "private")
+NON_PUBLIC = ("loopback", "link_local", "site_local", "unspecified", "multicast", "reserved",
+              "private")  # site_local: IPv6 only (fec0::/10, deprecated, still routed inside)
 
+# getaddrinfo's answers for a name that does not exist or has no address (NXDOMAIN).
+NAME_UNKNOWN = tuple(getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA")
+                     if hasattr(socket, name))
 Addresses = List[Tuple[int, Any]]  # (socket family, socket address) pairs
 
 
@@ -39,8 +43,8 @@ class Fetcher:
     the image root and the byte cap, URLs downloaded several at a time."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
-    timeout: float = 20.0  # seconds for the whole download of one image
-    retries: int = 2  # more tries after a timeout, a lost connection or an HTTP 5xx
+    timeout: float = 20.0  # seconds for the whole download of one image, all tries included
+    retries: int = 2  # more tries, while time is left, after a lost connection or HTTP 5xx
     threads: int = 8
     image_root: Optional[str] = None  # local images must resolve inside it; None: no local file
     allow_private_urls: bool = False  # also fetch from loopback, private, ... addresses
@@ -58,9 +62,10 @@ class Fetcher:
                 urls.append(post)
             elif post.image is not None:
                 try:
-                    self.check_local(post.image)
-                except ImageError as err:
-                    post.image, post.image_error = None, f"{post.where}: {err}"
+                    post.image = self.check_local(post.image)
+                except Exception as err:  # an odd path costs its row only
+                    error = _as_image_error(err, f"image path {post.image!r}", "checked")
+                    post.image, post.image_error = None, f"{post.where}: {error}"
         if not urls:
             return
         with ThreadPoolExecutor(min(self.threads, len(urls))) as pool:
@@ -72,12 +77,14 @@ class Fetcher:
             else:
                 post.image = result
 
-    def check_local(self, image: Any) -> None:
-        """Refuse image bytes over `max_bytes`, and a path (symlinks followed)
+    def check_local(self, image: Any) -> Any:
+        """What to read: image bytes as they are, a path as the real path it was
+        checked as (so that no symlink is followed again between the check and
+        the read). Refuses bytes over `max_bytes`, and a path (symlinks followed)
         outside the image root or to a file over `max_bytes`."""
         if isinstance(image, (bytes, bytearray)):
             _check_size(len(image), self.max_bytes, "image bytes")
-            return
+            return image
         path = os.fspath(image)
         real = os.path.realpath(path)
         if not _is_inside(real, self.image_root):
@@ -88,31 +95,39 @@ class Fetcher:
         try:
             size = os.stat(real).st_size
         except OSError:
-            return  # missing or unreadable: the pipeline's reader says which
+            return real  # missing or unreadable: the pipeline's reader says which
         _check_size(size, self.max_bytes, f"image file {path!r}")
+        return real
 
     def _fetch_or_error(self, url: str):
+        """The bytes at `url`, or the ImageError that says why not: whatever
+        goes wrong with one URL costs its row only, never the run."""
         try:
             return self.fetch(url)
-        except ImageError as err:
-            return err
+        except Exception as err:
+            return _as_image_error(err, f"image URL {url!r}", "fetched")
 
     def fetch(self, url: str) -> bytes:
-        """The bytes at `url`; ImageError when it is refused, too big or unreachable."""
+        """The bytes at `url`; ImageError when it is refused, too big or
+        unreachable. A failure that may pass is tried again while time is left:
+        `timeout` bounds all the tries together, not each."""
+        deadline = time.monotonic() + self.timeout
         for attempt in range(self.retries + 1):
             try:
-                return self._download(url)
+                return self._download(url, deadline)
             except _Transient as err:
-                if attempt == self.retries:
-                    raise ImageUnreachable(f"image URL {url!r} could not be fetched after "
-                                     f"{attempt + 1} tries: {err}") from None
-                time.sleep(0.2 * 2 ** attempt)
+                pause = 0.2 * 2 ** attempt
+                if attempt == self.retries or time.monotonic() + pause >= deadline:
+                    failure = ImageError if err.final else ImageUnreachable
+                    tries = "1 try" if attempt == 0 else f"{attempt + 1} tries"
+                    raise failure(f"image URL {url!r} could not be fetched after {tries}: "
+                                  f"{err}") from None
+                time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def _download(self, url: str) -> bytes:
+    def _download(self, url: str, deadline: float) -> bytes:
         """One try: follow up to MAX_REDIRECTS redirects, each target checked
-        afresh, all within one deadline of `timeout` seconds."""
-        deadline = time.monotonic() + self.timeout
+        afresh, all before `deadline`."""
         target = url
         for _ in range(MAX_REDIRECTS + 1):
             what = f"image URL {url!r}" + (f" (redirected to {target!r})" if target != url else "")
@@ -154,7 +169,9 @@ class Fetcher:
         except (OSError, http.client.HTTPException) as err:  # timeouts, resets, refusals
             if watchdog.fired or isinstance(err, TimeoutError):
                 raise _Transient(f"took longer than {self.timeout:g} s") from None
-            raise _Transient(f"{type(err).__name__}: {err}") from None
+            # Nothing listening: tried again now, but a dead host seldom comes back.
+            raise _Transient(f"{type(err).__name__}: {err}",
+                             final=isinstance(err, ConnectionRefusedError)) from None
         finally:
             watchdog.stop()
             connection.close()
@@ -178,7 +195,7 @@ class Fetcher:
         """The addresses of `host`; ImageError when any is not public, unless
         private URLs are allowed."""
         addresses = [(family, sockaddr) for family, _, _, _, sockaddr
-                     in _resolve(host, port, deadline, self.timeout)]
+                     in _resolve(host, port, what, deadline, self.timeout)]
         if not self.allow_private_urls:
             for _, sockaddr in addresses:
                 kind, address = non_public_kind(sockaddr[0]), sockaddr[0]
@@ -191,11 +208,16 @@ class Fetcher:
 
 def non_public_kind(address: str) -> Optional[str]:
     """What keeps an IP address from being public ("loopback", "private", ...),
-    None for a public one; an IPv4-mapped IPv6 address is judged as IPv4."""
+    None for a public one. An IPv6 address that carries IPv4 ones (IPv4-mapped,
+    6to4, Teredo) is as non-public as any of them, since it can lead there."""
     ip = ipaddress.ip_address(address.split("%")[0])  # without an IPv6 zone
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    kind = next((kind for kind in NON_PUBLIC if getattr(ip, f"is_{kind}")), None)
+    if ip.version == 6:
+        teredo = ip.teredo or ()  # (server, client)
+        for carried in (ip.ipv4_mapped, ip.sixtofour, *teredo):
+            kind = carried and non_public_kind(str(carried))
+            if kind:
+                return kind
+    kind = next((kind for kind in NON_PUBLIC if getattr(ip, f"is_{kind}", False)), None)
     if kind is None and not ip.is_global:  # e.g. 100.64.0.0/10, shared by carriers
         kind = "non-global"
     return kind and kind.replace("_", "-")
@@ -210,6 +232,13 @@ def _is_inside(real_path: str, root: Optional[str]) -> bool:
         return root is not None and os.path.commonpath([real_path, root]) == root
     except ValueError:  # another drive
         return False
+
+
+def _as_image_error(err: Exception, what: str, verb: str) -> ImageError:
+    """`err` as an ImageError naming `what`: an unexpected error is kept with its type."""
+    if isinstance(err, ImageError):
+        return err
+    return ImageError(f"{what} could not be {verb}: {type(err).__name__}: {err}")
 
 
 def _check_size(size: int, limit: int, what: str) -> None:
@@ -241,14 +270,16 @@ def _remaining(deadline: float, timeout: float) -> float:
     return left
 
 
-def _resolve(host: str, port: int, deadline: float, timeout: float) -> list:
-    """getaddrinfo, given up at the deadline (it has no timeout of its own)."""
+def _resolve(host: str, port: int, what: str, deadline: float, timeout: float) -> list:
+    """getaddrinfo, given up at the deadline (it has no timeout of its own).
+    A name that cannot exist or does not is a final ImageError; a failure of
+    the lookup itself (a DNS server not answering) may pass."""
     found = {}
 
     def look_up():
         try:
             found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as err:
+        except Exception as err:  # raised again below, in the fetching thread
             found["error"] = err
 
     thread = threading.Thread(target=look_up, daemon=True)
@@ -256,8 +287,15 @@ def _resolve(host: str, port: int, deadline: float, timeout: float) -> list:
     thread.join(_remaining(deadline, timeout))
     if thread.is_alive():
         raise _Transient(f"took longer than {timeout:g} s (resolving {host})")
-    if "error" in found:
-        raise _Transient(f"cannot resolve {host}: {found['error']}")
+    error = found.get("error")
+    if isinstance(error, UnicodeError):  # IDNA: an empty label or one over 63 characters
+        raise ImageError(f"{what} is not valid: host name {host!r}: {error}")
+    if isinstance(error, socket.gaierror) and error.errno in NAME_UNKNOWN:
+        raise ImageError(f"{what}: host {host} does not exist ({error.strerror})")
+    if isinstance(error, OSError):
+        raise _Transient(f"cannot resolve {host}: {error}")
+    if error is not None:
+        raise error
     return found["addresses"]
 
 
@@ -317,4 +355,9 @@ class ImageUnreachable(ImageError):
 
 
 class _Transient(Exception):
-    """A failure worth another try."""
+    """A failure worth another try; `final` when it is not worth another run
+    once the tries are spent (nothing listening at the address)."""
+
+    def __init__(self, message: str, final: bool = False):
+        super().__init__(message)
+        self.final = final
