@@ -47,6 +47,7 @@ class Reply:
     headers: Dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
     drip: float = 0.0  # seconds between the bytes of the body: a slow drip
+    header_drip: float = 0.0  # seconds between the bytes of a 40-byte header
     content_length: bool = True  # without: the body ends when the connection closes
 
 
@@ -90,6 +91,9 @@ class FakeLLM:
                         self.send_header("Content-Length", str(len(data)))
                     for name, value in headers.items():
                         self.send_header(name, value)
+                    if reply.header_drip:
+                        self.flush_headers()
+                        self.write_body(b"X-Pad: %s\r\n" % (b"a" * 32), reply.header_drip)
                     self.end_headers()
                     self.write_body(data, reply.drip)
                 except OSError:  # the client gave up (a timeout or size test)
@@ -357,13 +361,17 @@ def test_a_slow_server_times_out_and_the_post_fails_alone():
     assert elapsed < 4
 
 
-def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
-    """A byte every 50 ms keeps every read under the timeout: only a deadline
-    for the whole answer stops it (the body would take about 5 s)."""
+@pytest.mark.parametrize("drip", [
+    Reply(entities(("a" * 40, "PER")), drip=0.05),
+    Reply(entities(("a" * 40, "PER")), drip=0.9),
+    Reply(entities(("a" * 40, "PER")), header_drip=0.2),
+], ids=["body_bytes", "slow_body_bytes", "header_bytes"])
+def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call(drip):
+    """A byte every 50 ms, or 0.9 s, of the body, or every 0.2 s of the
+    headers, keeps every read under the timeout: only a deadline for the whole
+    answer, headers included, stops it (the whole answer would take 8 s or more)."""
     def reply(request):
-        if post_text(request) == "drip":
-            return Reply(entities(("a" * 40, "PER")), drip=0.05)
-        return first_word_is_a_person(request)
+        return drip if post_text(request) == "drip" else first_word_is_a_person(request)
 
     with FakeLLM(reply) as server:
         nlp = llm_nlp(server, timeout=1.0, max_retries=0)
@@ -375,7 +383,7 @@ def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
     assert drip._.context_retryable is True
     assert fast._.visual_context.knowledge == ["fast (PER)"]
     assert not fast._.context_retryable
-    assert 0.9 < elapsed < 2.0
+    assert 0.9 < elapsed < 1.6
 
 
 @pytest.mark.parametrize("content_length", [True, False], ids=["declared", "undeclared"])
