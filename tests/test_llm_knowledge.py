@@ -12,7 +12,10 @@ import pickle
 import socket
 import threading
 import time
+import tracemalloc
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List, Optional
@@ -27,7 +30,7 @@ import spacy_ita  # noqa: F401  (Doc extensions)
 from spacy_ita.cli import app
 from spacy_ita.context import component as _component  # noqa: F401  (the ita_context factory)
 from spacy_ita.context import make_doc, pipe_posts
-from spacy_ita.context.llm import AnswerError, parse_answer
+from spacy_ita.context.llm import AnswerError, AnswerRefused, bounded_http_client, parse_answer
 from spacy_ita.context.registry import Extractor, extractors
 from spacy_ita.knowledge import Mention, parse_mentions
 
@@ -397,6 +400,56 @@ def test_a_huge_answer_is_refused_without_reading_it_all(content_length):
     assert docs[0]._.knowledge_error.endswith(
         "answer refused: over max_answer_bytes (1,048,576 bytes)")
     assert docs[0]._.context_retryable is False
+
+
+@contextmanager
+def serve_once(answer: bytes):
+    """The URL of a server on 127.0.0.1 that answers one request with `answer`
+    (raw bytes: status line, headers and body) and holds the connection open."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(1 << 16)
+            try:
+                connection.sendall(answer)
+            except OSError:  # the client gave up
+                pass
+            done.wait(HANG_SECONDS)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1/chat/completions"
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_compressed_answer_is_refused_before_it_is_decoded():
+    """The byte cap counts the bytes received: a server that gzips its answer
+    although asked not to sends 64 KB that decode to 64 MiB. Such an answer is
+    refused unread: nothing near that size is ever in memory."""
+    gzip = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = b"".join(gzip.compress(b" " * (1 << 20)) for _ in range(64)) + gzip.flush()
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with serve_once(head + body) as url:
+        client = bounded_http_client(5.0, 1 << 20)
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            with pytest.raises(AnswerRefused, match=r"compressed \(Content-Encoding: gzip\)"):
+                client.post(url, content=b"{}")
+            elapsed = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes in memory at the peak"
+    assert elapsed < 2
 
 
 def test_failures_that_may_pass_are_marked_retryable_and_the_others_not():
