@@ -258,10 +258,10 @@ def _refuse_compressed(content_encoding: str) -> None:
 
 
 def bounded_http_client(seconds: float, max_bytes: int) -> Any:
-    """An HTTP client for the openai client whose every request must have its
-    whole answer (response headers and body) within `seconds` of being sent,
-    not `seconds` per read: a SocketWatchdog shuts the connection down at the
-    deadline, however slowly the server drips. Answers to POST (chat
+    """An HTTP client for the openai client whose every request must be done,
+    from connecting to the last byte of the answer, within `seconds`, not
+    `seconds` per read: a SocketWatchdog shuts the connection down at the
+    deadline, however slowly the server drips headers or body. Answers to POST (chat
     completions) are refused past `max_bytes` (Content-Length first, then while
     reading), so a huge answer is never read whole; a compressed one is not
     read at all, since it could decode to any size. Each request makes its own
