@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import srsly
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, SpecialTokensMixin
 
 from .crf import LinearChainCRF
 from .encoder_inputs import EncoderBatch
@@ -141,6 +141,7 @@ def _tokenizer_files(tokenizer: Any) -> Dict[str, bytes]:
             f"The tokenizer {tokenizer.name_or_path!r} saves files ita_ner cannot store "
             f"in a pipeline: {unknown}. It stores only {sorted(TOKENIZER_FILES)}."
         )
+    _check_tokenizer_files(files)  # what loading would refuse fails now
     return files
 
 
@@ -153,7 +154,8 @@ def deserialize_module(
     A pipeline directory is data, and loading it must not run code or touch
     other files: weights are read with `weights_only=True`, the tokenizer
     files are written only into a temporary folder under the fixed names a
-    tokenizer saves, configs that name other files are refused, and
+    tokenizer saves, configs that name other files (or tokenizer JSON files
+    that set arguments other than special tokens) are refused, and
     transformers may not run code a config names (trust_remote_code=False).
     """
     if data is None:
@@ -194,8 +196,9 @@ def deserialize_module(
 
 def _check_tokenizer_files(files: Any) -> None:
     """Refuse a saved tokenizer entry that is not a tokenizer file name (a path
-    would write anywhere) or not bytes, and a tokenizer config that names other
-    files."""
+    would write anywhere) or not bytes, and a JSON file whose keys transformers
+    would pass to the tokenizer as arguments unless they are what a saved
+    tokenizer holds there (see _JSON_CHECKS)."""
     if not isinstance(files, dict):
         raise ValueError("The ita_ner model's tokenizer is not a table of files")
     for name, content in files.items():
@@ -206,14 +209,13 @@ def _check_tokenizer_files(files: Any) -> None:
             )
         if not isinstance(content, bytes):
             raise ValueError(f"The ita_ner model's tokenizer file {name!r} is not bytes")
-    if "tokenizer_config.json" in files:
-        try:
-            tokenizer_config = json.loads(files["tokenizer_config.json"])
-        except ValueError as err:
-            raise ValueError(
-                f"The ita_ner model's tokenizer_config.json is not JSON: {err}"
-            ) from None
-        _refuse_file_settings(tokenizer_config, "tokenizer_config.json")
+    for name, check in _JSON_CHECKS.items():
+        if name in files:
+            try:
+                content = json.loads(files[name])
+            except ValueError as err:
+                raise ValueError(f"The ita_ner model's {name} is not JSON: {err}") from None
+            check(content, name)
 
 
 def _refuse_file_settings(config: Any, what: str) -> None:
@@ -232,3 +234,54 @@ def _refuse_file_settings(config: Any, what: str) -> None:
             f"The ita_ner model's {what} has {refused}, which would make transformers "
             "read other files: a pipeline folder may not ask for that"
         )
+
+
+# The fields of a special token written as an object (tokenizers' AddedToken).
+_ADDED_TOKEN_FIELDS = frozenset({"content", "single_word", "lstrip", "rstrip", "normalized",
+                                 "special"})
+
+
+def _check_special_tokens_map(tokens: Any, what: str) -> None:
+    """Refuse a special_tokens_map.json key other than a special-token
+    attribute, or a value other than a token: transformers copies each key into
+    the tokenizer's arguments, so `vocab_file` there would name any file."""
+    if not isinstance(tokens, dict):
+        raise ValueError(f"The ita_ner model's {what} is not a JSON object")
+    for key, value in tokens.items():
+        if key not in SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES:
+            raise ValueError(
+                f"The ita_ner model's {what} has {key!r}, which is not a special token: "
+                f"it may hold only {SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES}"
+            )
+        many = key == "additional_special_tokens" and isinstance(value, list)
+        if not all(map(_is_token, value if many else [value])):
+            raise ValueError(
+                f"The ita_ner model's {what} has {key!r} set to {json.dumps(value)[:80]}, "
+                "which is not a token (a string or an object with a string 'content')"
+            )
+
+
+def _is_token(value: Any) -> bool:
+    """A special token as special_tokens_map.json writes it: a string, or an
+    AddedToken's fields with a string content and true/false options."""
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, dict) and isinstance(value.get("content"), str)
+            and set(value) <= _ADDED_TOKEN_FIELDS
+            and all(isinstance(value[field], bool) for field in set(value) - {"content"}))
+
+
+def _check_added_tokens(tokens: Any, what: str) -> None:
+    """Refuse an added_tokens.json that is not the map of token to id it always is."""
+    ids = tokens.values() if isinstance(tokens, dict) else [None]
+    if not all(isinstance(index, int) and not isinstance(index, bool) for index in ids):
+        raise ValueError(f"The ita_ner model's {what} is not a JSON object of token ids")
+
+
+# The JSON files transformers reads into a tokenizer's arguments (the other
+# files are the tokenizer's own data), with what each may hold.
+_JSON_CHECKS = {
+    "tokenizer_config.json": _refuse_file_settings,
+    "special_tokens_map.json": _check_special_tokens_map,
+    "added_tokens.json": _check_added_tokens,
+}

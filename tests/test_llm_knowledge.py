@@ -12,7 +12,10 @@ import pickle
 import socket
 import threading
 import time
+import tracemalloc
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Dict, List, Optional
@@ -27,7 +30,7 @@ import spacy_ita  # noqa: F401  (Doc extensions)
 from spacy_ita.cli import app
 from spacy_ita.context import component as _component  # noqa: F401  (the ita_context factory)
 from spacy_ita.context import make_doc, pipe_posts
-from spacy_ita.context.llm import AnswerError, parse_answer
+from spacy_ita.context.llm import AnswerError, AnswerRefused, bounded_http_client, parse_answer
 from spacy_ita.context.registry import Extractor, extractors
 from spacy_ita.knowledge import Mention, parse_mentions
 
@@ -47,6 +50,7 @@ class Reply:
     headers: Dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
     drip: float = 0.0  # seconds between the bytes of the body: a slow drip
+    header_drip: float = 0.0  # seconds between the bytes of a 40-byte header
     content_length: bool = True  # without: the body ends when the connection closes
 
 
@@ -90,6 +94,9 @@ class FakeLLM:
                         self.send_header("Content-Length", str(len(data)))
                     for name, value in headers.items():
                         self.send_header(name, value)
+                    if reply.header_drip:
+                        self.flush_headers()
+                        self.write_body(b"X-Pad: %s\r\n" % (b"a" * 32), reply.header_drip)
                     self.end_headers()
                     self.write_body(data, reply.drip)
                 except OSError:  # the client gave up (a timeout or size test)
@@ -357,13 +364,17 @@ def test_a_slow_server_times_out_and_the_post_fails_alone():
     assert elapsed < 4
 
 
-def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
-    """A byte every 50 ms keeps every read under the timeout: only a deadline
-    for the whole answer stops it (the body would take about 5 s)."""
+@pytest.mark.parametrize("drip", [
+    Reply(entities(("a" * 40, "PER")), drip=0.05),
+    Reply(entities(("a" * 40, "PER")), drip=0.9),
+    Reply(entities(("a" * 40, "PER")), header_drip=0.2),
+], ids=["body_bytes", "slow_body_bytes", "header_bytes"])
+def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call(drip):
+    """A byte every 50 ms, or 0.9 s, of the body, or every 0.2 s of the
+    headers, keeps every read under the timeout: only a deadline for the whole
+    answer, headers included, stops it (the whole answer would take 8 s or more)."""
     def reply(request):
-        if post_text(request) == "drip":
-            return Reply(entities(("a" * 40, "PER")), drip=0.05)
-        return first_word_is_a_person(request)
+        return drip if post_text(request) == "drip" else first_word_is_a_person(request)
 
     with FakeLLM(reply) as server:
         nlp = llm_nlp(server, timeout=1.0, max_retries=0)
@@ -375,7 +386,7 @@ def test_a_dripping_answer_stops_at_the_timeout_of_the_whole_call():
     assert drip._.context_retryable is True
     assert fast._.visual_context.knowledge == ["fast (PER)"]
     assert not fast._.context_retryable
-    assert 0.9 < elapsed < 2.0
+    assert 0.9 < elapsed < 1.6
 
 
 @pytest.mark.parametrize("content_length", [True, False], ids=["declared", "undeclared"])
@@ -389,6 +400,56 @@ def test_a_huge_answer_is_refused_without_reading_it_all(content_length):
     assert docs[0]._.knowledge_error.endswith(
         "answer refused: over max_answer_bytes (1,048,576 bytes)")
     assert docs[0]._.context_retryable is False
+
+
+@contextmanager
+def serve_once(answer: bytes):
+    """The URL of a server on 127.0.0.1 that answers one request with `answer`
+    (raw bytes: status line, headers and body) and holds the connection open."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(1 << 16)
+            try:
+                connection.sendall(answer)
+            except OSError:  # the client gave up
+                pass
+            done.wait(HANG_SECONDS)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1/chat/completions"
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_compressed_answer_is_refused_before_it_is_decoded():
+    """The byte cap counts the bytes received: a server that gzips its answer
+    although asked not to sends 64 KB that decode to 64 MiB. Such an answer is
+    refused unread: nothing near that size is ever in memory."""
+    gzip = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = b"".join(gzip.compress(b" " * (1 << 20)) for _ in range(64)) + gzip.flush()
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with serve_once(head + body) as url:
+        client = bounded_http_client(5.0, 1 << 20)
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            with pytest.raises(AnswerRefused, match=r"compressed \(Content-Encoding: gzip\)"):
+                client.post(url, content=b"{}")
+            elapsed = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes in memory at the peak"
+    assert elapsed < 2
 
 
 def test_failures_that_may_pass_are_marked_retryable_and_the_others_not():

@@ -110,6 +110,45 @@ def test_a_config_that_names_other_files_is_refused(sandbox, part, key, value):
     assert files_under(sandbox) == before
 
 
+@pytest.mark.parametrize("file,content,key", [
+    ("special_tokens_map.json", {"vocab_file": "{secret}"}, "vocab_file"),
+    ("special_tokens_map.json", {"unk_token": "[UNK]", "tokenizer_file": "{secret}"},
+     "tokenizer_file"),
+    ("special_tokens_map.json", {"pad_token": {"content": "[PAD]", "vocab_file": "{secret}"}},
+     "pad_token"),
+    ("special_tokens_map.json", {"additional_special_tokens": ["[E]", ["{secret}"]]},
+     "additional_special_tokens"),
+    ("added_tokens.json", {"[E]": "{secret}"}, "added_tokens.json"),
+], ids=["vocab_file", "tokenizer_file", "token_object", "token_list", "added_tokens"])
+def test_a_tokenizer_json_file_cannot_set_other_tokenizer_arguments(
+        sandbox, monkeypatch, file, content, key):
+    """Without `added_tokens_decoder` in tokenizer_config.json, transformers
+    copies every key of special_tokens_map.json into the tokenizer's
+    arguments: only special tokens may be there, or `vocab_file` would read
+    any file. Such a pipeline is refused, and the file is never opened."""
+    secret = sandbox / "secret.txt"
+    secret.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nsecretpassword\n")
+
+    def craft(module):
+        config = json.loads(module["tokenizer"]["tokenizer_config.json"])
+        config.pop("added_tokens_decoder", None)
+        module["tokenizer"]["tokenizer_config.json"] = json.dumps(config).encode("utf8")
+        crafted = json.dumps(content).replace("{secret}", str(secret))
+        module["tokenizer"][file] = crafted.encode("utf8")
+
+    edit_module_blob(sandbox / "pipeline", craft)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda name, *args, **kwargs: (
+        opened.append(str(name)), real_open(name, *args, **kwargs))[1])
+    with pytest.raises(ValueError) as excinfo:
+        spacy.load(sandbox / "pipeline")
+    message = str(excinfo.value)
+    assert str(sandbox / "pipeline" / "ita_ner") in message and file in message, message
+    assert repr(key) in message or key == file, message
+    assert str(secret) not in opened
+
+
 def test_code_that_a_config_names_never_runs(sandbox):
     """An `auto_map` naming custom classes is ignored: transformers builds its
     own classes for the model type, and imports nothing."""

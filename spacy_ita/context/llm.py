@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from spacy.tokens import DocBin
@@ -28,6 +29,7 @@ from spacy.vocab import Vocab
 
 from ..knowledge import Mention, parse_mentions, render_mentions
 from ..visual_context import get_visual_context
+from ..watchdog import SocketWatchdog
 from .registry import (Extractor, ExtractorFailure, ImageRecord, PartialContext, SetupError,
                        extractors)
 
@@ -86,9 +88,9 @@ class _CallCapReached(Exception):
     """The run has made `max_calls` calls."""
 
 
-class AnswerTooLarge(Exception):
-    """An HTTP answer over the byte cap: refused by its Content-Length, or as
-    soon as that much of it was read."""
+class AnswerRefused(Exception):
+    """An HTTP answer refused before it is parsed: over the byte cap (by its
+    Content-Length, or as soon as that much of it was read), or compressed."""
 
 
 def _openai():
@@ -237,53 +239,93 @@ def _http_module(openai: Any) -> Any:
     return sys.modules[base.__module__.split(".")[0]]
 
 
+def _watch_connection(watchdog: SocketWatchdog, event: str, info: Dict[str, Any]) -> None:
+    """httpx's `trace` hook: the socket of each connection a request makes goes
+    to the request's watchdog."""
+    if event == "connection.connect_tcp.complete":
+        watchdog.watch(info["return_value"].get_extra_info("socket"))
+
+
+def _refuse_compressed(content_encoding: str) -> None:
+    """Refuse an answer compressed although the request asked for none
+    (Accept-Encoding: identity): the byte cap counts the bytes received, and a
+    200 KB gzip answer decodes to 200 MB before it could be counted."""
+    codings = [coding.strip() for coding in content_encoding.lower().split(",")]
+    if any(coding not in ("", "identity") for coding in codings):
+        raise AnswerRefused(f"answer refused: compressed (Content-Encoding: "
+                            f"{content_encoding[:40]}) although the request asked for an "
+                            "uncompressed answer")
+
+
 def bounded_http_client(seconds: float, max_bytes: int) -> Any:
-    """An HTTP client for the openai client whose every request must have its
-    whole answer within `seconds` of being sent, not `seconds` per read, and
-    whose answers to POST (chat completions) are refused past `max_bytes`
-    (Content-Length first, then while reading): a slow drip times out, a huge
-    answer is never read whole. Answers come uncompressed, so the cap is what
-    gets parsed."""
+    """An HTTP client for the openai client whose every request must be done,
+    from connecting to the last byte of the answer, within `seconds`, not
+    `seconds` per read: a SocketWatchdog shuts the connection down at the
+    deadline, however slowly the server drips headers or body. Answers to POST (chat
+    completions) are refused past `max_bytes` (Content-Length first, then while
+    reading), so a huge answer is never read whole; a compressed one is not
+    read at all, since it could decode to any size. Each request makes its own
+    connection (no keep-alive): the watchdog sees every socket it must shut,
+    and a late shutdown can never hit another request's connection."""
     openai = _openai()
     http = _http_module(openai)
 
+    def timed_out() -> Exception:
+        return http.ReadTimeout(f"no whole answer within {seconds:g}s")
+
     class BoundedStream(http.SyncByteStream):
-        def __init__(self, stream: Any, deadline: float, too_large: AnswerTooLarge, cap: int):
-            self.stream, self.deadline, self.too_large, self.cap = stream, deadline, too_large, cap
+        def __init__(self, stream: Any, watchdog: SocketWatchdog, too_large: AnswerRefused,
+                     cap: int):
+            self.stream, self.watchdog, self.too_large, self.cap = stream, watchdog, too_large, cap
 
         def __iter__(self):
             received = 0
-            for chunk in self.stream:
-                received += len(chunk)
-                if received > self.cap:
-                    raise self.too_large
-                if time.monotonic() > self.deadline:
-                    raise http.ReadTimeout(f"no whole answer within {seconds:g}s")
-                yield chunk
+            try:
+                for chunk in self.stream:
+                    received += len(chunk)
+                    if received > self.cap:
+                        raise self.too_large
+                    yield chunk
+            except http.TransportError:
+                if not self.watchdog.fired:
+                    raise
+            if self.watchdog.fired:  # also when the shutdown read as the end of the body
+                raise timed_out()
 
         def close(self) -> None:
+            self.watchdog.stop()
             self.stream.close()
 
     class BoundedClient(openai.DefaultHttpxClient):
         def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
-            deadline = time.monotonic() + seconds
-            response = super().send(request, stream=True, **kwargs)
+            watchdog = SocketWatchdog(time.monotonic() + seconds)
+            request.extensions["trace"] = partial(_watch_connection, watchdog)
+            try:
+                response = super().send(request, stream=True, **kwargs)
+            except BaseException as err:
+                watchdog.stop()
+                if watchdog.fired and isinstance(err, http.TransportError):
+                    raise timed_out() from None
+                raise
             cap, limit = ((max_bytes, "max_answer_bytes") if request.method == "POST"
                           else (MAX_LIST_BYTES, "the limit for a model list"))
-            too_large = AnswerTooLarge(f"answer refused: over {limit} ({cap:,} bytes)")
+            too_large = AnswerRefused(f"answer refused: over {limit} ({cap:,} bytes)")
             try:
+                _refuse_compressed(response.headers.get("content-encoding", ""))
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > cap:
                     raise too_large
-                response.stream = BoundedStream(response.stream, deadline, too_large, cap)
-                if not stream and len(response.read()) > cap:  # decoded past the cap
-                    raise too_large
+                response.stream = BoundedStream(response.stream, watchdog, too_large, cap)
+                if not stream:
+                    response.read()
             except BaseException:
+                watchdog.stop()
                 response.close()
                 raise
             return response
 
-    return BoundedClient(timeout=seconds, headers={"Accept-Encoding": "identity"})
+    return BoundedClient(timeout=seconds, headers={"Accept-Encoding": "identity"},
+                         limits=http.Limits(max_keepalive_connections=0))
 
 
 class LLMKnowledge(Extractor):
@@ -425,7 +467,7 @@ class LLMKnowledge(Extractor):
                 raise SetupError(f"{where}/models answered 404: no OpenAI-compatible API "
                                    "there (the URL usually ends in /v1)") from None
             raise SetupError(f"{where}/models answered {self._reason(err)}") from None
-        except (openai.APIError, AnswerTooLarge) as err:
+        except (openai.APIError, AnswerRefused) as err:
             raise SetupError(f"{where}/models: {self._reason(err)}") from None
         if served and not ({self.model, f"{self.model}:latest"} & set(served)):
             listed = ", ".join(sorted(served)[:20])
@@ -549,7 +591,7 @@ class LLMKnowledge(Extractor):
                                     "in this run", retryable=True)
         except (openai.APIConnectionError, openai.APIStatusError) as err:
             return ExtractorFailure(self._reason(err), retryable=self._may_pass(err))
-        except AnswerTooLarge as err:
+        except AnswerRefused as err:
             return ExtractorFailure(self._reason(err))
         except Exception as err:  # an answer that is not a chat completion, say
             return ExtractorFailure(self._scrub(f"{type(err).__name__}: {err}"))
