@@ -21,6 +21,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from ..about import __version__
 from ..context.images import DEFAULT_MAX_BYTES, ImageError
+from ..watchdog import SocketWatchdog
 from .inputs import Post
 
 CHUNK = 1 << 16
@@ -146,7 +147,7 @@ class Fetcher:
                             else http.client.HTTPConnection)
         # Host header and TLS server name stay `host`; the socket goes to the checked address.
         connection = connection_class(host, port, timeout=_remaining(deadline, self.timeout))
-        watchdog = _Watchdog(deadline)
+        watchdog = SocketWatchdog(deadline)
         # http.client's hook for opening its socket (instead of a lookup of `host`).
         connection._create_connection = partial(_connect, addresses, watchdog, self.timeout)
         try:
@@ -299,7 +300,7 @@ def _resolve(host: str, port: int, what: str, deadline: float, timeout: float) -
     return found["addresses"]
 
 
-def _connect(addresses: Addresses, watchdog: "_Watchdog", timeout: float,
+def _connect(addresses: Addresses, watchdog: SocketWatchdog, timeout: float,
              _address=None, _timeout=None, _source=None) -> socket.socket:
     """http.client's socket factory: a socket to the first checked address
     that answers, handed to the watchdog (http.client's own target and
@@ -317,36 +318,6 @@ def _connect(addresses: Addresses, watchdog: "_Watchdog", timeout: float,
         watchdog.watch(sock)
         return sock
     raise error or OSError("no address to connect to")
-
-
-class _Watchdog:
-    """Shuts a connection down at the deadline, so that no read outlasts it,
-    however slowly the server drips its headers or body."""
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-        self.fired = False
-        self._sock: Optional[socket.socket] = None
-        self._timer: Optional[threading.Timer] = None
-
-    def watch(self, sock: socket.socket) -> None:
-        # A duplicate: TLS wrapping detaches the original socket object.
-        self._sock = sock.dup()
-        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._sock.close()
 
 
 class ImageUnreachable(ImageError):
