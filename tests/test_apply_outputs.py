@@ -151,6 +151,38 @@ def test_a_parquet_cell_of_another_type_is_left_out_with_a_warning(ruler, tmp_pa
     assert all(row["entities"] for row in rows)
 
 
+@pytest.mark.parametrize("empty", [{}, [{}], {"a": {}}], ids=["{}", "[{}]", "{a: {}}"])
+def test_a_parquet_column_of_empty_objects_is_left_out_with_a_warning(ruler, tmp_path, empty):
+    """Parquet has no struct without fields: such cells are null, not a stopped run."""
+    source = write_jsonl(tmp_path / "posts.jsonl",
+                         [{"meta": empty, "text": text} for text in ("Kobe", "Boston", "Kobe")])
+    out = tmp_path / "out.parquet"
+    summary = run(ruler, source, out, batch_size=2, rows_per_part=2)
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (3, 0, 3)
+    rows = read_rows(out)
+    assert [row["meta"] for row in rows] == [None] * 3
+    assert all(f"column 'meta': Parquet cannot hold this {type(empty).__name__} (it is or "
+               "holds an empty object {}); left out (null)" in row["warning"] for row in rows)
+    assert [[e["text"] for e in row["entities"]] for row in rows] == [["Kobe"], ["Boston"],
+                                                                       ["Kobe"]]
+    assert (run(ruler, source, out).n_skipped, out.exists()) == (3, True)
+
+
+def test_a_value_parquet_cannot_hold_costs_only_its_cell(ruler, tmp_path):
+    """An unsigned 64-bit id (Arrow takes ints as int64) is left out; the
+    row's results and other columns are written."""
+    source = write_jsonl(tmp_path / "posts.jsonl", [
+        {"id": 1, "user": "ann", "text": "Kobe"},
+        {"id": 18446744073709551615, "user": "bob", "text": "Kobe in Boston"}])
+    summary = run(ruler, source, tmp_path / "out.parquet")
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (2, 0, 1)
+    rows = read_rows(tmp_path / "out.parquet")
+    assert [(row["id"], row["user"]) for row in rows] == [(1, "ann"), (None, "bob")]
+    assert [e["text"] for e in rows[1]["entities"]] == ["Kobe", "Boston"]
+    assert rows[1]["error"] is None and rows[0]["warning"] is None
+    assert "column 'id': Parquet cannot hold this int (OverflowError" in rows[1]["warning"]
+
+
 def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tmp_path):
     (tmp_path / "in").mkdir()
     jsonl = tmp_path / "in" / "a.jsonl"
@@ -345,3 +377,4 @@ def test_a_partial_line_after_apply_rows_is_cut_whatever_it_begins_with(tmp_path
     path.write_text(json.dumps(row) + "\n" + '{"id": "not ours, cut')
     done = JsonlWriter(path).done_rows()
     assert done.count == 1 and path.read_text() == json.dumps(row) + "\n"
+

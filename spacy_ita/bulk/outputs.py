@@ -190,9 +190,8 @@ def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, A
         return row, encode(row)
     except Exception as err:  # noqa: BLE001  (no row may stop the run)
         problem = err
-    repaired, names = repair_columns(row)
-    if names:
-        repaired["warning"] = join_warnings(repaired.get("warning"), surrogates_warning(names))
+    repaired = without_surrogates(row)
+    if repaired.get("warning") != row.get("warning"):
         try:
             return repaired, encode(repaired)
         except Exception as err:  # noqa: BLE001
@@ -204,6 +203,15 @@ def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, A
         "error": f"the row could not be written to {path} ({type(problem).__name__}: "
                  f"{problem}); only where it came from is kept"})
     return failed, encode(failed)
+
+
+def without_surrogates(row: Row) -> Row:
+    """`row` with its lone surrogates replaced by U+FFFD, and a warning that
+    names the columns that had some."""
+    repaired, names = repair_columns(row)
+    if names:
+        repaired["warning"] = join_warnings(repaired.get("warning"), surrogates_warning(names))
+    return repaired
 
 
 # Rows `apply` writes to redo have `"retryable": true` (or, with retry_errors,
@@ -339,15 +347,19 @@ class ParquetWriter:
         return rows
 
     def _writable(self, rows: List[Row]) -> List[Row]:
-        """`rows` as they can be written: tried one by one only when the batch
-        as a whole cannot be (see `writable`), then each carried cell that does
-        not fit its column's type left out (see `fit_types`). The types the
-        batch gives new columns become theirs for the rest of the output."""
+        """`rows` as they can be written. When the batch as a whole cannot be:
+        lone surrogates repaired, each carried cell that Parquet cannot hold
+        or that does not fit its column's type left out (see `fit_types`),
+        then the rows tried one by one (see `writable`). The types the batch
+        gives new columns become theirs for the rest of the output."""
         try:
             table = rows_to_table(rows, self.types)
         except ValueError:
-            rows = fit_types([writable(row, lambda one: rows_to_table([one]), self.path)[0]
-                              for row in rows], self.types)
+            # Repair and fit cells first, so that one cell Parquet cannot hold
+            # costs only that cell, not the row's results.
+            rows = fit_types([without_surrogates(row) for row in rows], self.types)
+            rows = [writable(row, lambda one: rows_to_table([one], self.types), self.path)[0]
+                    for row in rows]
             table = rows_to_table(rows, self.types)
         self._learn_types(table.schema)
         return rows
@@ -515,7 +527,8 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
         type_ = fixed.get(name) or (types or {}).get(name)
         try:
             if name not in fixed and not _fits(values, type_):
-                raise pa.ArrowTypeError(f"values that are not all of type {type_}")
+                raise pa.ArrowTypeError(f"values that are not all of type {type_}" if type_
+                                        else "values Parquet cannot hold as one column")
             arrays[name] = pa.array(values, type=type_)
         except (pa.ArrowException, OverflowError) as err:
             raise ValueError(f"column {name!r} cannot be written to Parquet: {err}") from None
@@ -523,9 +536,10 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
 
 
 def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
-    """`rows` with each carried cell that does not fit its column's type (in
-    `types`, else that of the column's first value) left out (null), with a
-    warning: Parquet holds one type a column, JSONL would keep the value."""
+    """`rows` with each carried cell that Parquet cannot hold, or that does not
+    fit its column's type (in `types`, else that of the column's first value
+    Parquet can hold), left out (null), with a warning: Parquet holds one type
+    a column, JSONL would keep the value."""
     fixed = result_schema()
     names = dict.fromkeys(name for row in rows for name in row if name not in fixed)
     for name in names:
@@ -538,13 +552,21 @@ def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
             if not _fits([value], target):
                 row[name] = None
                 row["warning"] = join_warnings(row.get("warning"), (
-                    f"column {name!r}: a {type(value).__name__} does not fit the column's "
-                    f"type in this Parquet output ({target}); left out (null)"))
+                    f"column {name!r}: {_misfit(value, target)}; left out (null)"))
     return rows
 
 
+def _misfit(value: Any, target) -> str:
+    """Why a cell cannot be written to a column of Arrow type `target`."""
+    problem = _parquet_problem(value)
+    if problem is not None:
+        return f"Parquet cannot hold this {type(value).__name__} ({problem})"
+    return (f"a {type(value).__name__} does not fit the column's type in this Parquet output "
+            f"({target})")
+
+
 def _first_type(values: List[Any]):
-    """The Arrow type of the first value that has one (null when none has)."""
+    """The Arrow type of the first value Parquet can hold (null when none is)."""
     import pyarrow as pa
 
     for value in values:
@@ -555,19 +577,41 @@ def _first_type(values: List[Any]):
 
 def _fits(values: List[Any], type_) -> bool:
     """Whether `values` convert to Arrow type `type_` (None: to any one type)
-    as they are: their own type may only widen into it, so that no float is
-    cut to an int and no struct field is dropped."""
+    that Parquet can hold, as they are: their own type may only widen into
+    it, so that no float is cut to an int and no struct field is dropped."""
     import pyarrow as pa
 
     try:
         own = pa.array(values).type
         if type_ is None:
-            return True
+            return not _has_empty_struct(own)
         schemas = [pa.schema([("value", type_)]), pa.schema([("value", own)])]
         merged = pa.unify_schemas(schemas, promote_options="permissive")
-        return merged.field("value").type == type_
     except (pa.ArrowException, OverflowError, ValueError, TypeError):
         return False
+    return merged.field("value").type == type_ and not _has_empty_struct(type_)
+
+
+def _parquet_problem(value: Any) -> Optional[str]:
+    """Why Parquet cannot hold `value` in any column (None: it can): Arrow
+    has no type for it (an int beyond 64 bits), or an empty object `{}` is
+    in it (a Parquet struct needs a field)."""
+    import pyarrow as pa
+
+    try:
+        type_ = pa.array([value]).type
+    except (pa.ArrowException, OverflowError, ValueError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return "it is or holds an empty object {}" if _has_empty_struct(type_) else None
+
+
+def _has_empty_struct(type_) -> bool:
+    """Whether an Arrow type is, or holds at any depth, a struct without fields."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(type_) and type_.num_fields == 0:
+        return True
+    return any(_has_empty_struct(type_.field(index).type) for index in range(type_.num_fields))
 
 
 def open_writer(path: Path, overwrite: bool = False, rows_per_part: int = 20_000):
