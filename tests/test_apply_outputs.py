@@ -378,3 +378,22 @@ def test_a_partial_line_after_apply_rows_is_cut_whatever_it_begins_with(tmp_path
     done = JsonlWriter(path).done_rows()
     assert done.count == 1 and path.read_text() == json.dumps(row) + "\n"
 
+
+def test_temporary_files_never_overwrite_a_file_of_the_same_name(tmp_path):
+    """The rewrites beside OUTPUT (dropping rows to redo, the final Parquet
+    merge) write to fresh temporary names, not to `.OUTPUT.tmp`."""
+    rows = [Post("a.jsonl", row, "", carried={"id": row}).output_row() for row in range(3)]
+    rows[1]["retryable"] = True
+    for name in ("out.jsonl", "out.parquet"):
+        mine = tmp_path / f".{name}.tmp"
+        mine.write_text("mine")
+        writer = open_writer(tmp_path / name)
+        writer.done_rows()
+        writer.write(rows)
+        writer.finish()
+        assert open_writer(tmp_path / name).drop_redone() == 1
+        assert mine.read_text() == "mine"
+        assert [row["id"] for row in read_rows(tmp_path / name)] == [0, 2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".out.jsonl.tmp", ".out.parquet.tmp", "out.jsonl", "out.parquet"]
+

@@ -30,10 +30,12 @@ import datetime
 import json
 import os
 import re
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
 
@@ -47,7 +49,8 @@ ROW_START = b'{"input_file": '
 PARTS_MARKER = "_spacy_ita_apply.json"
 # How much of its first line tells whether a JSONL file is apply's.
 CHECKED_BYTES = 1 << 20
-PART_FILE = re.compile(r"\.?part-\d{6}\.parquet(\.tmp)?")
+# A part, or one being written (`_replacing`; earlier versions: `.part-N.parquet.tmp`).
+PART_FILE = re.compile(r"part-\d{6}\.parquet|\.part-\d{6}\.parquet(\.\w+)?\.tmp")
 Row = Dict[str, Any]
 
 
@@ -126,28 +129,21 @@ class JsonlWriter:
     def drop_redone(self, retry_errors: bool = False) -> int:
         """Take the rows to be redone (see `is_redone`) out of the file; their
         number. The file is rewritten (to a temporary file, then renamed) only
-        when a line may hold one."""
+        when it holds one."""
         markers = REDONE_MARKERS[retry_errors]
+
+        def redone(line: bytes) -> bool:  # the bytes first: most lines have no mark
+            return (line.endswith(b"\n") and any(marker in line for marker in markers)
+                    and is_redone(_json_or_none(line), retry_errors))
+
         if not self.path.exists():
             return 0
         with open(self.path, "rb") as file:
-            if not any(marker in line for line in file for marker in markers):
-                return 0
-        dropped = 0
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(self.path, "rb") as source, open(tmp, "wb") as kept:
-            for line in source:
-                if line.endswith(b"\n") and any(marker in line for marker in markers) \
-                        and is_redone(_json_or_none(line), retry_errors):
-                    dropped += 1
-                    continue
-                kept.write(line)
-            kept.flush()
-            os.fsync(kept.fileno())
+            dropped = sum(map(redone, file))
         if dropped:
-            os.replace(tmp, self.path)
-        else:  # the marks were in carried columns
-            tmp.unlink()
+            with open(self.path, "rb") as source, _replacing(self.path) as tmp, \
+                    open(tmp, "wb") as kept:
+                kept.writelines(line for line in source if not redone(line))
         return dropped
 
 
@@ -380,10 +376,8 @@ class ParquetWriter:
             self._make_parts_folder()
             existing = self._part_files()
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-            tmp = self.parts / f".{_part_name(number)}.tmp"
-            pq.write_table(rows_to_table(self.buffer, self.types), tmp)
-            _sync(tmp)
-            os.replace(tmp, self.parts / _part_name(number))
+            with _replacing(self.parts / _part_name(number)) as tmp:
+                pq.write_table(rows_to_table(self.buffer, self.types), tmp)
             self.buffer = []
         self.buffer_since = time.monotonic()
 
@@ -406,8 +400,7 @@ class ParquetWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"the parts in {self.parts} disagree on a column's type: {err}. "
                              "Keep such columns out (--keep) or write JSONL.") from None
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with _replacing(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 table = pq.read_table(part)
                 for name in schema.names:
@@ -415,8 +408,6 @@ class ParquetWriter:
                         table = table.append_column(name, pa.nulls(len(table),
                                                                    schema.field(name).type))
                 writer.write_table(table.select(schema.names).cast(schema))
-        _sync(tmp)
-        os.replace(tmp, self.path)
         self._remove_parts()
 
     def drop_redone(self, retry_errors: bool = False) -> int:
@@ -425,6 +416,22 @@ class ParquetWriter:
         batch to a temporary file, then renamed."""
         files = ([self.path] if self.path.exists() else []) + self._part_files()
         return sum(_drop_parquet_rows(path, retry_errors) for path in files)
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A new temporary file beside `path` to write, under a fresh name (never
+    a file that is there already); once written, it is synced and renamed to
+    `path`. On an error it is removed and `path` left as it was."""
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _sync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # there only when the write failed
 
 
 def _sync(path: Path) -> None:
@@ -481,14 +488,11 @@ def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
     keep = [not is_redone(row, retry_errors) for row in rows]
     if all(keep):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp")
     start = 0
-    with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
         for batch in source.iter_batches():
             writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
             start += len(batch)
-    _sync(tmp)
-    os.replace(tmp, path)
     return keep.count(False)
 
 
