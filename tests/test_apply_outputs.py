@@ -183,6 +183,33 @@ def test_a_value_parquet_cannot_hold_costs_only_its_cell(ruler, tmp_path):
     assert "column 'id': Parquet cannot hold this int (OverflowError" in rows[1]["warning"]
 
 
+def test_a_long_csv_field_is_read_and_one_over_the_limit_is_an_error_row(ruler, tmp_path,
+                                                                         monkeypatch):
+    import csv
+
+    from spacy_ita.bulk import inputs
+
+    monkeypatch.setattr(inputs, "CSV_FIELD_LIMIT", 300_000)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long, too_long = "Boston " + "x" * 200_000, "Kobe " + "y" * 300_000  # csv's default: 131,072
+    (folder / "a.csv").write_text(f"id,text\n1,Kobe\n2,{long}\n3,{too_long}\n4,Boston\n")
+    (folder / "b.csv").write_text(f"id,{too_long}\n1,Kobe\n")  # the header itself
+    limit = csv.field_size_limit()
+    summary = run(ruler, folder, tmp_path / "out.jsonl")
+    assert csv.field_size_limit() == limit  # the process's own limit is left as it was
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_errors) == (5, 2)
+    assert [row.get("id") for row in rows] == ["1", "2", None, "4", None]
+    assert rows[1]["text"] == long and rows[1]["entities"][0]["text"] == "Boston"
+    assert rows[2]["error"] == (f"{folder / 'a.csv'}, row 3 (line 4): cannot be read as CSV: "
+                                "field larger than field limit (300000)")
+    assert rows[3]["error"] is None and rows[3]["entities"][0]["text"] == "Boston"
+    assert rows[4]["error"].startswith(f"{folder / 'b.csv'}, line 1 (the header): cannot be read")
+    again = run(ruler, folder, tmp_path / "out.jsonl")
+    assert (again.n_written, again.n_skipped) == (0, 5)
+
+
 def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tmp_path):
     (tmp_path / "in").mkdir()
     jsonl = tmp_path / "in" / "a.jsonl"
