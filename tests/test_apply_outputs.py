@@ -305,6 +305,14 @@ FOREIGN = {
                                  f"has no {PARTS_MARKER}"),
     "parts folder with a stray file": ("out.parquet", _parts_with_a_stray,
                                        "holds what apply does not write there: notes.txt"),
+    "lock file not apply's": ("out.jsonl",
+                              lambda path: path.with_name(".out.jsonl.lock").write_text("mine"),
+                              ".out.jsonl.lock is where apply keeps the lock of OUTPUT, but it "
+                              "is not apply's lock file"),
+    "lock file a link": ("out.jsonl",
+                         lambda path: (path.with_name("mine.txt").write_text("mine"),
+                                       path.with_name(".out.jsonl.lock").symlink_to("mine.txt")),
+                         "but it cannot be opened as a file"),
     "damaged parquet": ("out.parquet", lambda path: path.write_bytes(b"PAR1\x00\x01"),
                         "cannot be read as Parquet"),
 }
@@ -424,3 +432,50 @@ def test_temporary_files_never_overwrite_a_file_of_the_same_name(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         ".out.jsonl.tmp", ".out.parquet.tmp", "out.jsonl", "out.parquet"]
 
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_second_run_on_the_same_output_is_refused_at_once(ruler, tmp_path, monkeypatch,
+                                                            suffix):
+    """The second run starts while the first is writing its first batch."""
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}, {"text": "Boston"}])
+    out = tmp_path / f"out.{suffix}"
+    writer_class = JsonlWriter if suffix == "jsonl" else ParquetWriter
+    first_write, refusals = writer_class.write, []
+
+    def write_during_a_second_run(self, rows):
+        if not refusals:
+            with pytest.raises(ValueError) as refused:
+                run(ruler, source, out)
+            refusals.append(str(refused.value))
+        return first_write(self, rows)
+
+    monkeypatch.setattr(writer_class, "write", write_during_a_second_run)
+    summary = run(ruler, source, out, batch_size=1)
+    assert refusals == [f"OUTPUT {out} is being written by another apply run (it holds "
+                        f"{tmp_path / f'.out.{suffix}.lock'}): wait for that run to end, or "
+                        "choose another OUTPUT."]
+    assert summary.n_written == 2
+    assert [row["input_row"] for row in read_rows(out)] == [0, 1]  # each post once
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"out.{suffix}", "posts.jsonl"]
+
+
+def test_the_cli_refuses_an_output_another_run_holds_and_takes_over_a_killed_run_s_lock(
+        ruler, tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_ita.bulk.outputs import LOCK_TEXT, OutputLock
+    from spacy_ita.cli import app
+
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}])
+    out = tmp_path / "out.jsonl"
+    command = ["apply", ruler, str(source), str(out), "--no-context"]
+    with OutputLock(out):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1
+        assert f"OUTPUT {out} is being written by another apply run" in result.output
+        assert not out.exists()
+    lock = tmp_path / ".out.jsonl.lock"
+    lock.write_bytes(LOCK_TEXT)  # left by a run that was killed: nobody holds it
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(out)) == 1 and not lock.exists()

@@ -21,6 +21,8 @@ is written exactly once however often the run is killed and restarted.
   most `rows_per_part` rows or `part_seconds` of work each; at the end the parts
   are merged into OUTPUT, one part in memory at a time. A last part that
   cannot be read is removed, and its rows redone.
+- One run at a time writes OUTPUT: `OutputLock` holds an flock on
+  `.OUTPUT.lock` beside it for the whole run, and a second run is refused.
 - A row that cannot be written (lone surrogates: half an emoji) has them
   replaced by U+FFFD, with a warning in the row; a row that still cannot be
   written is written with its error instead of its results.
@@ -37,6 +39,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
 
 # The columns that make a row or a Parquet file recognisably apply's: every
@@ -47,6 +54,8 @@ OWN_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view", 
 ROW_START = b'{"input_file": '
 # Written first into OUTPUT.parts/: the folder is apply's to resume and remove.
 PARTS_MARKER = "_spacy_ita_apply.json"
+# What apply writes in the lock file beside OUTPUT (OutputLock).
+LOCK_TEXT = b"spacy_ita apply: the lock of a run writing OUTPUT\n"
 # How much of its first line tells whether a JSONL file is apply's.
 CHECKED_BYTES = 1 << 20
 # A part, or one being written (`_replacing`; earlier versions: `.part-N.parquet.tmp`).
@@ -616,6 +625,74 @@ def _has_empty_struct(type_) -> bool:
     if pa.types.is_struct(type_) and type_.num_fields == 0:
         return True
     return any(_has_empty_struct(type_.field(index).type) for index in range(type_.num_fields))
+
+
+class OutputLock:
+    """An exclusive lock on OUTPUT for one run, so that a second run on the
+    same OUTPUT is refused at once instead of writing every post again: an
+    flock on `.OUTPUT.lock` beside it (neither in OUTPUT nor in its parts
+    folder), made by the run and removed when it ends. One left by a killed
+    run is taken over, as the kernel dropped its lock. (No lock where the
+    platform has no flock.)"""
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.path = output.with_name(f".{output.name}.lock")
+        self.descriptor: Optional[int] = None
+
+    def __enter__(self) -> "OutputLock":
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.descriptor is None:
+            descriptor = self._open()
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                raise ValueError(f"OUTPUT {self.output} is being written by another apply run "
+                                 f"(it holds {self.path}): wait for that run to end, or choose "
+                                 "another OUTPUT.") from None
+            if _same_file(descriptor, self.path):
+                self.descriptor = descriptor
+            else:  # the run that held it removed it: lock the one there now
+                os.close(descriptor)
+        self._claim()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.descriptor is not None:
+            self.path.unlink(missing_ok=True)  # while locked: no other run holds this file
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise refusal(str(self.path), f"is where apply keeps the lock of OUTPUT, but it "
+                          f"cannot be opened as a file ({err.strerror})") from None
+
+    def _claim(self) -> None:
+        """Mark the lock file as apply's; refuse one that holds anything else."""
+        content = os.pread(self.descriptor, len(LOCK_TEXT) + 1, 0)
+        if content not in (b"", LOCK_TEXT):
+            os.close(self.descriptor)
+            self.descriptor = None
+            raise refusal(str(self.path), "is where apply keeps the lock of OUTPUT, but it is "
+                          "not apply's lock file")
+        if not content:
+            os.write(self.descriptor, LOCK_TEXT)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `descriptor`."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def open_writer(path: Path, overwrite: bool = False, rows_per_part: int = 20_000):
