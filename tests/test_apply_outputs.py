@@ -151,6 +151,65 @@ def test_a_parquet_cell_of_another_type_is_left_out_with_a_warning(ruler, tmp_pa
     assert all(row["entities"] for row in rows)
 
 
+@pytest.mark.parametrize("empty", [{}, [{}], {"a": {}}], ids=["{}", "[{}]", "{a: {}}"])
+def test_a_parquet_column_of_empty_objects_is_left_out_with_a_warning(ruler, tmp_path, empty):
+    """Parquet has no struct without fields: such cells are null, not a stopped run."""
+    source = write_jsonl(tmp_path / "posts.jsonl",
+                         [{"meta": empty, "text": text} for text in ("Kobe", "Boston", "Kobe")])
+    out = tmp_path / "out.parquet"
+    summary = run(ruler, source, out, batch_size=2, rows_per_part=2)
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (3, 0, 3)
+    rows = read_rows(out)
+    assert [row["meta"] for row in rows] == [None] * 3
+    assert all(f"column 'meta': Parquet cannot hold this {type(empty).__name__} (it is or "
+               "holds an empty object {}); left out (null)" in row["warning"] for row in rows)
+    assert [[e["text"] for e in row["entities"]] for row in rows] == [["Kobe"], ["Boston"],
+                                                                       ["Kobe"]]
+    assert (run(ruler, source, out).n_skipped, out.exists()) == (3, True)
+
+
+def test_a_value_parquet_cannot_hold_costs_only_its_cell(ruler, tmp_path):
+    """An unsigned 64-bit id (Arrow takes ints as int64) is left out; the
+    row's results and other columns are written."""
+    source = write_jsonl(tmp_path / "posts.jsonl", [
+        {"id": 1, "user": "ann", "text": "Kobe"},
+        {"id": 18446744073709551615, "user": "bob", "text": "Kobe in Boston"}])
+    summary = run(ruler, source, tmp_path / "out.parquet")
+    assert (summary.n_written, summary.n_errors, summary.n_warnings) == (2, 0, 1)
+    rows = read_rows(tmp_path / "out.parquet")
+    assert [(row["id"], row["user"]) for row in rows] == [(1, "ann"), (None, "bob")]
+    assert [e["text"] for e in rows[1]["entities"]] == ["Kobe", "Boston"]
+    assert rows[1]["error"] is None and rows[0]["warning"] is None
+    assert "column 'id': Parquet cannot hold this int (OverflowError" in rows[1]["warning"]
+
+
+def test_a_long_csv_field_is_read_and_one_over_the_limit_is_an_error_row(ruler, tmp_path,
+                                                                         monkeypatch):
+    import csv
+
+    from spacy_ita.bulk import inputs
+
+    monkeypatch.setattr(inputs, "CSV_FIELD_LIMIT", 300_000)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long, too_long = "Boston " + "x" * 200_000, "Kobe " + "y" * 300_000  # csv's default: 131,072
+    (folder / "a.csv").write_text(f"id,text\n1,Kobe\n2,{long}\n3,{too_long}\n4,Boston\n")
+    (folder / "b.csv").write_text(f"id,{too_long}\n1,Kobe\n")  # the header itself
+    limit = csv.field_size_limit()
+    summary = run(ruler, folder, tmp_path / "out.jsonl")
+    assert csv.field_size_limit() == limit  # the process's own limit is left as it was
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_errors) == (5, 2)
+    assert [row.get("id") for row in rows] == ["1", "2", None, "4", None]
+    assert rows[1]["text"] == long and rows[1]["entities"][0]["text"] == "Boston"
+    assert rows[2]["error"] == (f"{folder / 'a.csv'}, row 3 (line 4): cannot be read as CSV: "
+                                "field larger than field limit (300000)")
+    assert rows[3]["error"] is None and rows[3]["entities"][0]["text"] == "Boston"
+    assert rows[4]["error"].startswith(f"{folder / 'b.csv'}, line 1 (the header): cannot be read")
+    again = run(ruler, folder, tmp_path / "out.jsonl")
+    assert (again.n_written, again.n_skipped) == (0, 5)
+
+
 def test_bytes_that_are_not_utf8_in_jsonl_and_csv_are_named_in_the_row(ruler, tmp_path):
     (tmp_path / "in").mkdir()
     jsonl = tmp_path / "in" / "a.jsonl"
@@ -246,6 +305,14 @@ FOREIGN = {
                                  f"has no {PARTS_MARKER}"),
     "parts folder with a stray file": ("out.parquet", _parts_with_a_stray,
                                        "holds what apply does not write there: notes.txt"),
+    "lock file not apply's": ("out.jsonl",
+                              lambda path: path.with_name(".out.jsonl.lock").write_text("mine"),
+                              ".out.jsonl.lock is where apply keeps the lock of OUTPUT, but it "
+                              "is not apply's lock file"),
+    "lock file a link": ("out.jsonl",
+                         lambda path: (path.with_name("mine.txt").write_text("mine"),
+                                       path.with_name(".out.jsonl.lock").symlink_to("mine.txt")),
+                         "but it cannot be opened as a file"),
     "damaged parquet": ("out.parquet", lambda path: path.write_bytes(b"PAR1\x00\x01"),
                         "cannot be read as Parquet"),
 }
@@ -345,3 +412,70 @@ def test_a_partial_line_after_apply_rows_is_cut_whatever_it_begins_with(tmp_path
     path.write_text(json.dumps(row) + "\n" + '{"id": "not ours, cut')
     done = JsonlWriter(path).done_rows()
     assert done.count == 1 and path.read_text() == json.dumps(row) + "\n"
+
+
+def test_temporary_files_never_overwrite_a_file_of_the_same_name(tmp_path):
+    """The rewrites beside OUTPUT (dropping rows to redo, the final Parquet
+    merge) write to fresh temporary names, not to `.OUTPUT.tmp`."""
+    rows = [Post("a.jsonl", row, "", carried={"id": row}).output_row() for row in range(3)]
+    rows[1]["retryable"] = True
+    for name in ("out.jsonl", "out.parquet"):
+        mine = tmp_path / f".{name}.tmp"
+        mine.write_text("mine")
+        writer = open_writer(tmp_path / name)
+        writer.done_rows()
+        writer.write(rows)
+        writer.finish()
+        assert open_writer(tmp_path / name).drop_redone() == 1
+        assert mine.read_text() == "mine"
+        assert [row["id"] for row in read_rows(tmp_path / name)] == [0, 2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".out.jsonl.tmp", ".out.parquet.tmp", "out.jsonl", "out.parquet"]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_a_second_run_on_the_same_output_is_refused_at_once(ruler, tmp_path, monkeypatch,
+                                                            suffix):
+    """The second run starts while the first is writing its first batch."""
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}, {"text": "Boston"}])
+    out = tmp_path / f"out.{suffix}"
+    writer_class = JsonlWriter if suffix == "jsonl" else ParquetWriter
+    first_write, refusals = writer_class.write, []
+
+    def write_during_a_second_run(self, rows):
+        if not refusals:
+            with pytest.raises(ValueError) as refused:
+                run(ruler, source, out)
+            refusals.append(str(refused.value))
+        return first_write(self, rows)
+
+    monkeypatch.setattr(writer_class, "write", write_during_a_second_run)
+    summary = run(ruler, source, out, batch_size=1)
+    assert refusals == [f"OUTPUT {out} is being written by another apply run (it holds "
+                        f"{tmp_path / f'.out.{suffix}.lock'}): wait for that run to end, or "
+                        "choose another OUTPUT."]
+    assert summary.n_written == 2
+    assert [row["input_row"] for row in read_rows(out)] == [0, 1]  # each post once
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"out.{suffix}", "posts.jsonl"]
+
+
+def test_the_cli_refuses_an_output_another_run_holds_and_takes_over_a_killed_run_s_lock(
+        ruler, tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_ita.bulk.outputs import LOCK_TEXT, OutputLock
+    from spacy_ita.cli import app
+
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}])
+    out = tmp_path / "out.jsonl"
+    command = ["apply", ruler, str(source), str(out), "--no-context"]
+    with OutputLock(out):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1
+        assert f"OUTPUT {out} is being written by another apply run" in result.output
+        assert not out.exists()
+    lock = tmp_path / ".out.jsonl.lock"
+    lock.write_bytes(LOCK_TEXT)  # left by a run that was killed: nobody holds it
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(out)) == 1 and not lock.exists()

@@ -10,12 +10,13 @@ pair) is repaired to U+FFFD, with a warning in the row that says where.
 import codecs
 import csv
 import glob
+import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlparse
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -23,6 +24,9 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "pa
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
                   "image_error", "warning", "knowledge_error", "error", "retryable")
 PARQUET_READ_ROWS = 1024
+# The longest CSV field read, in characters (the csv module's default is 131,072):
+# a quote left open does not read the rest of the file into one field.
+CSV_FIELD_LIMIT = 1 << 24
 
 
 @dataclass
@@ -340,20 +344,44 @@ def _jsonl_records(path: Path) -> Records:
 
 
 def _csv_records(path: Path) -> Records:
+    """The rows of a CSV file with a header. A row the csv module cannot read
+    (a field over CSV_FIELD_LIMIT) is an error row, and the next row starts
+    on the line after it; a header it cannot read is one error row for the file."""
     # surrogateescape keeps each byte that is not UTF-8 as a lone surrogate,
     # so that the row that has one can say so.
     shown = shown_path(path)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         reader = csv.DictReader(file)
-        for row, record in enumerate(reader):
-            where = f"{shown}, row {row + 1} (line {reader.line_num})"
-            error = None
+        try:
+            _read_csv(lambda: reader.fieldnames)
+        except csv.Error as err:
+            yield (0, f"{shown}, line {reader.reader.line_num} (the header)", {},
+                   f"cannot be read as CSV: {err}", None)
+            return
+        for row in itertools.count():
+            try:
+                record, error = _read_csv(lambda: next(reader)), None
+            except StopIteration:
+                return
+            except csv.Error as err:
+                record, error = {}, f"cannot be read as CSV: {err}"
+            where = f"{shown}, row {row + 1} (line {reader.reader.line_num})"
             record, names = repair_columns(record)
             warning = names and (f"bytes that are not UTF-8 replaced by U+FFFD in column(s) "
                                  f"{', '.join(names)}")
             if None in record:
                 error = f"{len(record[None])} more field(s) than the header has"
             yield row, where, record, error, warning or None
+
+
+def _read_csv(read: Callable[[], Any]) -> Any:
+    """`read()` of a csv reader with CSV_FIELD_LIMIT (the csv module's limit
+    is the whole process's, so it is put back)."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        return read()
+    finally:
+        csv.field_size_limit(previous)
 
 
 def require_pyarrow():

@@ -21,6 +21,8 @@ is written exactly once however often the run is killed and restarted.
   most `rows_per_part` rows or `part_seconds` of work each; at the end the parts
   are merged into OUTPUT, one part in memory at a time. A last part that
   cannot be read is removed, and its rows redone.
+- One run at a time writes OUTPUT: `OutputLock` holds an flock on
+  `.OUTPUT.lock` beside it for the whole run, and a second run is refused.
 - A row that cannot be written (lone surrogates: half an emoji) has them
   replaced by U+FFFD, with a warning in the row; a row that still cannot be
   written is written with its error instead of its results.
@@ -30,10 +32,17 @@ import datetime
 import json
 import os
 import re
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
 
@@ -45,9 +54,12 @@ OWN_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view", 
 ROW_START = b'{"input_file": '
 # Written first into OUTPUT.parts/: the folder is apply's to resume and remove.
 PARTS_MARKER = "_spacy_ita_apply.json"
+# What apply writes in the lock file beside OUTPUT (OutputLock).
+LOCK_TEXT = b"spacy_ita apply: the lock of a run writing OUTPUT\n"
 # How much of its first line tells whether a JSONL file is apply's.
 CHECKED_BYTES = 1 << 20
-PART_FILE = re.compile(r"\.?part-\d{6}\.parquet(\.tmp)?")
+# A part, or one being written (`_replacing`; earlier versions: `.part-N.parquet.tmp`).
+PART_FILE = re.compile(r"part-\d{6}\.parquet|\.part-\d{6}\.parquet(\.\w+)?\.tmp")
 Row = Dict[str, Any]
 
 
@@ -126,28 +138,21 @@ class JsonlWriter:
     def drop_redone(self, retry_errors: bool = False) -> int:
         """Take the rows to be redone (see `is_redone`) out of the file; their
         number. The file is rewritten (to a temporary file, then renamed) only
-        when a line may hold one."""
+        when it holds one."""
         markers = REDONE_MARKERS[retry_errors]
+
+        def redone(line: bytes) -> bool:  # the bytes first: most lines have no mark
+            return (line.endswith(b"\n") and any(marker in line for marker in markers)
+                    and is_redone(_json_or_none(line), retry_errors))
+
         if not self.path.exists():
             return 0
         with open(self.path, "rb") as file:
-            if not any(marker in line for line in file for marker in markers):
-                return 0
-        dropped = 0
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(self.path, "rb") as source, open(tmp, "wb") as kept:
-            for line in source:
-                if line.endswith(b"\n") and any(marker in line for marker in markers) \
-                        and is_redone(_json_or_none(line), retry_errors):
-                    dropped += 1
-                    continue
-                kept.write(line)
-            kept.flush()
-            os.fsync(kept.fileno())
+            dropped = sum(map(redone, file))
         if dropped:
-            os.replace(tmp, self.path)
-        else:  # the marks were in carried columns
-            tmp.unlink()
+            with open(self.path, "rb") as source, _replacing(self.path) as tmp, \
+                    open(tmp, "wb") as kept:
+                kept.writelines(line for line in source if not redone(line))
         return dropped
 
 
@@ -190,9 +195,8 @@ def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, A
         return row, encode(row)
     except Exception as err:  # noqa: BLE001  (no row may stop the run)
         problem = err
-    repaired, names = repair_columns(row)
-    if names:
-        repaired["warning"] = join_warnings(repaired.get("warning"), surrogates_warning(names))
+    repaired = without_surrogates(row)
+    if repaired.get("warning") != row.get("warning"):
         try:
             return repaired, encode(repaired)
         except Exception as err:  # noqa: BLE001
@@ -204,6 +208,15 @@ def writable(row: Row, encode: Callable[[Row], Any], path: Path) -> Tuple[Row, A
         "error": f"the row could not be written to {path} ({type(problem).__name__}: "
                  f"{problem}); only where it came from is kept"})
     return failed, encode(failed)
+
+
+def without_surrogates(row: Row) -> Row:
+    """`row` with its lone surrogates replaced by U+FFFD, and a warning that
+    names the columns that had some."""
+    repaired, names = repair_columns(row)
+    if names:
+        repaired["warning"] = join_warnings(repaired.get("warning"), surrogates_warning(names))
+    return repaired
 
 
 # Rows `apply` writes to redo have `"retryable": true` (or, with retry_errors,
@@ -339,15 +352,19 @@ class ParquetWriter:
         return rows
 
     def _writable(self, rows: List[Row]) -> List[Row]:
-        """`rows` as they can be written: tried one by one only when the batch
-        as a whole cannot be (see `writable`), then each carried cell that does
-        not fit its column's type left out (see `fit_types`). The types the
-        batch gives new columns become theirs for the rest of the output."""
+        """`rows` as they can be written. When the batch as a whole cannot be:
+        lone surrogates repaired, each carried cell that Parquet cannot hold
+        or that does not fit its column's type left out (see `fit_types`),
+        then the rows tried one by one (see `writable`). The types the batch
+        gives new columns become theirs for the rest of the output."""
         try:
             table = rows_to_table(rows, self.types)
         except ValueError:
-            rows = fit_types([writable(row, lambda one: rows_to_table([one]), self.path)[0]
-                              for row in rows], self.types)
+            # Repair and fit cells first, so that one cell Parquet cannot hold
+            # costs only that cell, not the row's results.
+            rows = fit_types([without_surrogates(row) for row in rows], self.types)
+            rows = [writable(row, lambda one: rows_to_table([one], self.types), self.path)[0]
+                    for row in rows]
             table = rows_to_table(rows, self.types)
         self._learn_types(table.schema)
         return rows
@@ -368,10 +385,8 @@ class ParquetWriter:
             self._make_parts_folder()
             existing = self._part_files()
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-            tmp = self.parts / f".{_part_name(number)}.tmp"
-            pq.write_table(rows_to_table(self.buffer, self.types), tmp)
-            _sync(tmp)
-            os.replace(tmp, self.parts / _part_name(number))
+            with _replacing(self.parts / _part_name(number)) as tmp:
+                pq.write_table(rows_to_table(self.buffer, self.types), tmp)
             self.buffer = []
         self.buffer_since = time.monotonic()
 
@@ -394,8 +409,7 @@ class ParquetWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"the parts in {self.parts} disagree on a column's type: {err}. "
                              "Keep such columns out (--keep) or write JSONL.") from None
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with _replacing(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 table = pq.read_table(part)
                 for name in schema.names:
@@ -403,8 +417,6 @@ class ParquetWriter:
                         table = table.append_column(name, pa.nulls(len(table),
                                                                    schema.field(name).type))
                 writer.write_table(table.select(schema.names).cast(schema))
-        _sync(tmp)
-        os.replace(tmp, self.path)
         self._remove_parts()
 
     def drop_redone(self, retry_errors: bool = False) -> int:
@@ -413,6 +425,22 @@ class ParquetWriter:
         batch to a temporary file, then renamed."""
         files = ([self.path] if self.path.exists() else []) + self._part_files()
         return sum(_drop_parquet_rows(path, retry_errors) for path in files)
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A new temporary file beside `path` to write, under a fresh name (never
+    a file that is there already); once written, it is synced and renamed to
+    `path`. On an error it is removed and `path` left as it was."""
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _sync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # there only when the write failed
 
 
 def _sync(path: Path) -> None:
@@ -469,14 +497,11 @@ def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
     keep = [not is_redone(row, retry_errors) for row in rows]
     if all(keep):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp")
     start = 0
-    with pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+    with _replacing(path) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
         for batch in source.iter_batches():
             writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
             start += len(batch)
-    _sync(tmp)
-    os.replace(tmp, path)
     return keep.count(False)
 
 
@@ -515,7 +540,8 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
         type_ = fixed.get(name) or (types or {}).get(name)
         try:
             if name not in fixed and not _fits(values, type_):
-                raise pa.ArrowTypeError(f"values that are not all of type {type_}")
+                raise pa.ArrowTypeError(f"values that are not all of type {type_}" if type_
+                                        else "values Parquet cannot hold as one column")
             arrays[name] = pa.array(values, type=type_)
         except (pa.ArrowException, OverflowError) as err:
             raise ValueError(f"column {name!r} cannot be written to Parquet: {err}") from None
@@ -523,9 +549,10 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
 
 
 def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
-    """`rows` with each carried cell that does not fit its column's type (in
-    `types`, else that of the column's first value) left out (null), with a
-    warning: Parquet holds one type a column, JSONL would keep the value."""
+    """`rows` with each carried cell that Parquet cannot hold, or that does not
+    fit its column's type (in `types`, else that of the column's first value
+    Parquet can hold), left out (null), with a warning: Parquet holds one type
+    a column, JSONL would keep the value."""
     fixed = result_schema()
     names = dict.fromkeys(name for row in rows for name in row if name not in fixed)
     for name in names:
@@ -538,13 +565,21 @@ def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
             if not _fits([value], target):
                 row[name] = None
                 row["warning"] = join_warnings(row.get("warning"), (
-                    f"column {name!r}: a {type(value).__name__} does not fit the column's "
-                    f"type in this Parquet output ({target}); left out (null)"))
+                    f"column {name!r}: {_misfit(value, target)}; left out (null)"))
     return rows
 
 
+def _misfit(value: Any, target) -> str:
+    """Why a cell cannot be written to a column of Arrow type `target`."""
+    problem = _parquet_problem(value)
+    if problem is not None:
+        return f"Parquet cannot hold this {type(value).__name__} ({problem})"
+    return (f"a {type(value).__name__} does not fit the column's type in this Parquet output "
+            f"({target})")
+
+
 def _first_type(values: List[Any]):
-    """The Arrow type of the first value that has one (null when none has)."""
+    """The Arrow type of the first value Parquet can hold (null when none is)."""
     import pyarrow as pa
 
     for value in values:
@@ -555,19 +590,109 @@ def _first_type(values: List[Any]):
 
 def _fits(values: List[Any], type_) -> bool:
     """Whether `values` convert to Arrow type `type_` (None: to any one type)
-    as they are: their own type may only widen into it, so that no float is
-    cut to an int and no struct field is dropped."""
+    that Parquet can hold, as they are: their own type may only widen into
+    it, so that no float is cut to an int and no struct field is dropped."""
     import pyarrow as pa
 
     try:
         own = pa.array(values).type
         if type_ is None:
-            return True
+            return not _has_empty_struct(own)
         schemas = [pa.schema([("value", type_)]), pa.schema([("value", own)])]
         merged = pa.unify_schemas(schemas, promote_options="permissive")
-        return merged.field("value").type == type_
     except (pa.ArrowException, OverflowError, ValueError, TypeError):
         return False
+    return merged.field("value").type == type_ and not _has_empty_struct(type_)
+
+
+def _parquet_problem(value: Any) -> Optional[str]:
+    """Why Parquet cannot hold `value` in any column (None: it can): Arrow
+    has no type for it (an int beyond 64 bits), or an empty object `{}` is
+    in it (a Parquet struct needs a field)."""
+    import pyarrow as pa
+
+    try:
+        type_ = pa.array([value]).type
+    except (pa.ArrowException, OverflowError, ValueError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return "it is or holds an empty object {}" if _has_empty_struct(type_) else None
+
+
+def _has_empty_struct(type_) -> bool:
+    """Whether an Arrow type is, or holds at any depth, a struct without fields."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(type_) and type_.num_fields == 0:
+        return True
+    return any(_has_empty_struct(type_.field(index).type) for index in range(type_.num_fields))
+
+
+class OutputLock:
+    """An exclusive lock on OUTPUT for one run, so that a second run on the
+    same OUTPUT is refused at once instead of writing every post again: an
+    flock on `.OUTPUT.lock` beside it (neither in OUTPUT nor in its parts
+    folder), made by the run and removed when it ends. One left by a killed
+    run is taken over, as the kernel dropped its lock. (No lock where the
+    platform has no flock.)"""
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.path = output.with_name(f".{output.name}.lock")
+        self.descriptor: Optional[int] = None
+
+    def __enter__(self) -> "OutputLock":
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.descriptor is None:
+            descriptor = self._open()
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                raise ValueError(f"OUTPUT {self.output} is being written by another apply run "
+                                 f"(it holds {self.path}): wait for that run to end, or choose "
+                                 "another OUTPUT.") from None
+            if _same_file(descriptor, self.path):
+                self.descriptor = descriptor
+            else:  # the run that held it removed it: lock the one there now
+                os.close(descriptor)
+        self._claim()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.descriptor is not None:
+            self.path.unlink(missing_ok=True)  # while locked: no other run holds this file
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise refusal(str(self.path), f"is where apply keeps the lock of OUTPUT, but it "
+                          f"cannot be opened as a file ({err.strerror})") from None
+
+    def _claim(self) -> None:
+        """Mark the lock file as apply's; refuse one that holds anything else."""
+        content = os.pread(self.descriptor, len(LOCK_TEXT) + 1, 0)
+        if content not in (b"", LOCK_TEXT):
+            os.close(self.descriptor)
+            self.descriptor = None
+            raise refusal(str(self.path), "is where apply keeps the lock of OUTPUT, but it is "
+                          "not apply's lock file")
+        if not content:
+            os.write(self.descriptor, LOCK_TEXT)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `descriptor`."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def open_writer(path: Path, overwrite: bool = False, rows_per_part: int = 20_000):

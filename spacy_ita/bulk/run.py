@@ -17,7 +17,7 @@ from ..precision import check_precision
 from .annotate import PipelineSpec
 from .fetch import Fetcher
 from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, input_root, read_posts
-from .outputs import open_writer
+from .outputs import OutputLock, open_writer
 
 ENGINES = ("local", "ray")
 
@@ -112,29 +112,32 @@ def apply(
     fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
                       image_root=_image_root(input, image_root),
                       allow_private_urls=allow_private_urls)
-    spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
-    writer = open_writer(Path(output), overwrite, rows_per_part)
-    n_redone = writer.drop_redone(retry_errors)
-    done = writer.done_rows()
-    summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)
-    if engine == "ray":
-        from .ray_engine import RaySettings, run_ray
+    # Held from before the preflight, so that a second run on OUTPUT is refused at once.
+    with OutputLock(Path(output)):
+        spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
+        writer = open_writer(Path(output), overwrite, rows_per_part)
+        n_redone = writer.drop_redone(retry_errors)
+        done = writer.done_rows()
+        summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)
+        if engine == "ray":
+            from .ray_engine import RaySettings, run_ray
 
-        settings = RaySettings(workers, worker_cpus, worker_gpus, extract_workers, extract_cpus)
-        batches = run_ray(spec, inputs, columns, done, batch_size, fetcher, settings)
-    else:
-        from .local import run_local
+            settings = RaySettings(workers, worker_cpus, worker_gpus, extract_workers,
+                                   extract_cpus)
+            batches = run_ray(spec, inputs, columns, done, batch_size, fetcher, settings)
+        else:
+            from .local import run_local
 
-        batches = run_local(spec, read_posts(inputs, columns, done), batch_size, n_process,
-                            fetcher)
-    total = sum(count_rows(item) for item in inputs) - done.count if progress else None
-    try:
-        _write_all(batches, writer, done, summary,
-                   tqdm(total=total, unit="post", disable=not progress))
-    except BaseException:
-        writer.stop()
-        raise
-    writer.finish()
+            batches = run_local(spec, read_posts(inputs, columns, done), batch_size, n_process,
+                                fetcher)
+        total = sum(count_rows(item) for item in inputs) - done.count if progress else None
+        try:
+            _write_all(batches, writer, done, summary,
+                       tqdm(total=total, unit="post", disable=not progress))
+        except BaseException:
+            writer.stop()
+            raise
+        writer.finish()
     summary.seconds = time.perf_counter() - start
     return summary
 
