@@ -73,10 +73,12 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
                   ("tag", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     for stage, workers, cpus, gpus in stages:
         stage_spec = replace(spec, threads=max(1, int(cpus)), gpu_id=0 if gpus else -1)
+        # One batch at a time per actor: a batch takes seconds, and one queued
+        # behind a busy actor (the first to load, say) starves an idle one.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         dataset = dataset.map_batches(
             _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
-            num_gpus=gpus or None)
+            compute=pool, num_cpus=cpus, num_gpus=gpus or None)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield list(batch["post"])
 
