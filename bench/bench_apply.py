@@ -10,7 +10,9 @@ the post, saved as a 288x192 PNG. The pipeline is the default `ita_context`
 bundled all-MiniLM-L6-v2, freshly initialised with the four labels unless
 --model names a trained one (speed does not depend on the weights). No context
 cache: every run extracts every image. Every configuration must write the
-same rows; the script says whether they did.
+same rows; the script says whether they did, and how many posts each worker
+(Ray node and process) tagged, from a log that a small component of
+bench/where_probe.py keeps beside the output.
 
     python bench/bench_apply.py                      # 5,000 posts, all four runs
     python bench/bench_apply.py --posts 200 --runs local n_process_2
@@ -18,6 +20,7 @@ same rows; the script says whether they did.
 import argparse
 import json
 import os
+from collections import Counter
 import platform
 import shutil
 import sys
@@ -41,6 +44,7 @@ from demo_corpus import KINDS, SAVED_SIZE, render_image  # noqa: E402  (project/
 from spacy_ita.converters import read_mner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+WHERE_CODE = str(Path(__file__).resolve().parent / "where_probe.py")
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
 LABELS = ["LOC", "ORG", "OTHER", "PER"]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera"]
@@ -95,6 +99,25 @@ def build_model(folder: Path) -> str:
     return str(folder / "model")
 
 
+def with_where_probe(model: str, folder: Path) -> str:
+    """`model` plus bench_where (logging to folder/where.log) at its end."""
+    spacy.util.import_file("bench_where_probe", WHERE_CODE)
+    nlp = spacy.load(model)
+    nlp.add_pipe("bench_where", config={"log_path": str(folder / "where.log")})
+    nlp.to_disk(folder / "model-where")
+    return str(folder / "model-where")
+
+
+def posts_per_worker(log: Path) -> Dict[str, int]:
+    """Posts per "node/process" from the where log of one run, which it removes."""
+    if not log.exists():
+        return {}
+    counts = Counter("/".join((node[:8], pid)) for node, pid in
+                     (line.split() for line in log.read_text().splitlines()))
+    log.unlink()
+    return dict(counts)
+
+
 def projection(rate_per_worker: float) -> Dict[str, Any]:
     """Hours for TARGET_POSTS at a per-worker rate, and workers for a deadline."""
     hours = {workers: TARGET_POSTS / (rate_per_worker * workers) / 3600
@@ -117,7 +140,7 @@ def main() -> None:
     try:
         posts = twitter_posts(args.posts)
         source = write_input(posts, folder)
-        model = args.model or build_model(folder)
+        model = with_where_probe(args.model or build_model(folder), folder)
         results: Dict[str, Any] = {}
         reference = None
         for name in args.runs:
@@ -125,7 +148,7 @@ def main() -> None:
             out = folder / f"{name}.jsonl"
             start = time.perf_counter()
             summary = apply(model, source, out, batch_size=args.batch_size, progress=False,
-                            **RUNS[name])
+                            code=WHERE_CODE, **RUNS[name])
             seconds = time.perf_counter() - start
             rows = sorted(srsly.read_jsonl(out), key=lambda row: row["input_row"])
             reference = reference if reference is not None else rows
@@ -136,18 +159,21 @@ def main() -> None:
                 "posts_per_second_per_worker": summary.n_written / seconds / workers,
                 "errors": summary.n_errors, "image_errors": summary.n_image_errors,
                 "same_rows_as_first_run": rows == reference,
+                "posts_per_worker": posts_per_worker(folder / "where.log"),
                 "load_before": load_before, "load_after": os.getloadavg()[0]}
             print(f"{name}: {results[name]['posts_per_second']:.2f} posts/s", file=sys.stderr)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{len(posts)} Twitter-2015 posts with rendered images; {platform.machine()}, "
           f"{os.cpu_count()} CPUs; batch size {args.batch_size}\n")
-    print("| run | posts/s | per worker | seconds | same rows | load before / after |")
-    print("|---|---|---|---|---|---|")
+    print("| run | posts/s | per worker | seconds | same rows | load before / after "
+          "| posts by node/process |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['posts_per_second']:.2f} | {r['posts_per_second_per_worker']:.2f} "
               f"| {r['seconds']:.0f} | {'yes' if r['same_rows_as_first_run'] else 'NO'} "
-              f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")
+              f"| {r['load_before']:.1f} / {r['load_after']:.1f} "
+              f"| {', '.join(f'{w}: {n}' for w, n in r['posts_per_worker'].items())} |")
     best = max(r["posts_per_second_per_worker"] for r in results.values())
     plan = projection(best)
     print(f"\n10 million posts at {best:.2f} posts/s per worker (the best measured): "

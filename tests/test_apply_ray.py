@@ -9,6 +9,8 @@ ray = pytest.importorskip("ray")
 from test_apply import CODE, build_pipeline, posts, read_jsonl, write_jsonl  # noqa: E402
 
 from spacy_ita.bulk import apply  # noqa: E402
+from spacy_ita.bulk.inputs import Columns, DoneRows, find_inputs  # noqa: E402
+from spacy_ita.bulk.ray_engine import read_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,20 @@ def ray_inputs(tiny_encoder, tmp_path_factory):
 
 def keyed(rows):
     return sorted(rows, key=lambda row: (row["input_file"], row["input_row"]))
+
+
+def test_each_post_is_a_block_of_its_own(local_ray, ray_inputs):
+    """A file read as one block went whole to one actor while the others
+    idled: the read now cuts a block per post, skipping rows already done."""
+    folder, _ = ray_inputs
+    done = DoneRows()
+    done.add("a.jsonl", 0)
+    dataset = read_dataset(ray, find_inputs(str(folder / "in")), Columns("text", "image", None),
+                           done, batch_size=4)
+    blocks = [list(batch["post"]) for batch in dataset.iter_batches(batch_size=None)]
+    assert [len(block) for block in blocks] == [1] * 30
+    assert sorted((post.file, post.row) for [post] in blocks) == sorted(
+        [("a.jsonl", row) for row in range(1, 18)] + [("b.jsonl", row) for row in range(13)])
 
 
 def test_ray_gives_the_rows_of_the_in_process_run(local_ray, ray_inputs, tmp_path):

@@ -1,8 +1,9 @@
 """The Ray Data engine of `apply` (`--engine ray`, extra `spacy-ita[ray]`).
 
 The job: one read task per input file on the driver's node (skipping rows
-already written), then
-`map_batches` over a pool of actors that each load the pipeline once, and the
+already written) that cuts a block per post, so that every actor gets its
+share, then `map_batches` over a pool of actors that each load the pipeline
+once and take `batch_size` posts a call, and the
 annotated rows stream back to the driver, whose writer makes the run
 resumable exactly as in-process. With `extract_workers`, image extraction and
 tagging are two actor pools with their own resources (OCR on CPU workers, the
@@ -65,25 +66,37 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
 def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
          done: DoneRows, batch_size: int, fetcher: Fetcher,
          settings: RaySettings) -> Iterator[List[Post]]:
-    units = [{"unit": _ReadUnit(item, columns, done.bitmaps.get(item.name), batch_size)}
-             for item in inputs]
-    # Reading takes no reserved CPU (actors holding every CPU must not starve
-    # it) and runs on the driver's node, where INPUT is.
-    dataset = ray.data.from_items(units, override_num_blocks=len(units))
-    dataset = dataset.map_batches(_read_unit, batch_size=1, num_cpus=0,
-                                  **_on_this_node(ray, dataset.map_batches))
+    dataset = read_dataset(ray, inputs, columns, done, batch_size)
     stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     if settings.extract_workers:
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
                   ("tag", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     for stage, workers, cpus, gpus in stages:
         stage_spec = replace(spec, threads=max(1, int(cpus)), gpu_id=0 if gpus else -1)
+        # One batch at a time per actor: a batch takes seconds, and one queued
+        # behind a busy actor (the first to load, say) starves an idle one.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         dataset = dataset.map_batches(
             _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
-            num_gpus=gpus or None)
+            compute=pool, num_cpus=cpus, num_gpus=gpus or None)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield list(batch["post"])
+
+
+def read_dataset(ray, inputs: Sequence[InputFile], columns: Columns, done: DoneRows,
+                 batch_size: int):
+    """The posts still to do, one post per block: Ray Data would else gather a
+    whole file into one block (up to 128 MiB), which one actor takes whole
+    while the others idle, and whose rows reach the writer only at its end.
+    An actor still gets `batch_size` posts a call: its bundles gather blocks."""
+    units = [{"unit": _ReadUnit(item, columns, done.bitmaps.get(item.name), batch_size)}
+             for item in inputs]
+    dataset = ray.data.from_items(units, override_num_blocks=len(units))
+    dataset.context.target_max_block_size = 1  # byte: cut after every post; this job only
+    # Reading takes no reserved CPU (actors holding every CPU must not starve
+    # it) and runs on the driver's node, where INPUT is.
+    return dataset.map_batches(_read_unit, batch_size=1, num_cpus=0,
+                               **_on_this_node(ray, dataset.map_batches))
 
 
 def _on_this_node(ray, map_batches) -> Dict[str, Any]:
