@@ -16,7 +16,8 @@ from helpers import make_tiny_encoder
 # parallel workers in collection order: these start first, so that no worker
 # is left running one of them alone at the end.
 LONGEST_FILES = ("test_project.py", "test_training.py", "test_converters.py",
-                 "test_robust_crash.py", "test_apply_ray.py", "test_spacy_train_with_cpu_config.py")
+                 "test_robust_crash.py", "test_apply_ray.py", "test_apply_ray_cluster.py",
+                 "test_spacy_train_with_cpu_config.py")
 
 
 def pytest_collection_modifyitems(items):
