@@ -164,16 +164,17 @@ def rewrite_knowledge(
     pool = [(i, mention) for i, mentions in enumerate(found) for mention in mentions]
     dropped = set(random.Random(f"{seed}-drop").sample(pool, round(drop * len(pool))))
     added: Dict[int, List[Mention]] = {}
-    n_spurious = round(spurious * len(pool))
+    n_spurious, n_added = round(spurious * len(pool)), 0
     rng = random.Random(f"{seed}-spurious")
     for i, _ in rng.sample(pool, len(pool)):
-        if sum(map(len, added.values())) == n_spurious:
+        if n_added == n_spurious:
             break
         gold = {token.i for ent in examples[i].reference.ents for token in ent}
         blocked = gold | aligned_tokens(words[i], renamed[i] + added.get(i, []))
         extra = spurious_mention(examples[i], blocked, rng)
         if extra is not None:
             added.setdefault(i, []).append(extra)
+            n_added += 1
     rewritten = []
     for i, eg in enumerate(examples):
         doc = eg.predicted.copy()
@@ -183,7 +184,7 @@ def rewrite_knowledge(
             context.knowledge = [render_mentions(kept)] if kept else []
         rewritten.append(Example(doc, eg.reference))
     counts = {"mentions_in_posts": len(pool), "dropped": len(dropped),
-              "spurious_added": sum(map(len, added.values()))}
+              "spurious_added": n_added}
     return rewritten, counts
 
 
@@ -238,15 +239,17 @@ def summarise(models: List[Dict], baseline: List[float]) -> Dict[str, Dict]:
     return table
 
 
-def markdown(table: Dict[str, Dict], text: float, baseline: float, n_seeds: int) -> str:
+def markdown(table: Dict[str, Dict], text: float, baseline: Sequence[float], n_models: int) -> str:
     """The table as it goes in docs/benchmarks.md."""
-    lines = [f"| knowledge at inference | cross F1 | gain over (b) {baseline:.2f} | share of gain kept "
-             f"| below text view ({text:.2f})? |", "|---|---|---|---|---|"]
+    lines = [f"| knowledge at inference | cross F1 | gain over (b) {statistics.mean(baseline):.2f} "
+             f"| share of the gain kept | below the text view ({text:.2f})? |",
+             "|---|---|---|---|---|"]
     for name, row in table.items():
-        share = "n/a" if row["share"] is None else f"{100 * row['share']:.0f} %"
+        share = "n/a" if row["share"] is None else f"{round(100 * row['share'])} %"
         lines.append(f"| {name} | {row['cross']:.2f} | {row['gain']:+.2f} | {share} "
                      f"| {'yes' if row['below_text'] else 'no'} |")
-    return "\n".join(lines) + f"\n\n({n_seeds} seed(s); Twitter-2015 test.)"
+    return "\n".join(lines) + (f"\n\nTwitter-2015 test; (d) {n_models} seed(s), "
+                               f"(b) {len(baseline)} seed(s); rewriting seeded.")
 
 
 def ready_model(path: str) -> Path:
@@ -283,7 +286,7 @@ def main(argv=None) -> None:
     models = [score_model(model, args.test, args.seed, log) for model in args.models]
     table = summarise(models, baseline_f1)
     text = statistics.mean(m["text"] for m in models)
-    report = markdown(table, text, statistics.mean(baseline_f1), len(models))
+    report = markdown(table, text, baseline_f1, len(models))
     replace_json(args.output, {
         "test": str(args.test), "rewrite_seed": args.seed, "baseline_f1": baseline_f1,
         "baseline_models": [str(m) for m in args.baseline], "text_view": text,
