@@ -165,6 +165,9 @@ def main():
                         help="only collect runs already trained and scored in --workdir (a summary)")
     parser.add_argument("--project", type=Path,
                         help="the project folder: reuse its twitter2015 ablation for seed 0")
+    parser.add_argument("--corpus", type=Path,
+                        help="a folder with train/dev/test.spacy to use instead of converting the data "
+                             "(e.g. bench/augment_knowledge.py's)")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "accuracy.json")
     args = parser.parse_args()
@@ -181,7 +184,7 @@ def main():
                 "--training.eval_frequency", args.eval_frequency]
     extra = args.extra.split()
     with open(args.workdir / "log.txt", "a") as log:
-        corpus = convert(args.workdir, args.context, log)
+        corpus = args.corpus or convert(args.workdir, args.context, log)
         results = []
         for seed in args.seeds:
             seed_results = {}
@@ -205,7 +208,8 @@ def main():
         "settings": {"seeds": args.seeds, "context": args.context,
                      "max_steps": args.max_steps, "learn_rate": args.learn_rate,
                      "warmup_steps": args.warmup_steps, "eval_frequency": args.eval_frequency,
-                     "extra": args.extra, "project": str(args.project or "")},
+                     "extra": args.extra, "project": str(args.project or ""),
+                     "corpus": str(args.corpus or "")},
         "systems": summarise(results),
         "runs": results,
         "published": PUBLISHED,
