@@ -67,8 +67,8 @@ def bench_text(encoder: str, settings) -> dict:
     import numpy
 
     from helpers import check_tagged, trained_pipeline
-    from spacy_ita.encoder_inputs import TaggerInput
-    from spacy_ita.ita_tagger import get_module
+    from spacy_ita.ner.inputs import TaggerInput
+    from spacy_ita.ner.model import get_module
     from test_robust_text import LONG_CONTEXT, TEXTS
 
     nlp = trained_pipeline(encoder)

@@ -1,4 +1,4 @@
-"""`spacy_ita.checkpoints` on its own: the state it stores (random generators,
+"""`spacy_ita.training.checkpoints` on its own: the state it stores (random generators,
 optimizer moments by stable names, fingerprints), why it refuses to resume,
 and the save it makes when a training loop ends. Whole training runs that
 resume from it are in test_training.py."""
@@ -13,9 +13,9 @@ from spacy.training.loop import create_before_to_disk_callback
 from thinc.api import Adam
 
 from helpers import CPU_CONFIG, make_examples, make_nlp
-from spacy_ita.checkpoints import (Checkpoints, Progress, checkpoint_link, decode_random_states,
-                                   encode_random_states, fingerprint, get_optimizer_state,
-                                   random_states, set_optimizer_state, set_random_states)
+from spacy_ita.training.checkpoints import (Checkpoints, Progress, checkpoint_link, decode_random_states,
+                                            encode_random_states, fingerprint, get_optimizer_state,
+                                            random_states, set_optimizer_state, set_random_states)
 
 LIMITS = {"max_steps": 0, "max_epochs": 0, "batch_size_schedule": False}
 KEEP = create_before_to_disk_callback(None)

@@ -13,7 +13,7 @@ from spacy.tokens import Doc, DocBin, Span
 import spacy_ita  # noqa: F401  (Doc extensions, msgpack hooks)
 from helpers import REPO_ROOT, SHARED_DATA, mner_summary
 from spacy_ita import VisualContext
-from spacy_ita.converters import bio_to_spans, read_captions, read_mner, write_mner
+from spacy_ita.corpus.mner import bio_to_spans, read_captions, read_mner, write_mner
 
 TWITTER2015 = SHARED_DATA / "twitter2015"
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacy_ita.crf import LinearChainCRF, pad_sequences
-from spacy_ita.tags import allowed_moves, make_tags
+from spacy_ita.ner.crf import LinearChainCRF, pad_sequences
+from spacy_ita.ner.tag_scheme import allowed_moves, make_tags
 
 TAGS = make_tags(["PER", "LOC"], "BIO")
 

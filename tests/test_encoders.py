@@ -10,7 +10,7 @@ from spacy.util import registry
 from transformers import AutoTokenizer
 
 from helpers import check_tagged, make_examples
-from spacy_ita import encoders
+from spacy_ita.ner import encoders
 
 
 def test_bundled_encoder_is_a_local_model_folder_under_its_registered_name():

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 import spacy_ita  # noqa: F401  (Doc extensions, msgpack hooks)
 from spacy_ita import VisualContext
 from spacy_ita.cli import app
-from spacy_ita.converters import detect_format, format_mner, read_mner, write_mner
+from spacy_ita.corpus.mner import detect_format, format_mner, read_mner, write_mner
 
 # Three posts: a context with unicode, an empty context, and no <EOS> at all.
 INLINE = (

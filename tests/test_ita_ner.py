@@ -13,8 +13,8 @@ from thinc.api import SGD, fix_random_seed
 
 from helpers import POSTS, entities, make_examples, make_nlp, train
 from spacy_ita import VisualContext
-from spacy_ita.encoder_inputs import TaggerInput, encode
-from spacy_ita.ita_tagger import get_module, sequence_limit
+from spacy_ita.ner.inputs import TaggerInput, encode
+from spacy_ita.ner.model import get_module, sequence_limit
 
 
 def fresh_docs(examples):

@@ -5,7 +5,7 @@ import pytest
 import spacy
 
 from helpers import check_tagged, make_examples, make_nlp
-from spacy_ita.encoders import BUNDLED_ENCODER
+from spacy_ita.ner.encoders import BUNDLED_ENCODER
 
 TEXT = "Phoenix beat Denver tonight"
 

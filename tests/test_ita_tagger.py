@@ -6,9 +6,9 @@ from thinc.api import Adam
 
 from helpers import make_examples, train
 from spacy_ita import VisualContext
-from spacy_ita.encoder_inputs import TaggerInput
-from spacy_ita.knowledge import Mention
-from spacy_ita.ita_tagger import get_module
+from spacy_ita.knowledge.mentions import Mention
+from spacy_ita.ner.inputs import TaggerInput
+from spacy_ita.ner.model import get_module
 
 KNOWLEDGE_POSTS = [
     ("Phoenix beat Denver tonight", [(0, 7, "ORG"), (13, 19, "ORG")],

@@ -1,7 +1,7 @@
 """Knowledge as mentions: parsing language-model answers, the compact form, alignment."""
 import pytest
 
-from spacy_ita.knowledge import (
+from spacy_ita.knowledge.mentions import (
     Mention,
     align_mentions,
     matched_mentions,

@@ -8,7 +8,7 @@ import spacy
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
-from spacy_ita.knowledge import Mention, align_mentions, parse_mentions
+from spacy_ita.knowledge.mentions import Mention, align_mentions, parse_mentions
 from spacy_ita.visual_context import VisualContext
 
 _SPEC = importlib.util.spec_from_file_location(

@@ -32,7 +32,7 @@ from spacy_ita.context import component as _component  # noqa: F401  (the ita_co
 from spacy_ita.context import make_doc, pipe_posts
 from spacy_ita.context.llm import AnswerError, AnswerRefused, bounded_http_client, parse_answer
 from spacy_ita.context.registry import Extractor, extractors
-from spacy_ita.knowledge import Mention, parse_mentions
+from spacy_ita.knowledge.mentions import Mention, parse_mentions
 
 MODEL = "test-model"
 KEY_ENV = "SPACY_ITA_TEST_LLM_KEY"

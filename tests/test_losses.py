@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from spacy_ita.crf import LinearChainCRF
-from spacy_ita.losses import ItaLoss, cva_divergence
+from spacy_ita.ner.crf import LinearChainCRF
+from spacy_ita.ner.loss import ItaLoss, cva_divergence
 
 
 def log_marginals(shape, seed):

@@ -15,8 +15,8 @@ import srsly
 from thinc.api import Config
 
 from helpers import check_tagged, make_examples, make_nlp
-from spacy_ita.encoders import MPNET_ENCODER
-from spacy_ita.ita_tagger import is_initialized
+from spacy_ita.ner.encoders import MPNET_ENCODER
+from spacy_ita.ner.model import is_initialized
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_an_untrained_ita_ner_round_trips_through_bytes(tiny_encoder):
 def test_the_fixed_file_names_cover_common_tokenizers(name):
     import transformers
 
-    from spacy_ita.pytorch_ita_tagger import TOKENIZER_FILES
+    from spacy_ita.ner.torch_module import TOKENIZER_FILES
 
     classes = [getattr(transformers, name)]
     classes += [classes[0].slow_tokenizer_class] if classes[0].slow_tokenizer_class else []

@@ -7,10 +7,10 @@ import spacy
 import torch
 
 from helpers import entities, make_examples, make_nlp, train
-from spacy_ita import precision as precision_module
-from spacy_ita.crf import LinearChainCRF
-from spacy_ita.ita_tagger import get_module
-from spacy_ita.precision import effective_precision, native_bf16
+from spacy_ita.ner import precision as precision_module
+from spacy_ita.ner.crf import LinearChainCRF
+from spacy_ita.ner.model import get_module
+from spacy_ita.ner.precision import effective_precision, native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_auto_uses_bf16_only_where_it_is_native(trained_tiny, bf16_native, nativ
 def test_forced_bf16_where_it_is_emulated_warns_once(caplog, bf16_native):
     bf16_native(False)
     device = torch.device("meta")  # a device type no other test announces
-    with caplog.at_level(logging.INFO, logger="spacy_ita.precision"):
+    with caplog.at_level(logging.INFO, logger="spacy_ita.ner.precision"):
         assert effective_precision("bf16", device) == "bf16"
         assert effective_precision("bf16", device) == "bf16"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -24,7 +24,7 @@ import demo_corpus
 import variant_config
 from error_report import entity_errors
 from helpers import PROJECT, REPO_ROOT, SHARED_DATA
-from spacy_ita.encoders import BUNDLED_ENCODER
+from spacy_ita.ner.encoders import BUNDLED_ENCODER
 from try_package import make_venv
 
 ASSETS = REPO_ROOT / "assets"

@@ -1,4 +1,4 @@
-"""`spacy_ita.tags`: each scheme's tag inventory, the moves between tags the
+"""`spacy_ita.ner.tag_scheme`: each scheme's tag inventory, the moves between tags the
 CRF may make, and the way from gold entities to tags and back to spans."""
 import pytest
 import spacy
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spacy.training import Example, iob_to_biluo
 
-from spacy_ita.tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
+from spacy_ita.ner.tag_scheme import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
 
 TEXT = "Kobe Bryant visits New York and Oslo"
 ENTITIES = [(0, 11, "PER"), (19, 27, "LOC"), (32, 36, "LOC")]

@@ -3,8 +3,8 @@ import pytest
 import spacy
 import torch
 
-from spacy_ita.knowledge import Mention
-from spacy_ita.token_features import (
+from spacy_ita.knowledge.mentions import Mention
+from spacy_ita.ner.token_features import (
     N_SHAPES,
     PAD,
     UNKNOWN,

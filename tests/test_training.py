@@ -1,4 +1,4 @@
-"""`spacy_ita.training`: the same updates as `spacy train`, checkpoints swapped in
+"""`spacy_ita.training.loop`: the same updates as `spacy train`, checkpoints swapped in
 whole, a resumed run that takes up exactly the state an uninterrupted run had
 at that step, and the checkpoints it refuses to resume from.
 
@@ -20,7 +20,7 @@ from spacy.training.initialize import init_nlp
 from spacy.training.loop import train as spacy_train
 
 from helpers import largest_difference, training_setup
-from spacy_ita import checkpoints, training
+from spacy_ita.training import checkpoints, loop as training
 
 
 # Rounding drift over these short runs is far below this (0 in the runs seen);

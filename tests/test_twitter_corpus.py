@@ -10,7 +10,7 @@ from spacy.tokens import DocBin
 
 import pgim_knowledge
 import twitter_corpus
-from spacy_ita.converters import read_captions
+from spacy_ita.corpus.mner import read_captions
 
 POSTS = {  # image id: (tokens with tags, caption, knowledge)
     "101": ([("Kawhi", "B-PER"), ("wins", "O")], "a player", "Kawhi Leonard (person)"),

@@ -11,8 +11,8 @@ import pytest
 
 from helpers import check_tagged, trained_pipeline
 from spacy_ita import VisualContext
-from spacy_ita.encoder_inputs import TaggerInput, encode, special_tokens
-from spacy_ita.ita_tagger import get_module, sequence_limit
+from spacy_ita.ner.inputs import TaggerInput, encode, special_tokens
+from spacy_ita.ner.model import get_module, sequence_limit
 
 
 @pytest.fixture(scope="module")

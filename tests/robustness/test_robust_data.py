@@ -18,7 +18,7 @@ from spacy.tokens import Doc, DocBin
 
 import spacy_ita  # noqa: F401
 from helpers import entities, make_nlp, mner_summary
-from spacy_ita.converters import read_captions, read_mner
+from spacy_ita.corpus.mner import read_captions, read_mner
 
 READER = "spacy-ita.MultimodalCorpus.v1"
 SAMPLE = (

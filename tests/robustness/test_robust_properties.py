@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
-from spacy_ita.converters import read_mner
-from spacy_ita.crf import LinearChainCRF, pad_sequences
-from spacy_ita.tags import allowed_moves, gold_tags, make_tags, tags_to_spans
+from spacy_ita.corpus.mner import read_mner
+from spacy_ita.ner.crf import LinearChainCRF, pad_sequences
+from spacy_ita.ner.tag_scheme import allowed_moves, gold_tags, make_tags, tags_to_spans
 
 VOCAB = spacy.blank("en").vocab
 SCHEMES = {"BIO": make_tags(["PER", "LOC"], "BIO"), "BILUO": make_tags(["PER", "LOC"], "BILUO")}

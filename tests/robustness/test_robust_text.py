@@ -11,8 +11,8 @@ import numpy
 import pytest
 
 from helpers import check_tagged, trained_pipeline
-from spacy_ita.encoder_inputs import TaggerInput
-from spacy_ita.ita_tagger import get_module
+from spacy_ita.ner.inputs import TaggerInput
+from spacy_ita.ner.model import get_module
 
 LONG_CONTEXT = {"captions": ["a crowd in a stadium " * 400], "ocr_text": ["GO TEAM"] * 50}
 

@@ -1,7 +1,7 @@
 """The thinc model `spacy-ita.ItaTagger.v2`: TaggerInputs -> emission scores.
 
 Each input is a Doc, an optional context string and the mentions its
-knowledge names (see `encoder_inputs` for how they become encoder sequences,
+knowledge names (see `inputs` for how they become encoder sequences,
 `token_features` for the learned per-token signals v2 adds beside the
 encoder). Only the sentence's tokens get scores. The CRF that turns scores
 into tags lives in the same torch module; `decode` and `loss_and_gradient`
@@ -24,16 +24,16 @@ from thinc.api import (
 from thinc.types import Floats2d, Ints1d
 
 from .crf import pad_sequences
-from .encoder_inputs import POOLINGS, EncoderBatch, TaggerInput, encode
 from .encoders import prepare_encoder
-from .losses import ItaLoss, ViewScores, crf_loss_terms
-from .pytorch_ita_tagger import ItaTaggerModule, deserialize_module, serialize_module
+from .inputs import POOLINGS, EncoderBatch, TaggerInput, encode
+from .loss import ItaLoss, ViewScores, crf_loss_terms
 from .token_features import (
     PLACES,
     TokenFeatureEmbedding,
     build_type_vocabulary,
     featurize,
 )
+from .torch_module import ItaTaggerModule, deserialize_module, serialize_module
 
 
 @dataclass

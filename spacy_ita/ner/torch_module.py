@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, SpecialTokensMixin
 
 from .crf import LinearChainCRF
-from .encoder_inputs import EncoderBatch
+from .inputs import EncoderBatch
 from .precision import encoder_autocast
 from .token_features import TokenFeatureEmbedding
 

@@ -4,7 +4,7 @@
 `shutil.copytree`: a run killed while it saves can leave either unloadable,
 and a rerun starts again at step 0. `train` runs the same loop (for the same
 config and seed: the same batches, updates and evaluations), but saves through
-the checkpoint store of `spacy_ita.checkpoints`, which swaps each checkpoint in
+the checkpoint store of `spacy_ita.training.checkpoints`, which swaps each checkpoint in
 whole and keeps the optimizer, the random generators and the position in the
 data next to it, so that `resume=True` goes on from the last checkpoint
 instead of from the start.
@@ -27,9 +27,9 @@ from spacy.util import registry, resolve_dot_names
 from thinc.api import Optimizer, constant, fix_random_seed, set_gpu_allocator
 from wasabi import Printer
 
+from ..ner.component import ItaNer
 from .checkpoints import (Checkpoints, Progress, ResumePoint, fingerprint, random_states,
                           set_random_states)
-from .ita_ner import ItaNer
 
 # (epoch, batch index in the epoch, the epoch's example order, batch)
 Batch = Tuple[int, int, Optional[List[int]], List[Example]]

@@ -18,7 +18,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .visual_context import FIELDS, VisualContext, get_visual_context
+from ..visual_context import FIELDS, VisualContext, get_visual_context
 
 IMGID_PREFIX = "IMGID:"
 # The inline format: the token that ends a post's sentence and starts its

@@ -18,7 +18,7 @@ import numpy
 import torch
 from torch import nn
 
-from .knowledge import Mention, align_mentions
+from ..knowledge.mentions import Mention, align_mentions
 
 KINDS = ("word", "number", "hashtag", "handle", "url", "punct", "other")
 CASES = ("lower", "upper", "title", "mixed", "single_upper", "none")

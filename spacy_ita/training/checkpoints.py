@@ -1,4 +1,4 @@
-"""The checkpoint store of `spacy_ita.training`: model-last, model-best and the
+"""The checkpoint store of `spacy_ita.training.loop`: model-last, model-best and the
 training state a resumed run needs, each swapped in whole so that a kill never
 leaves a broken checkpoint.
 
@@ -23,8 +23,8 @@ from spacy.training import Example
 from thinc.api import Optimizer, get_current_ops
 from thinc.backends import get_array_ops
 
-from .files import recover_directory, replace_directory, replace_file
-from .visual_context import VisualContext
+from ..files import recover_directory, replace_directory, replace_file
+from ..visual_context import VisualContext
 
 MODEL_LAST = "model-last"
 MODEL_BEST = "model-best"

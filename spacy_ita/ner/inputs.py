@@ -14,7 +14,7 @@ import numpy
 import torch
 from spacy.tokens import Doc
 
-from .knowledge import Mention
+from ..knowledge.mentions import Mention
 from .token_features import TokenFeatures
 
 

@@ -19,16 +19,16 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from thinc.api import Config, Model, set_dropout_rate
 from thinc.types import Ints1d
 
-from .encoder_inputs import TaggerInput
-from .files import replace_file, replace_json
-from .knowledge import matched_mentions, parse_mentions, render_mentions
-from .ita_tagger import (ScoreGradient, decode, is_initialized, loss_and_gradient, model_device,
-                         n_scored_tags)
-from .losses import ItaLoss, ViewScores
+from ..files import replace_file, replace_json
+from ..knowledge.mentions import matched_mentions, parse_mentions, render_mentions
+from ..visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
+from .inputs import TaggerInput
+from .loss import ItaLoss, ViewScores
+from .model import (ScoreGradient, decode, is_initialized, loss_and_gradient, model_device,
+                    n_scored_tags)
 from .precision import check_precision, effective_precision, encoder_precision
-from .tags import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
+from .tag_scheme import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
 from .views import VIEWS
-from .visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
 
 KNOWLEDGE_FORMS = ("mentions", "text")
 UNMATCHED_KNOWLEDGE = ("keep", "drop")

@@ -13,7 +13,7 @@ from typing import List, Set
 
 from spacy.util import registry
 
-from .files import replace_directory
+from ..files import replace_directory
 
 MPNET = "all-mpnet-base-v2"
 MPNET_ENCODER = "spacy-ita.mpnet_encoder.v1"
