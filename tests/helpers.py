@@ -1,4 +1,4 @@
-"""What the tests in tests/ and tests/robustness/ (and the benches in bench/)
+"""What the tests in every folder of tests/ (and the benches in bench/)
 build on: the tiny random encoder, a dozen annotated posts, ita_ner pipelines
 trained on them, and a small MNER sample with the CPU training config.
 

@@ -248,7 +248,7 @@ def test_every_transformers_loader_in_the_package_refuses_remote_code():
     """from_pretrained, from_config and pipeline calls in spacy_ita pass
     trust_remote_code=False: transformers would otherwise ask at the terminal
     whether to run the code a model folder names (and wait for an answer)."""
-    package = Path(__file__).resolve().parents[1] / "spacy_ita"
+    package = Path(__file__).resolve().parents[2] / "spacy_ita"
     loaders, problems = 0, []
     for source in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf8"))):

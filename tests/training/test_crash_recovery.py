@@ -14,8 +14,8 @@ import spacy
 from spacy.tokens import DocBin
 
 from helpers import largest_difference, trained_pipeline, training_setup
-from robust_crash import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
-                          make_images, prepare_cache, resume_training, run_extraction)
+from kill_and_resume import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
+                             make_images, prepare_cache, resume_training, run_extraction)
 
 N_IMAGES = 10
 

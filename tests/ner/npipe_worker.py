@@ -1,11 +1,11 @@
 """Run `nlp.pipe(..., n_process=N)` over posts in a fresh process and dump the results.
 
-    python robust_npipe.py PIPELINE POSTS_JSON OUT_JSON --batch-sizes 1,8,64
+    python npipe_worker.py PIPELINE POSTS_JSON OUT_JSON --batch-sizes 1,8,64
         [--n-process 2] [--one-thread] [--warm-up] [--watchdog SECONDS] [--limit N]
 
-Used by test_robust_batches.py and bench/bench_reliability.py. The pipeline
+Used by test_mixed_batches.py and bench/bench_reliability.py. The pipeline
 may hold ita_context with the tests' cheap extractor, registered by importing
-robust_helpers. --one-thread calls torch.set_num_threads(1) before anything
+mixed_batches. --one-thread calls torch.set_num_threads(1) before anything
 else (the user-side workaround for the fork deadlock, see docs/reliability.md);
 --warm-up runs the pipeline once in the parent before forking (as any script
 that also tags single docs does). The watchdog kills the workers and exits
@@ -20,7 +20,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # robust_helpers, and the helpers it imports
+sys.path.insert(0, os.path.dirname(HERE))  # tests/: mixed_batches, and the helpers it imports
 
 
 def parse_args(argv=None):
@@ -48,7 +48,7 @@ def main(argv=None):
     import spacy
 
     # (also registers the cheap extractor and the ita_context factory)
-    from robust_helpers import doc_summary, docs_from_posts
+    from mixed_batches import doc_summary, docs_from_posts
 
     warnings.simplefilter("ignore")  # ita_context warns about each broken image
     nlp = spacy.load(args.pipeline)

@@ -19,7 +19,7 @@ from spacy_ita.context.ocr import make_easyocr, make_tesseract  # noqa: E402
 from spacy_ita.context.tags import (make_efficientnet_tagger,  # noqa: E402
                                     make_hf_object_detector)
 
-from data_context.builders import render_sign  # noqa: E402
+from image_builders import render_sign  # noqa: E402
 
 TINY_LABELS = {0: "cat", 1: "cup", 2: "sign"}
 

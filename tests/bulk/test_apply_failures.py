@@ -6,7 +6,7 @@ next run redoes (and only it); every row failing is a non-zero exit. Also the
 
 The pipeline is the robustness tests' tiny trained `ita_ner` behind an
 `ita_context` whose only slot is `spacy-ita.llm_knowledge.v1`, asking the
-OpenAI-compatible test server of test_llm_knowledge on 127.0.0.1.
+OpenAI-compatible test server of fake_llm on 127.0.0.1.
 """
 import json
 from pathlib import Path
@@ -15,8 +15,8 @@ import pytest
 import spacy
 from typer.testing import CliRunner
 
+from fake_llm import KEY, KEY_ENV, MODEL, FakeLLM, Reply, entities, free_port, post_text
 from helpers import trained_pipeline
-from test_llm_knowledge import KEY, KEY_ENV, MODEL, FakeLLM, Reply, entities, free_port, post_text
 
 from spacy_ita.bulk import apply
 from spacy_ita.bulk.outputs import is_redone, open_writer

@@ -1,4 +1,4 @@
-"""Kill-and-resume helpers for test_robust_crash.py and the bench.
+"""Kill-and-resume helpers for test_crash_recovery.py and the bench.
 
 An extraction run (`python -m spacy_ita extract`, EfficientNet tags, batch
 size 1, persistent cache) and a `python -m spacy_ita train` run (tiny

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from robust_helpers import doc_summary, docs_from_posts, multimodal_pipeline, post_dicts
+from mixed_batches import doc_summary, docs_from_posts, multimodal_pipeline, post_dicts
 
 N_POSTS = 200
-WORKER = Path(__file__).with_name("robust_npipe.py")
+WORKER = Path(__file__).with_name("npipe_worker.py")
 
 
 @pytest.fixture(scope="module")

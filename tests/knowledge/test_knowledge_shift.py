@@ -12,7 +12,7 @@ from spacy_ita.knowledge.mentions import Mention, align_mentions, parse_mentions
 from spacy_ita.visual_context import VisualContext
 
 _SPEC = importlib.util.spec_from_file_location(
-    "bench_knowledge_shift", Path(__file__).parent.parent / "bench" / "bench_knowledge_shift.py")
+    "bench_knowledge_shift", Path(__file__).parents[2] / "bench" / "bench_knowledge_shift.py")
 shift = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(shift)
 

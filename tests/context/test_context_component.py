@@ -17,7 +17,7 @@ from spacy_ita.context.images import ImageError
 from spacy_ita.context.ocr import TextFragment, make_tesseract, reading_order_lines
 from spacy_ita.context.registry import ImageExtractor, extractors
 
-from data_context.builders import bad_images, encoded
+from image_builders import bad_images, encoded
 
 CALLS: Counter = Counter()
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}

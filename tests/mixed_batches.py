@@ -1,7 +1,7 @@
-"""Builders of the robustness tests (and bench/bench_reliability.py): mixed
-batches of posts, a cheap pixel extractor for ita_context and the pipelines
-that use it. What tests/ shares with them (the trained tiny-encoder pipeline,
-`check_tagged`) is in tests/helpers.py.
+"""Builders of the hostile-input tests in ner/ and context/ (and
+bench/bench_reliability.py): mixed batches of posts, a cheap pixel extractor
+for ita_context and the pipelines that use it. What all tests share (the
+trained tiny-encoder pipeline, `check_tagged`) is in tests/helpers.py.
 """
 import random
 from collections import Counter

@@ -1,4 +1,4 @@
-"""Image files for the robustness tests and the bench, built on the fly.
+"""Image files for test_hostile_images.py and the bench, built on the fly.
 
 `bad_image_cases` are inputs that must be refused (ImageError, then the
 component's on_error policy); `good_image_cases` must decode to a usable RGB

@@ -13,7 +13,7 @@ import spacy_ita.context.component  # noqa: E402,F401  (the ita_context factory)
 from spacy_ita.context import make_doc, ocr  # noqa: E402
 from spacy_ita.context.ocr import make_rapidocr  # noqa: E402
 
-from data_context.builders import render_sign  # noqa: E402
+from image_builders import render_sign  # noqa: E402
 
 pytest.importorskip("rapidocr")
 

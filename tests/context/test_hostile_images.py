@@ -17,9 +17,9 @@ import warnings
 import pytest
 from PIL import Image, ImageStat
 
-from robust_helpers import EXTRACTOR_CALLS, context_nlp
-from robust_images import (STRIP_CASES, bad_image_cases, good_image_cases, strip_image,
-                           write_big_png)
+from hostile_images import (STRIP_CASES, bad_image_cases, good_image_cases, strip_image,
+                            write_big_png)
+from mixed_batches import EXTRACTOR_CALLS, context_nlp
 from spacy_ita import VisualContext
 from spacy_ita.context import make_doc
 from spacy_ita.context.images import DEFAULT_MAX_SIDE, ImageError, load_image

@@ -13,7 +13,7 @@ from spacy_ita.context import make_doc
 from spacy_ita.context.images import (ImageError, decode_pil_image, load_image,
                                       read_image_source)
 
-from data_context.builders import bad_images, encoded, png_header_only
+from image_builders import bad_images, encoded, png_header_only
 
 
 def test_path_pathlib_bytes_and_pil_give_the_same_rgb_image(tmp_path):
