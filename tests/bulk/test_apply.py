@@ -1,7 +1,7 @@
 """`apply`: files of posts in, one row per post out, resumable, bad rows kept.
 
 The pipeline is the robustness tests' briefly trained tiny-encoder `ita_ner`
-behind an `ita_context` with a cheap colour extractor (tests/apply_code.py,
+behind an `ita_context` with a cheap colour extractor (tests/bulk/apply_code.py,
 imported by worker processes through `code`).
 """
 import json

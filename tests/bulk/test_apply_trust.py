@@ -4,7 +4,7 @@ and on every redirect), every image under --max-image-bytes, and a download
 bounded in time as a whole.
 
 The pipeline is only an `ita_context` with the cheap colour extractor of
-tests/apply_code.py: an image that was read shows as its colour tag.
+tests/bulk/apply_code.py: an image that was read shows as its colour tag.
 """
 import os
 import re

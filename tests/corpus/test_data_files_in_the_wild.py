@@ -1,6 +1,6 @@
 """Issue 6, point 5: data files the converter and readers meet in the wild.
 
-tests/test_converters.py already covers BOM + CRLF + missing final newline,
+tests/corpus/test_mner.py already covers BOM + CRLF + missing final newline,
 tabs inside tokens, malformed tags, orphan I-, any label set, and caption
 files. This module covers the gaps: a file truncated at every byte, encodings
 other than UTF-8, old-Mac CR line endings, mixed line endings, tags without a

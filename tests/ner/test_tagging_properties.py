@@ -1,9 +1,9 @@
 """Issue 6, point 8: property-based tests that were missing.
 
-Already in place and matching the spec: tests/test_crf.py::test_crf_properties
+Already in place and matching the spec: tests/ner/test_crf.py::test_crf_properties
 (marginals sum to 1, Viterbi paths allowed and scoring >= sampled allowed
 paths, log Z >= best score; BIO constraints only) and
-tests/test_converters.py::test_round_trip_property (write_mner/read_mner).
+tests/corpus/test_mner.py::test_round_trip_property (write_mner/read_mner).
 Added here: the same CRF properties under BILUO constraints and without
 constraints; decoded tag sequences always become valid spans; gold tags
 round-trip to the same entities in both schemes; and the MNER reader fed

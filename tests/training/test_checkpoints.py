@@ -1,7 +1,7 @@
 """`spacy_ita.training.checkpoints` on its own: the state it stores (random generators,
 optimizer moments by stable names, fingerprints), why it refuses to resume,
 and the save it makes when a training loop ends. Whole training runs that
-resume from it are in test_training.py."""
+resume from it are in test_training_loop.py."""
 import random
 
 import numpy

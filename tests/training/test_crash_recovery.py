@@ -93,7 +93,7 @@ def assert_loadable_checkpoints(output):
 
 
 # A resumed process may round differently from the run it continues (torch's
-# CPU kernels depend on memory alignment); tests/test_training.py checks the
+# CPU kernels depend on memory alignment); tests/training/test_training_loop.py checks the
 # state at the resume point bit for bit. Measured over 120 steps: drift 0;
 # a resume without the optimizer state 1.6e-3, without the random states 3.6e-3.
 DRIFT = 1e-4
