@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 import spacy_ita  # noqa: E402,F401
 from spacy_ita.bulk import apply  # noqa: E402
 from demo_corpus import KINDS, SAVED_SIZE, render_image  # noqa: E402  (project/scripts)
-from spacy_ita.converters import read_mner  # noqa: E402
+from spacy_ita.corpus.mner import read_mner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WHERE_CODE = str(Path(__file__).resolve().parent / "where_probe.py")

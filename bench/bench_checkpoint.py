@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     from spacy.training.loop import create_before_to_disk_callback
 
     from helpers import training_setup
-    from spacy_ita.encoders import bundled_encoder
-    from spacy_ita.readers import MultimodalCorpus
-    from spacy_ita.checkpoints import Checkpoints, Progress, random_states
+    from spacy_ita.corpus.readers import MultimodalCorpus
+    from spacy_ita.ner.encoders import bundled_encoder
+    from spacy_ita.training.checkpoints import Checkpoints, Progress, random_states
 
     encoder = args.encoder or str(bundled_encoder())
     work = Path(tempfile.mkdtemp(prefix="bench_checkpoint_"))

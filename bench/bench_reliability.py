@@ -1,4 +1,4 @@
-"""Reliability bench for spacy-ita (issue 6): the big variants of tests/robustness.
+"""Reliability bench for spacy-ita (issue 6): the big variants of the hostile-input tests.
 
     python bench/bench_reliability.py --quick            # ~3-5 minutes on 2 CPU cores
     python bench/bench_reliability.py --full             # 5,000 posts, more kills
@@ -41,8 +41,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-ROBUSTNESS = REPO / "tests" / "robustness"
-sys.path[:0] = [str(REPO / "tests"), str(ROBUSTNESS)]
+TESTS = REPO / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "ner"), str(TESTS / "context"), str(TESTS / "training")]
 
 MODES = {
     "quick": {"posts": 200, "long_posts": [5_000, 20_000], "extract_kills": 1,
@@ -67,9 +67,9 @@ def bench_text(encoder: str, settings) -> dict:
     import numpy
 
     from helpers import check_tagged, trained_pipeline
-    from spacy_ita.encoder_inputs import TaggerInput
-    from spacy_ita.ita_tagger import get_module
-    from test_robust_text import LONG_CONTEXT, TEXTS
+    from spacy_ita.ner.inputs import TaggerInput
+    from spacy_ita.ner.model import get_module
+    from test_hostile_texts import LONG_CONTEXT, TEXTS
 
     nlp = trained_pipeline(encoder)
     labels = nlp.get_pipe("ita_ner").labels
@@ -109,7 +109,7 @@ def bench_text(encoder: str, settings) -> dict:
 # --- batches ------------------------------------------------------------------
 
 def bench_batches(encoder: str, settings, work: Path) -> dict:
-    from robust_helpers import doc_summary, docs_from_posts, multimodal_pipeline, post_dicts
+    from mixed_batches import doc_summary, docs_from_posts, multimodal_pipeline, post_dicts
 
     n = settings["posts"]
     nlp = multimodal_pipeline(encoder, work)
@@ -139,7 +139,7 @@ def bench_batches(encoder: str, settings, work: Path) -> dict:
                 nlp.pipe(docs_from_posts(nlp, posts), batch_size=batch_size)]
         compare(f"pipe batch_size={batch_size}", docs, time.perf_counter() - start)
 
-    worker = ROBUSTNESS / "robust_npipe.py"
+    worker = TESTS / "ner" / "npipe_worker.py"
 
     def run_worker(*options, timeout):
         out = work / "npipe.json"
@@ -200,9 +200,9 @@ print(json.dumps(out))
 def bench_images(settings, work: Path) -> dict:
     import re
 
-    from robust_helpers import EXTRACTOR_CALLS, context_nlp
-    from robust_images import (STRIP_CASES, bad_image_cases, good_image_cases, strip_image,
-                               write_big_png)
+    from hostile_images import (STRIP_CASES, bad_image_cases, good_image_cases, strip_image,
+                                write_big_png)
+    from mixed_batches import EXTRACTOR_CALLS, context_nlp
     from spacy_ita import VisualContext
     from spacy_ita.context import make_doc
     from spacy_ita.context.images import ImageError
@@ -274,8 +274,8 @@ def bench_images(settings, work: Path) -> dict:
 def bench_crash(encoder: str, settings, work: Path) -> dict:
     import srsly
     from helpers import largest_difference, training_setup
-    from robust_crash import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
-                              make_images, prepare_cache, resume_training, run_extraction)
+    from kill_and_resume import (cache_state, checkpoint_status, kill_extraction_when, kill_training,
+                                 make_images, prepare_cache, resume_training, run_extraction)
 
     rng = random.Random(6)
     n_images = settings["extract_images"]

@@ -36,9 +36,9 @@ from spacy.scorer import get_ner_prf  # noqa: E402
 from spacy.training import Example  # noqa: E402
 from thinc.api import Adam, fix_random_seed, warmup_linear  # noqa: E402
 
-from spacy_ita.converters import read_mner  # noqa: E402
-from spacy_ita.encoders import bundled_encoder  # noqa: E402
-from spacy_ita.precision import native_bf16  # noqa: E402
+from spacy_ita.corpus.mner import read_mner  # noqa: E402
+from spacy_ita.ner.encoders import bundled_encoder  # noqa: E402
+from spacy_ita.ner.precision import native_bf16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"

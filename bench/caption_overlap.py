@@ -12,7 +12,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from spacy_ita.converters import read_mner
+from spacy_ita.corpus.mner import read_mner
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter2015"
 

@@ -32,9 +32,9 @@ if hasattr(os, "register_at_fork"):
 from .context import make_doc, pipe_posts  # noqa: E402  (also registers the PIL msgpack hooks)
 
 _LAZY = {
-    "ItaNer": "ita_ner",
-    "make_ita_ner": "ita_ner",
-    "build_ita_tagger": "ita_tagger",
+    "ItaNer": "ner.component",
+    "make_ita_ner": "ner.component",
+    "build_ita_tagger": "ner.model",
 }
 
 __all__ = ["VisualContext", "make_doc", "pipe_posts", "__version__", *_LAZY]

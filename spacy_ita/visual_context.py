@@ -26,7 +26,7 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 class VisualContext:
     """Text describing a post's image (object tags, captions, OCR lines) and
     knowledge about the post (for example a language model's list of the
-    entities it mentions, see `spacy_ita.knowledge`)."""
+    entities it mentions, see `spacy_ita.knowledge.mentions`)."""
 
     object_tags: List[str] = field(default_factory=list)
     captions: List[str] = field(default_factory=list)

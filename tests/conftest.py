@@ -1,4 +1,4 @@
-"""Fixtures shared by tests/ and tests/robustness/; the builders behind them
+"""Fixtures shared by the tests in every folder of tests/; the builders behind them
 are in helpers.py. No test may need a network: helpers switches the hub off."""
 import os
 
@@ -15,8 +15,8 @@ from helpers import make_tiny_encoder
 # The test files that take minutes, longest first. `make test` runs files in
 # parallel workers in collection order: these start first, so that no worker
 # is left running one of them alone at the end.
-LONGEST_FILES = ("test_project.py", "test_training.py", "test_converters.py",
-                 "test_robust_crash.py", "test_apply_ray.py", "test_apply_ray_cluster.py",
+LONGEST_FILES = ("test_project.py", "test_training_loop.py", "test_mner.py",
+                 "test_crash_recovery.py", "test_apply_ray.py", "test_apply_ray_cluster.py",
                  "test_spacy_train_with_cpu_config.py")
 
 

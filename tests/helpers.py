@@ -1,4 +1,4 @@
-"""What the tests in tests/ and tests/robustness/ (and the benches in bench/)
+"""What the tests in every folder of tests/ (and the benches in bench/)
 build on: the tiny random encoder, a dozen annotated posts, ita_ner pipelines
 trained on them, and a small MNER sample with the CPU training config.
 
@@ -53,7 +53,7 @@ def make_tiny_encoder(path) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from spacy_ita.encoders import bundled_encoder
+    from spacy_ita.ner.encoders import bundled_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_encoder())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
@@ -179,7 +179,7 @@ def training_setup(folder: Path, encoder: str) -> Dict[str, Path]:
     """The MNER sample converted to .spacy and the CPU config with the encoder."""
     from spacy.tokens import DocBin
 
-    from spacy_ita.converters import read_mner
+    from spacy_ita.corpus.mner import read_mner
 
     sample, captions = write_mner_sample(folder)
     corpus = folder / "sample.spacy"

@@ -136,7 +136,7 @@ def main(
     wrong type)."""
     import spacy
 
-    from spacy_ita.readers import MultimodalCorpus
+    from spacy_ita.corpus.readers import MultimodalCorpus
 
     nlp = spacy.load(model)
     if "ita_ner" in nlp.pipe_names:

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Tuple
 import typer
 from wasabi import msg
 
-from spacy_ita.converters import read_mner
+from spacy_ita.corpus.mner import read_mner
 
 SPLITS = ("train", "valid", "test")
 

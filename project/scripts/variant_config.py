@@ -13,7 +13,7 @@ import typer
 from spacy.util import load_config
 from wasabi import msg
 
-from spacy_ita.encoders import BUNDLED_ENCODER, MPNET_ENCODER
+from spacy_ita.ner.encoders import BUNDLED_ENCODER, MPNET_ENCODER
 
 # No visual context at all; ITA's cross-modal view alone; both views with
 # Cross-View Alignment, the loss weights as the config sets them.

@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 from tqdm import tqdm
 
 from ..context.images import DEFAULT_MAX_BYTES
-from ..precision import check_precision
+from ..ner.precision import check_precision
 from .annotate import PipelineSpec
 from .fetch import Fetcher
 from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, input_root, read_posts

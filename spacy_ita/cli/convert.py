@@ -10,7 +10,7 @@ import spacy
 import typer
 from spacy.tokens import Doc, DocBin
 
-from ..converters import EOS_TOKEN, detect_format, format_mner, read_mner
+from ..corpus.mner import EOS_TOKEN, detect_format, format_mner, read_mner
 from ..files import replace_file
 from ..visual_context import FIELDS
 from . import app

@@ -16,9 +16,9 @@ from spacy.scorer import Scorer
 from spacy.training import Example
 from wasabi import msg
 
+from ..corpus.readers import MultimodalCorpus
 from ..files import replace_json
-from ..readers import MultimodalCorpus
-from ..views import VIEWS
+from ..ner.views import VIEWS
 from . import app
 
 

@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from wasabi import msg
 
-from ..encoders import ENCODER_DISTRIBUTIONS
+from ..ner.encoders import ENCODER_DISTRIBUTIONS
 from . import app
 from .extract import OCREngine, build_extraction_nlp
 

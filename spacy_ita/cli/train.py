@@ -2,7 +2,7 @@
 kill, and `--resume` to go on from the last one.
 
 Same arguments and config overrides as `spacy train`; for the same config and
-seed it makes the same updates. See `spacy_ita.training`.
+seed it makes the same updates. See `spacy_ita.training.loop`.
 """
 from pathlib import Path
 from typing import Optional
@@ -33,7 +33,7 @@ def train_cli(
 ) -> None:
     """Train a pipeline like `spacy train`; a killed run leaves whole
     checkpoints, and `--resume` continues from the last one."""
-    from ..training import train
+    from ..training.loop import train
 
     overrides = parse_config_overrides(ctx.args)
     import_code(code_path)

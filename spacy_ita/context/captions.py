@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..converters import numbered_lines
+from ..corpus.mner import numbered_lines
 from ..visual_context import FIELDS
 from .registry import Extractor, ImageExtractor, ImageRecord, PartialContext, extractors
 from .tags import hf_pipeline

@@ -4,7 +4,7 @@ server), for the `knowledge` slot of `ita_context`.
 
 The model is asked for the post's entity mentions, each with a type from the
 pipeline's labels, as JSON; the answer is stored in the compact form
-`X (type) ; Y (type)` that `ita_ner` reads best (see `spacy_ita.knowledge`).
+`X (type) ; Y (type)` that `ita_ner` reads best (see `spacy_ita.knowledge.mentions`).
 The API key is read from the environment variable that `api_key_env` names,
 when the client is made: it is never a setting, so it never reaches a config,
 the cache, a saved pipeline or a log.
@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-from ..knowledge import Mention, parse_mentions, render_mentions
+from ..knowledge.mentions import Mention, parse_mentions, render_mentions
 from ..visual_context import get_visual_context
 from ..watchdog import SocketWatchdog
 from .registry import (Extractor, ExtractorFailure, ImageRecord, PartialContext, SetupError,

@@ -1,0 +1,295 @@
+"""The thinc model `spacy-ita.ItaTagger.v2`: TaggerInputs -> emission scores.
+
+Each input is a Doc, an optional context string and the mentions its
+knowledge names (see `inputs` for how they become encoder sequences,
+`token_features` for the learned per-token signals v2 adds beside the
+encoder). Only the sentence's tokens get scores. The CRF that turns scores
+into tags lives in the same torch module; `decode` and `loss_and_gradient`
+reach it for the component, which itself never touches torch.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from spacy.util import registry
+from spacy_transformers.layers.transformer_model import huggingface_from_pretrained
+from thinc.api import (
+    ArgsKwargs,
+    Model,
+    PyTorchWrapper_v3,
+    get_torch_default_device,
+    torch2xp,
+    xp2torch,
+)
+from thinc.types import Floats2d, Ints1d
+
+from .crf import pad_sequences
+from .encoders import prepare_encoder
+from .inputs import POOLINGS, EncoderBatch, TaggerInput, encode
+from .loss import ItaLoss, ViewScores, crf_loss_terms
+from .token_features import (
+    PLACES,
+    TokenFeatureEmbedding,
+    build_type_vocabulary,
+    featurize,
+)
+from .torch_module import ItaTaggerModule, deserialize_module, serialize_module
+
+
+@dataclass
+class ScoreGradient:
+    """What the loss sends back through the tagger: the gradient of each
+    emission score row, and of the CRF's own parameters."""
+
+    d_scores: List[Floats2d]
+    d_crf: Dict[str, torch.Tensor]
+
+
+@registry.architectures("spacy-ita.ItaTagger.v2")
+def build_ita_tagger(
+    name: str,
+    pooling: str = "first",
+    dropout: float = 0.1,
+    max_length: int = 512,
+    window_overlap: int = 128,
+    shape_width: int = 16,
+    mention_width: int = 16,
+    mention_type_words: int = 64,
+    shape_place: str = "emission",
+    mention_place: str = "emission",
+    tokenizer_config: Dict = {},
+    transformer_config: Dict = {},
+    nO: Optional[int] = None,
+) -> Model[List[TaggerInput], List[Floats2d]]:
+    """name: a Hugging Face model name or a local path (see spacy-ita.bundled_encoder.v1).
+    pooling: "first" subword or "mean" of subwords per spaCy token.
+    max_length: longest sequence given to the encoder (capped by the encoder's own limit).
+    window_overlap: subwords shared by consecutive windows of a long sentence.
+    shape_width / mention_width: sizes of the learned token-shape and
+    knowledge-mention vectors next to the encoder's (0: off).
+    mention_type_words: how many of the training data's type words get a vector.
+    shape_place / mention_place: "emission" (next to the encoder's output) or
+    "encoder" (added to the first subword's input embedding; the width then
+    follows the encoder's hidden size, and 0 still switches it off).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if max_length < 8:
+        raise ValueError(f"max_length must be at least 8, got {max_length}")
+    for setting, value in (("shape_width", shape_width), ("mention_width", mention_width),
+                           ("mention_type_words", mention_type_words)):
+        if value < 0:
+            raise ValueError(f"{setting} must be >= 0, got {value}")
+    for setting, place in (("shape_place", shape_place), ("mention_place", mention_place)):
+        if place not in PLACES:
+            raise ValueError(f"Unknown {setting} {place!r}; expected one of {PLACES}")
+    torch_layer = PyTorchWrapper_v3(
+        None,
+        convert_inputs=_convert_inputs,
+        convert_outputs=_convert_outputs,
+        serialize_model=serialize_module,
+        deserialize_model=lambda _, data, device: deserialize_module(data, dropout, device),
+    )
+    return Model(
+        "ita_tagger",
+        _forward,
+        init=_init,
+        layers=[torch_layer],
+        dims={"nO": nO},
+        attrs={
+            "name": name,
+            "pooling": pooling,
+            "dropout": dropout,
+            "max_length": max_length,
+            "window_overlap": window_overlap,
+            "shape_width": shape_width,
+            "mention_width": mention_width,
+            "mention_type_words": mention_type_words,
+            "shape_place": shape_place,
+            "mention_place": mention_place,
+            "tokenizer_config": dict(tokenizer_config),
+            "transformer_config": dict(transformer_config),
+            "allowed_moves": None,
+        },
+    )
+
+
+@registry.architectures("spacy-ita.ItaTagger.v1")
+def build_ita_tagger_v1(
+    name: str,
+    pooling: str = "first",
+    dropout: float = 0.1,
+    max_length: int = 512,
+    window_overlap: int = 128,
+    tokenizer_config: Dict = {},
+    transformer_config: Dict = {},
+    nO: Optional[int] = None,
+) -> Model[List[TaggerInput], List[Floats2d]]:
+    """The encoder's vectors alone, without v2's token features: the
+    architecture of pipelines trained before them, which load unchanged."""
+    return build_ita_tagger(
+        name, pooling, dropout, max_length, window_overlap, shape_width=0, mention_width=0,
+        tokenizer_config=tokenizer_config, transformer_config=transformer_config, nO=nO,
+    )
+
+
+def is_initialized(model: Model) -> bool:
+    return model.layers[0].shims[0]._model is not None
+
+
+def get_module(model: Model) -> ItaTaggerModule:
+    """The PyTorch module inside an initialised tagger: the only way to it."""
+    if not is_initialized(model):
+        raise ValueError(
+            "The ita_ner model is not initialised: call nlp.initialize() or load a "
+            "trained pipeline first."
+        )
+    return model.layers[0].shims[0]._model
+
+
+def model_device(model: Model) -> torch.device:
+    """Where the tagger's weights are, or will be once initialised."""
+    if is_initialized(model):
+        return get_module(model).emission.weight.device
+    return get_torch_default_device()
+
+
+def n_scored_tags(model: Model) -> int:
+    """How many tags the saved or initialised weights score."""
+    return get_module(model).emission.out_features
+
+
+def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
+    """Load the pretrained encoder (from the hub or a local path) and size the
+    head; the mentions' type words in X (the training inputs) make the vocabulary
+    of the mention vectors."""
+    if model.get_dim("nO") is None:
+        raise ValueError("ItaTagger needs nO (the number of tags) before initialisation")
+    hf = huggingface_from_pretrained(
+        prepare_encoder(model.attrs["name"]),
+        {"use_fast": True, **model.attrs["tokenizer_config"]},
+        dict(model.attrs["transformer_config"]),
+    )
+    if not hf.tokenizer.is_fast:
+        raise ValueError(f"ita_ner needs a fast tokenizer; {model.attrs['name']} has none")
+    moves = model.attrs["allowed_moves"]
+    shape_width, mention_width = model.attrs["shape_width"], model.attrs["mention_width"]
+    features = None
+    if shape_width or mention_width:
+        mentions = (mention for item in X or [] for mention in item.mentions)
+        vocabulary = build_type_vocabulary(mentions, model.attrs["mention_type_words"])
+        shape_place, mention_place = model.attrs["shape_place"], model.attrs["mention_place"]
+        hidden = hf.transformer.config.hidden_size
+        features = TokenFeatureEmbedding(
+            hidden if shape_width and shape_place == "encoder" else shape_width,
+            hidden if mention_width and mention_place == "encoder" else mention_width,
+            vocabulary,
+            shape_place,
+            mention_place,
+        )
+    module = ItaTaggerModule(
+        hf.transformer,
+        hf.tokenizer,
+        model.get_dim("nO"),
+        model.attrs["dropout"],
+        None if moves is None else tuple(torch.tensor(m) for m in moves),
+        features,
+    )
+    model.layers[0].shims[0]._model = module.to(get_torch_default_device())
+
+
+def _forward(model: Model, inputs: List[TaggerInput], is_train: bool):
+    torch_layer = model.layers[0]
+    module = get_module(model)
+    lengths = [len(item.doc) for item in inputs]
+    n_tags = module.emission.out_features
+    if sum(lengths) == 0:
+        empty = [model.ops.alloc2f(0, n_tags) for _ in inputs]
+        return empty, lambda gradient: []
+    batch = encode(
+        module.tokenizer,
+        inputs,
+        sequence_limit(module, model.attrs["max_length"]),
+        model.attrs["window_overlap"],
+        model.attrs["pooling"],
+        module.emission.weight.device,
+    )
+    if module.features is not None:
+        batch.features = featurize(
+            [(item.doc, item.mentions) for item in inputs],
+            module.features.vocabulary,
+            module.emission.weight.device,
+        )
+    flat_scores, backprop_flat = torch_layer(batch, is_train)
+    scores = model.ops.unflatten(flat_scores, model.ops.asarray1i(lengths))
+
+    def backprop(gradient: ScoreGradient) -> List:
+        backprop_flat(model.ops.flatten(gradient.d_scores))
+        for name, parameter in module.crf.named_parameters():
+            if name in gradient.d_crf:
+                grad = gradient.d_crf[name]
+                parameter.grad = grad.clone() if parameter.grad is None else parameter.grad + grad
+        return []
+
+    return scores, backprop
+
+
+def sequence_limit(module: ItaTaggerModule, max_length: int) -> int:
+    """The longest encoder sequence: max_length, capped by the encoder's own limits."""
+    limits = [max_length, module.tokenizer.model_max_length]
+    positions = getattr(module.encoder.config, "max_position_embeddings", None)
+    if positions:
+        limits.append(positions)
+    return min(limits)
+
+
+def decode(model: Model, scores: Sequence[Floats2d]) -> List[List[int]]:
+    """The best allowed tag sequence per doc (constrained Viterbi)."""
+    emissions, mask = pad_sequences([xp2torch(s) for s in scores])
+    with torch.no_grad():
+        return get_module(model).crf.decode(emissions, mask)
+
+
+def loss_and_gradient(
+    model: Model,
+    loss: ItaLoss,
+    use_context: bool,
+    scores: ViewScores,
+    gold: Sequence[Ints1d],
+):
+    """The mean loss per doc of a batch and its ScoreGradient, without side
+    effects: gradients are returned, never accumulated into the parameters.
+
+    gold holds each doc's tag indices, -1 where the gold tag is unknown.
+    """
+    crf = get_module(model).crf
+    rows = [xp2torch(s, requires_grad=True) for s in scores.scores]
+    terms = crf_loss_terms(crf, loss, use_context, scores, rows, gold)
+    total = sum(terms.values()) / len(gold)
+    parameters = dict(crf.named_parameters())
+    grads = torch.autograd.grad(
+        total, rows + list(parameters.values()), allow_unused=True
+    )
+    d_scores = [
+        torch2xp(grad) if grad is not None else model.ops.alloc2f(*row.shape)
+        for row, grad in zip(rows, grads)
+    ]
+    d_crf = {
+        name: grad for name, grad in zip(parameters, grads[len(rows):]) if grad is not None
+    }
+    return total.item(), ScoreGradient(d_scores, d_crf)
+
+
+def _convert_inputs(model: Model, batch: EncoderBatch, is_train: bool):
+    return ArgsKwargs(args=(batch,), kwargs={}), lambda d_inputs: []
+
+
+def _convert_outputs(model: Model, inputs_outputs, is_train: bool):
+    _, scores = inputs_outputs
+
+    def backprop(d_scores: Floats2d) -> ArgsKwargs:
+        grads = xp2torch(d_scores, device=scores.device)
+        return ArgsKwargs(args=(scores,), kwargs={"grad_tensors": grads})
+
+    return torch2xp(scores), backprop
+

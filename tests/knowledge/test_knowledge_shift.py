@@ -1,0 +1,94 @@
+"""The knowledge rewriting of bench/bench_knowledge_shift.py: types renamed to
+the label set, mentions dropped, spurious mentions that touch no gold entity."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+
+from spacy_ita.knowledge.mentions import Mention, align_mentions, parse_mentions
+from spacy_ita.visual_context import VisualContext
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_knowledge_shift", Path(__file__).parents[2] / "bench" / "bench_knowledge_shift.py")
+shift = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(shift)
+
+PGIM = ("Named entities:1. Kawhi Leonard (person/player)2. Raptors (sports team)"
+        "3. Toronto (city)4. NBA Finals (event)Reasoning:The post is about basketball.")
+WORDS = "Kawhi Leonard and the Raptors win the NBA Finals in Toronto tonight at home".split()
+GOLD = [(0, 2, "PER"), (4, 5, "ORG"), (7, 9, "OTHER"), (10, 11, "LOC")]
+
+
+def make_examples(n_posts: int):
+    """`n_posts` copies of one post with gold entities and PGIM's knowledge, and
+    one post without knowledge."""
+    vocab = spacy.blank("en").vocab
+    examples = []
+    for i in range(n_posts + 1):
+        predicted = Doc(vocab, words=WORDS)
+        reference = Doc(vocab, words=WORDS)
+        reference.ents = [Span(reference, start, end, label) for start, end, label in GOLD]
+        if i < n_posts:
+            predicted._.visual_context = VisualContext(knowledge=[PGIM])
+        examples.append(Example(predicted, reference))
+    return examples
+
+
+def knowledge_of(example):
+    """The mentions of a post's knowledge as written (parse_mentions lower-cases types)."""
+    context = example.predicted._.visual_context
+    if context is None:
+        return None
+    return [Mention(m.text, m.type.upper()) for m in parse_mentions(" ".join(context.knowledge))]
+
+
+@pytest.mark.parametrize("kind, label", [
+    ("person/handle", "PER"), ("handle", "PER"), ("historical figure", "PER"),
+    ("sports team", "ORG"), ("brand/company", "ORG"), ("handle/organization", "ORG"),
+    ("geographic location", "LOC"), ("city/location", "LOC"),
+    ("event", "OTHER"), ("handle/brand", "OTHER"), ("year", "OTHER"), ("", "OTHER"),
+])
+def test_free_form_types_map_to_the_label_set(kind, label):
+    assert shift.label_for_type(kind) == label
+
+
+def test_renaming_keeps_the_mentions_and_writes_the_extractors_form():
+    examples = make_examples(2)
+    rewritten, counts = shift.rewrite_knowledge(examples, 0.0, 0.0)
+    expected = [Mention("Kawhi Leonard", "PER"), Mention("Raptors", "ORG"),
+                Mention("Toronto", "LOC"), Mention("NBA Finals", "OTHER")]
+    assert knowledge_of(rewritten[0]) == expected
+    assert rewritten[0].predicted._.visual_context.knowledge == [
+        "Kawhi Leonard (PER) ; Raptors (ORG) ; Toronto (LOC) ; NBA Finals (OTHER)"]
+    assert rewritten[-1].predicted._.visual_context is None
+    assert counts == {"mentions_in_posts": 8, "dropped": 0, "spurious_added": 0}
+    assert examples[0].predicted._.visual_context.knowledge == [PGIM]  # the input is left alone
+
+
+def test_dropping_removes_the_share_of_mentions_the_same_way_each_time():
+    examples = make_examples(10)
+    rewritten, counts = shift.rewrite_knowledge(examples, 0.3, 0.0, seed=0)
+    assert counts["dropped"] == 12
+    assert sum(len(knowledge_of(eg)) for eg in rewritten[:-1]) == 40 - 12
+    again, _ = shift.rewrite_knowledge(examples, 0.3, 0.0, seed=0)
+    assert [knowledge_of(eg) for eg in again] == [knowledge_of(eg) for eg in rewritten]
+    other, _ = shift.rewrite_knowledge(examples, 0.3, 0.0, seed=1)
+    assert [knowledge_of(eg) for eg in other] != [knowledge_of(eg) for eg in rewritten]
+
+
+def test_spurious_mentions_are_typed_spans_of_the_post_that_touch_no_entity():
+    examples = make_examples(10)
+    rewritten, counts = shift.rewrite_knowledge(examples, 0.0, 0.3)
+    assert counts["spurious_added"] == 12
+    gold_tokens = {i for start, end, _ in GOLD for i in range(start, end)}
+    n_added = 0
+    for eg in rewritten[:-1]:
+        added = knowledge_of(eg)[4:]
+        n_added += len(added)
+        assert all(mention.type in shift.DEFAULT_LABELS for mention in added)
+        covered = {i for i, item in enumerate(align_mentions(WORDS, added)) if item}
+        assert len(covered) >= len(added) and not covered & gold_tokens
+    assert n_added == 12

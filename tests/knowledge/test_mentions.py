@@ -1,0 +1,88 @@
+"""Knowledge as mentions: parsing language-model answers, the compact form, alignment."""
+import pytest
+
+from spacy_ita.knowledge.mentions import (
+    Mention,
+    align_mentions,
+    matched_mentions,
+    parse_mentions,
+    render_mentions,
+)
+
+PGIM_ANSWER = (
+    "Named entities:1. JayKenMinaj (person/handle)2. George Zimmerman (person)"
+    "Reasoning:The sentence mentions JayKenMinaj (a handle) and George Zimmerman."
+)
+
+
+def test_pgim_answer_parses_to_mentions_without_the_reasoning():
+    assert parse_mentions(PGIM_ANSWER) == [
+        Mention("JayKenMinaj", "person/handle"),
+        Mention("George Zimmerman", "person"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Named Entity: Holland Roden (Person/Celebrity) Reasoning: x (y)",
+         [Mention("Holland Roden", "person/celebrity")]),
+        ("Named Entities: 1. NHDems (group) 2. Nashua (location/city)",
+         [Mention("NHDems", "group"), Mention("Nashua", "location/city")]),
+        ("Kawhi Leonard (person) ; NBA (organization)",
+         [Mention("Kawhi Leonard", "person"), Mention("NBA", "organization")]),
+        ("Kawhi Leonard ; NBA\nToronto", [Mention("Kawhi Leonard"), Mention("NBA"), Mention("Toronto")]),
+        ("The sentence does not contain any named entities, as it is a plain description.", []),
+        ("Named entities: None", []),
+        ("Tower Bridge (location) ; Tower Bridge (location)", [Mention("Tower Bridge", "location")]),
+    ],
+)
+def test_answer_shapes(text, expected):
+    assert parse_mentions(text) == expected
+
+
+def test_compact_form_round_trips():
+    mentions = [Mention("Kawhi Leonard", "person"), Mention("NBA")]
+    assert render_mentions(mentions) == "Kawhi Leonard (person) ; NBA"
+    assert parse_mentions(render_mentions(mentions)) == mentions
+
+
+def spans(words, mentions):
+    aligned = align_mentions(words, mentions)
+    found, start = [], None
+    for i, item in enumerate(aligned + [None]):
+        if start is not None and (item is None or item[0]):
+            found.append((start, i, aligned[start][1].text))
+            start = None
+        if item is not None and item[0]:
+            start = i
+    return found
+
+
+def test_alignment_ignores_case_spaces_hashtags_and_handles():
+    words = "RT @NewYorkMets : Go #NewYorkMets at Citi Field , george zimmerman's".split()
+    mentions = [Mention("New York Mets", "team"), Mention("Citifield", "stadium"),
+                Mention("George Zimmerman", "person")]
+    assert spans(words, mentions) == [
+        (1, 2, "New York Mets"), (4, 5, "New York Mets"), (6, 8, "Citifield"),
+        (9, 11, "George Zimmerman"),
+    ]
+
+
+def test_alignment_prefers_the_longest_span_and_skips_punctuation_edges():
+    words = ["New", "York", "City", "and", "York", "."]
+    mentions = [Mention("York"), Mention("New York City"), Mention(".")]
+    assert spans(words, mentions) == [(0, 3, "New York City"), (4, 5, "York")]
+
+
+def test_a_context_that_names_nothing_in_the_post_marks_nothing():
+    words = "Sunset over Phoenix".split()
+    assert align_mentions(words, [Mention("Kawhi Leonard", "person")]) == [None] * 3
+    assert align_mentions(words, []) == [None] * 3
+
+
+def test_matched_mentions_keeps_those_found_in_order():
+    words = "Kawhi joins Toronto".split()
+    mentions = [Mention("NBA"), Mention("Toronto", "team"), Mention("Kawhi", "person")]
+    assert matched_mentions(words, mentions) == [Mention("Toronto", "team"), Mention("Kawhi", "person")]
+    assert matched_mentions(words, [Mention("Lakers")]) == []

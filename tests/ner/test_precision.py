@@ -1,0 +1,179 @@
+"""ita_ner's `precision`: bf16 autocast of the encoder alone, fp32 everywhere else."""
+import logging
+
+import pytest
+import srsly
+import spacy
+import torch
+
+from helpers import entities, make_examples, make_nlp, train
+from spacy_ita.ner import precision as precision_module
+from spacy_ita.ner.crf import LinearChainCRF
+from spacy_ita.ner.model import get_module
+from spacy_ita.ner.precision import effective_precision, native_bf16
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_encoder):
+    """A tiny pipeline trained in fp32 until it tags its posts with clear margins."""
+    nlp = make_nlp(tiny_encoder, precision="fp32")
+    examples = make_examples(nlp)
+    return train(nlp, examples, 30, learn_rate=1e-3), examples
+
+
+@pytest.fixture
+def bf16_native(monkeypatch):
+    """Pretend the CPU has (or lacks) native bf16: call with True or False."""
+    def pretend(native: bool) -> None:
+        monkeypatch.setattr(precision_module, "native_bf16", lambda device: native)
+    return pretend
+
+
+def fresh_docs(examples):
+    return [eg.predicted.copy() for eg in examples]
+
+
+def record_dtypes(module):
+    """Hooks recording the dtype of the encoder's linear layers' outputs (its
+    own output is fp32 either way: autocast runs layer norms in fp32) and of
+    the emissions."""
+    seen = {"encoder": [], "emission": []}
+    hooks = [
+        layer.register_forward_hook(lambda _, __, out: seen["encoder"].append(out.dtype))
+        for layer in module.encoder.modules() if isinstance(layer, torch.nn.Linear)
+    ] + [
+        module.emission.register_forward_hook(
+            lambda _, __, out: seen["emission"].append(out.dtype)),
+    ]
+    return seen, hooks
+
+
+def test_precision_is_validated_in_config_and_at_runtime(tiny_encoder):
+    with pytest.raises(ValueError, match="precision 'fp16'.*'auto', 'bf16', 'fp32'"):
+        make_nlp(tiny_encoder, precision="fp16")
+    ner = make_nlp(tiny_encoder).get_pipe("ita_ner")
+    assert ner.precision == "auto"
+    with pytest.raises(ValueError, match="ita_ner precision 'half'"):
+        ner.precision = "half"
+    assert ner.precision == "auto"
+
+
+@pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_uses_bf16_only_where_it_is_native(trained_tiny, bf16_native, native, expected):
+    nlp, examples = trained_tiny
+    bf16_native(native)
+    ner = nlp.get_pipe("ita_ner")
+    ner.precision = "auto"
+    seen, hooks = record_dtypes(get_module(ner.model))
+    try:
+        assert ner.precision_in_effect == expected
+        list(nlp.pipe(fresh_docs(examples)))
+    finally:
+        ner.precision = "fp32"
+        for hook in hooks:
+            hook.remove()
+    encoder_dtype = torch.bfloat16 if expected == "bf16" else torch.float32
+    assert set(seen["encoder"]) == {encoder_dtype}
+    assert set(seen["emission"]) == {torch.float32}
+
+
+def test_forced_bf16_where_it_is_emulated_warns_once(caplog, bf16_native):
+    bf16_native(False)
+    device = torch.device("meta")  # a device type no other test announces
+    with caplog.at_level(logging.INFO, logger="spacy_ita.ner.precision"):
+        assert effective_precision("bf16", device) == "bf16"
+        assert effective_precision("bf16", device) == "bf16"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not native on meta" in warnings[0].getMessage()
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(precision_module, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(precision_module, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not native_bf16(torch.device("cpu"))
+
+
+def test_bf16_update_keeps_crf_losses_and_weights_fp32(tiny_encoder, monkeypatch):
+    """A CVA update in bf16: only the encoder computes in bf16; the CRF sees
+    fp32 emissions, and every weight and gradient stays fp32."""
+    nlp = make_nlp(tiny_encoder, precision="bf16")
+    examples = make_examples(nlp)
+    train(nlp, examples, 0)
+    crf_inputs = []
+    original = LinearChainCRF._forward_alphas
+
+    def recording(self, emissions, mask):
+        crf_inputs.append(emissions.dtype)
+        return original(self, emissions, mask)
+
+    monkeypatch.setattr(LinearChainCRF, "_forward_alphas", recording)
+    module = get_module(nlp.get_pipe("ita_ner").model)
+    seen, hooks = record_dtypes(module)
+    losses = nlp.update(examples)
+    for hook in hooks:
+        hook.remove()
+    assert set(seen["encoder"]) == {torch.bfloat16}
+    assert set(seen["emission"]) == set(crf_inputs) == {torch.float32}
+    assert losses["ita_ner"] > 0
+    parameters = list(module.named_parameters())
+    assert {p.dtype for _, p in parameters} == {torch.float32}
+    grads = {name: p.grad for name, p in parameters if p.grad is not None}
+    assert any(name.startswith("encoder.") for name in grads)
+    assert {grad.dtype for grad in grads.values()} == {torch.float32}
+
+
+def test_fp32_and_bf16_find_the_same_entities(trained_tiny):
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    found = {}
+    for precision in ("fp32", "bf16", "fp32"):
+        ner.precision = precision
+        found[precision] = entities(nlp.pipe(fresh_docs(examples)))
+    assert any(found["fp32"]), "the trained pipeline finds no entity: nothing is compared"
+    assert found["bf16"] == found["fp32"]
+
+
+def test_saved_pipeline_loads_and_runs_in_both_precisions(trained_tiny, tmp_path):
+    """Weights are saved in fp32 whatever the precision, and a pipeline saved
+    before `precision` existed (no such setting in its config) loads as auto."""
+    nlp, examples = trained_tiny
+    nlp.to_disk(tmp_path / "pipeline")
+    expected = entities(nlp.pipe(fresh_docs(examples)))
+    config = tmp_path / "pipeline" / "config.cfg"
+    assert 'precision = "fp32"' in config.read_text()
+    for precision in ("fp32", "bf16"):
+        loaded = spacy.load(tmp_path / "pipeline",
+                            config={"components": {"ita_ner": {"precision": precision}}})
+        module = get_module(loaded.get_pipe("ita_ner").model)
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+        assert entities(loaded.pipe(fresh_docs(examples))) == expected, precision
+    config.write_text(config.read_text().replace('precision = "fp32"\n', ""))
+    assert spacy.load(tmp_path / "pipeline").get_pipe("ita_ner").precision == "auto"
+
+
+def test_apply_and_evaluate_take_a_precision(trained_tiny, tmp_path):
+    """`apply`'s and `evaluate`'s `--precision` override the pipeline's own
+    setting; a wrong value is an error that names the allowed ones."""
+    from spacy.tokens import DocBin
+    from typer.testing import CliRunner
+
+    from spacy_ita.bulk.annotate import PipelineSpec
+    from spacy_ita.cli import app
+
+    nlp, examples = trained_tiny
+    nlp.to_disk(tmp_path / "pipeline")
+    for precision in ("bf16", "fp32"):
+        spec = PipelineSpec(str(tmp_path / "pipeline"), context=None, precision=precision)
+        assert spec.load().get_pipe("ita_ner").precision == precision
+    DocBin(docs=[eg.reference for eg in examples], store_user_data=True).to_disk(
+        tmp_path / "gold.spacy")
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pipeline"), str(tmp_path / "gold.spacy"),
+                                 "--precision", "bf16", "--output", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert srsly.read_json(tmp_path / "m.json")["precision"] == "bf16"
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pipeline"), str(tmp_path / "gold.spacy"),
+                                 "--precision", "half"])
+    assert result.exit_code == 1
+    assert "Unknown ita_ner precision 'half'; expected one of" in " ".join(result.output.split())
