@@ -9,6 +9,7 @@ is True on a prefix of each row (the real tokens).
 """
 from typing import List, Optional, Sequence
 
+import numpy
 import torch
 from torch import nn
 
@@ -121,21 +122,25 @@ class LinearChainCRF(nn.Module):
             backpointers.append(best_prev)
             score = torch.where(mask[:, t : t + 1], best + emissions[:, t], score)
         score = score + end
-        paths = []
-        last_tags = score.argmax(dim=1).tolist()
-        pointers = [bp.tolist() for bp in backpointers]
-        for row, length in enumerate(lengths):
-            if length == 0:
-                paths.append([])
-                continue
-            tag = last_tags[row]
-            path = [tag]
-            for t in range(length - 2, -1, -1):
-                tag = pointers[t][row][tag]
-                path.append(tag)
-            path.reverse()
-            paths.append(path)
-        return paths
+        return _backtrack(backpointers, score.argmax(dim=1), lengths)
+
+
+def _backtrack(backpointers: List[torch.Tensor], last_tags: torch.Tensor,
+               lengths: List[int]) -> List[List[int]]:
+    """Each row's path from its best last tag, following the backpointers
+    (`backpointers[t][row, tag]`: the best tag at t given `tag` at t + 1), all
+    rows at once per position: a Python loop over every token and row cost
+    Viterbi as much as the CRF's forward pass."""
+    n_rows, n_positions = len(lengths), len(backpointers) + 1
+    ends = numpy.asarray(lengths, dtype=numpy.int64) - 1
+    pointers = torch.stack(backpointers).cpu().numpy() if backpointers else None
+    last = last_tags.cpu().numpy()
+    rows = numpy.arange(n_rows)
+    tags = numpy.zeros((n_rows, n_positions), dtype=numpy.int64)
+    for t in range(n_positions - 1, -1, -1):
+        tags[:, t] = last if t == n_positions - 1 else numpy.where(
+            ends == t, last, pointers[t][rows, tags[:, t + 1]])
+    return [tags[row, :length].tolist() for row, length in enumerate(lengths)]
 
 
 def _as_bool(value: Optional[torch.Tensor], default: torch.Tensor) -> torch.Tensor:
