@@ -9,7 +9,10 @@ server batches what waits into `nlp.pipe` calls. Every request must answer
 lost or different answer is counted and makes the script exit 1. In-process
 and server rounds alternate (--rounds each), so that a change in the
 machine's load hits both; the table gives the median rate of each and the
-latency percentiles over all served requests. The run stops by itself: each
+latency percentiles over all served requests. Since the server cannot batch
+more posts than the clients have in flight (clients x posts a request), each
+round also times `nlp.pipe` in batches of that size: the gap between it and
+the served rate is the cost of serving, the rest is the smaller batches'. The run stops by itself: each
 request has a timeout, and the server is stopped at the end.
 
 The posts are the demo corpus's (assets/demo, train + dev + test, repeated to
@@ -191,37 +194,44 @@ def main() -> int:
     try:
         in_process(nlp, posts[:16], args.batch_size)  # warm up both sides
         asyncio.run(load(url, posts[:16], args.clients, args.posts_per_request))
-        local_rates, served_rates, latencies, wrong = [], [], [], []
+        offered = min(args.batch_size, args.clients * args.posts_per_request)
+        local_rates, offered_rates, served_rates, latencies, wrong = [], [], [], [], []
         for round_index in range(args.rounds):
             seconds, expected = in_process(nlp, posts, args.batch_size)
             local_rates.append(len(posts) / seconds)
+            offered_rates.append(len(posts) / in_process(nlp, posts, offered)[0])
             seconds, round_latencies, answers = asyncio.run(load(url, posts, args.clients,
                                                                   args.posts_per_request))
             served_rates.append(len(posts) / seconds)
             latencies += round_latencies
             wrong += [(round_index, i, answers.get(i, "lost")) for i in range(len(posts))
                       if answers.get(i) != expected[i]]
-            print(f"round {round_index + 1}: in-process {local_rates[-1]:.1f} posts/s, "
-                  f"served {served_rates[-1]:.1f} posts/s", flush=True)
+            print(f"round {round_index + 1}: in-process {local_rates[-1]:.1f} posts/s "
+                  f"({offered_rates[-1]:.1f} in batches of {offered}), served "
+                  f"{served_rates[-1]:.1f} posts/s", flush=True)
     finally:
         process.terminate()
         process.wait(timeout=60)
     local, served = statistics.median(local_rates), statistics.median(served_rates)
+    local_offered = statistics.median(offered_rates)
     results = {
         "model": args.model, "posts": len(posts), "clients": args.clients,
         "posts_per_request": args.posts_per_request,
         "rounds": args.rounds, "batch_size": args.batch_size, "threads": args.threads,
         "in_process_posts_per_second": local, "served_posts_per_second": served,
-        "ratio": served / local, "p50_ms": 1000 * percentile(latencies, 0.5),
+        "ratio": served / local, "offered_batch": offered,
+        "in_process_offered_batch_posts_per_second": local_offered, "p50_ms": 1000 * percentile(latencies, 0.5),
         "p99_ms": 1000 * percentile(latencies, 0.99), "failed_or_lost": len(wrong),
-        "in_process_rates": local_rates, "served_rates": served_rates,
+        "in_process_rates": local_rates, "in_process_offered_batch_rates": offered_rates,
+        "served_rates": served_rates,
         "load_average": os.getloadavg(), "cpus": os.cpu_count(), "machine": platform.platform(),
     }
     print(f"{len(posts)} posts x {args.rounds} rounds, {args.clients} clients, "
           f"{args.posts_per_request} posts a request: in-process "
           f"{local:.1f} posts/s, served {served:.1f} posts/s ({served / local:.2f}x); latency "
           f"p50 {results['p50_ms']:.0f} ms, p99 {results['p99_ms']:.0f} ms; "
-          f"{len(wrong)} failed, lost or different answers")
+          f"{len(wrong)} failed, lost or different answers. In-process in batches of "
+          f"{offered} (the most the clients offer at once): {local_offered:.1f} posts/s")
     for round_index, index, answer in wrong[:5]:
         print(f"  round {round_index + 1}, post {index}: {str(answer)[:200]}")
     if args.output:
