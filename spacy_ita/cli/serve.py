@@ -28,7 +28,7 @@ def read_api_key(env_name: Optional[str]) -> Optional[str]:
 def serve_cli(
     model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", metavar="PORT", help="Port to listen on."),
     api_key_env: Optional[str] = typer.Option(
         None, "--api-key-env", metavar="NAME",
         help="Environment variable holding an API key: every endpoint but /health and the "
@@ -37,22 +37,22 @@ def serve_cli(
         False, "--allow-private-urls",
         help="Also fetch image URLs on loopback, private, link-local, multicast and "
         "reserved addresses."),
-    max_body_bytes: int = typer.Option(16 * MIB, "--max-body-bytes", min=1,
+    max_body_bytes: int = typer.Option(16 * MIB, "--max-body-bytes", min=1, metavar="N",
                                        help="Larger request bodies get 413."),
-    max_posts: int = typer.Option(256, "--max-posts", min=1, help="Posts per request at most."),
-    max_image_bytes: int = typer.Option(10 * MIB, "--max-image-bytes", min=1,
+    max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N", help="Posts per request at most."),
+    max_image_bytes: int = typer.Option(10 * MIB, "--max-image-bytes", min=1, metavar="N",
                                         help="Larger images (data: URLs or downloads) are refused."),
     max_image_pixels: Optional[int] = typer.Option(
-        None, "--max-image-pixels", min=1,
+        None, "--max-image-pixels", min=1, metavar="N",
         help="Images with more pixels are refused (default: ita_context's 50 million)."),
-    fetch_timeout: float = typer.Option(10.0, "--fetch-timeout",
+    fetch_timeout: float = typer.Option(10.0, "--fetch-timeout", metavar="SECONDS",
                                         help="Seconds to download one image URL."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1,
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N",
                                    help="Posts per pipeline call at most."),
     batch_wait_ms: float = typer.Option(
-        5.0, "--batch-wait-ms", min=0,
+        5.0, "--batch-wait-ms", min=0, metavar="MS",
         help="Milliseconds a batch waits for more requests once it has one."),
-    queue_size: int = typer.Option(256, "--queue-size", min=1,
+    queue_size: int = typer.Option(256, "--queue-size", min=1, metavar="N",
                                    help="Requests waiting at most; more get 503."),
     ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
                                   help="OCR engine of the ita_context added to a pipeline "
@@ -87,6 +87,8 @@ def serve_cli(
     from ..bulk.annotate import PipelineSpec
 
     try:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port must be from 0 to 65535, got {port}")
         api_key = read_api_key(api_key_env)
         spec = PipelineSpec(model, context=dict(ocr=ocr.value, tags=tags) if add_context else None,
                             cache=str(cache) if cache else None, gpu_id=gpu_id,

@@ -57,10 +57,12 @@ def test_image_urls_are_fetched_when_private_urls_are_allowed(server, image_serv
     assert unknown["errors"][0].startswith("posts[1]: image URL 'http://unknown.invalid/x.png'")
 
 
-def test_the_command_refuses_a_missing_key_or_a_model_without_ita_ner(model_dir, tmp_path,
-                                                                      monkeypatch):
+def test_the_command_refuses_a_missing_key_a_bad_port_or_a_model_without_ita_ner(
+        model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     runner = CliRunner()
+    result = runner.invoke(app, ["serve", str(model_dir), "--port", "70000"])
+    assert result.exit_code == 1 and "--port must be from 0 to 65535, got 70000" in result.output
     result = runner.invoke(app, ["serve", str(model_dir), "--api-key-env", API_KEY_ENV])
     assert result.exit_code == 1
     assert (f"the environment variable {API_KEY_ENV} is unset or empty"
