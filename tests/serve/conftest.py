@@ -1,9 +1,7 @@
 """Fixtures of the `spacy_ita serve` tests: a tiny trained pipeline whose
-ita_context reads an image's dominant colour (tests/apply_code.py), saved to
+ita_context reads an image's dominant colour (tests/bulk/apply_code.py), saved to
 disk; red and blue PNGs; a local image server; and the CLI's server on a
 free loopback port, with an API key."""
-import base64
-import io
 import os
 import socket
 import subprocess
@@ -17,11 +15,12 @@ from pathlib import Path
 import pytest
 import spacy
 
-import apply_code  # noqa: F401  (registers the colour extractor)
 from helpers import REPO_ROOT, trained_pipeline
+from serve_helpers import API_KEY, API_KEY_ENV, png_bytes
 
-API_KEY_ENV = "SPACY_ITA_TEST_SERVE_KEY"
-API_KEY = "test-key-7f3a9c"  # only ever in this test's environment
+APPLY_CODE = REPO_ROOT / "tests" / "bulk" / "apply_code.py"
+if "apply_code" not in sys.modules:  # tests/bulk imports it by that name too: once only
+    sys.modules["apply_code"] = spacy.util.import_file("apply_code", APPLY_CODE)
 
 
 @pytest.fixture(scope="session")
@@ -40,18 +39,6 @@ def model_dir(tiny_encoder, tmp_path_factory) -> Path:
 def nlp(model_dir):
     """A fresh load of the pipeline, one per test (the app changes its settings)."""
     return spacy.load(model_dir)
-
-
-def png_bytes(colour, size=(24, 16)) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +79,7 @@ def server(model_dir, tmp_path_factory):
                                                        os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "spacy_ita", "serve", str(model_dir), "--port", str(port),
                "--api-key-env", API_KEY_ENV, "--allow-private-urls",
-               "--code", str(REPO_ROOT / "tests" / "apply_code.py")]
+               "--code", str(APPLY_CODE)]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

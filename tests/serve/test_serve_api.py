@@ -7,7 +7,7 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import data_url, png_bytes
+from serve_helpers import data_url, png_bytes
 
 from spacy_ita.serve.app import ServeSettings, create_app
 from spacy_ita.visual_context import VisualContext

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from cdp import CHROMIUM, Browser, pick_file
-from conftest import API_KEY, data_url, png_bytes
+from serve_helpers import API_KEY, data_url, png_bytes
 
 pytest.importorskip("websockets")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")

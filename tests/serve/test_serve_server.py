@@ -7,7 +7,7 @@ import httpx
 import spacy
 from typer.testing import CliRunner
 
-from conftest import API_KEY, API_KEY_ENV
+from serve_helpers import API_KEY, API_KEY_ENV
 
 from spacy_ita.cli import app
 
