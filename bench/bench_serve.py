@@ -12,8 +12,9 @@ machine's load hits both; the table gives the median rate of each and the
 latency percentiles over all served requests. Since the server cannot batch
 more posts than the clients have in flight (clients x posts a request), each
 round also times `nlp.pipe` in batches of that size: the gap between it and
-the served rate is the cost of serving, the rest is the smaller batches'. The run stops by itself: each
-request has a timeout, and the server is stopped at the end.
+the served rate is the cost of serving, the rest is the smaller batches'.
+The run stops by itself: each request has a timeout, and the server is
+stopped at the end.
 
 The posts are the demo corpus's (assets/demo, train + dev + test, repeated to
 --posts), each with its image's lettering as OCR context (no image decoding:
@@ -171,6 +172,52 @@ def percentile(values: List[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+def run_rounds(nlp, url: str, posts: List[Dict[str, Any]], args) -> Dict[str, Any]:
+    """Alternate in-process and served rounds; their rates, the latencies,
+    and every answer that was not the in-process run's entities."""
+    offered = min(args.batch_size, args.clients * args.posts_per_request)
+    rates: Dict[str, List[float]] = {"in_process": [], "offered_batch": [], "served": []}
+    latencies, wrong = [], []
+    for round_index in range(args.rounds):
+        seconds, expected = in_process(nlp, posts, args.batch_size)
+        rates["in_process"].append(len(posts) / seconds)
+        rates["offered_batch"].append(len(posts) / in_process(nlp, posts, offered)[0])
+        seconds, round_latencies, answers = asyncio.run(
+            load(url, posts, args.clients, args.posts_per_request))
+        rates["served"].append(len(posts) / seconds)
+        latencies += round_latencies
+        wrong += [(round_index, i, answers.get(i, "lost")) for i in range(len(posts))
+                  if answers.get(i) != expected[i]]
+        print(f"round {round_index + 1}: in-process {rates['in_process'][-1]:.1f} posts/s "
+              f"({rates['offered_batch'][-1]:.1f} in batches of {offered}), served "
+              f"{rates['served'][-1]:.1f} posts/s", flush=True)
+    return {"offered": offered, "rates": rates, "latencies": latencies, "wrong": wrong}
+
+
+def summary(measured: Dict[str, Any], args, n_posts: int) -> Dict[str, Any]:
+    rates = measured["rates"]
+    local, served = statistics.median(rates["in_process"]), statistics.median(rates["served"])
+    latencies = measured["latencies"]
+    return {
+        "model": args.model, "posts": n_posts, "clients": args.clients,
+        "posts_per_request": args.posts_per_request, "rounds": args.rounds,
+        "batch_size": args.batch_size, "threads": args.threads,
+        "in_process_posts_per_second": local, "served_posts_per_second": served,
+        "ratio": served / local,
+        # Each round's served rate over the in-process one just before it: on a
+        # busy machine, neighbours in time share the load better than medians do.
+        "median_round_ratio": statistics.median(
+            s / l for s, l in zip(rates["served"], rates["in_process"])),
+        "offered_batch": measured["offered"],
+        "in_process_offered_batch_posts_per_second": statistics.median(rates["offered_batch"]),
+        "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
+        "failed_or_lost": len(measured["wrong"]),
+        "in_process_rates": rates["in_process"], "in_process_offered_batch_rates":
+        rates["offered_batch"], "served_rates": rates["served"],
+        "load_average": os.getloadavg(), "cpus": os.cpu_count(), "machine": platform.platform(),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,56 +241,26 @@ def main() -> int:
     try:
         in_process(nlp, posts[:16], args.batch_size)  # warm up both sides
         asyncio.run(load(url, posts[:16], args.clients, args.posts_per_request))
-        offered = min(args.batch_size, args.clients * args.posts_per_request)
-        local_rates, offered_rates, served_rates, latencies, wrong = [], [], [], [], []
-        for round_index in range(args.rounds):
-            seconds, expected = in_process(nlp, posts, args.batch_size)
-            local_rates.append(len(posts) / seconds)
-            offered_rates.append(len(posts) / in_process(nlp, posts, offered)[0])
-            seconds, round_latencies, answers = asyncio.run(load(url, posts, args.clients,
-                                                                  args.posts_per_request))
-            served_rates.append(len(posts) / seconds)
-            latencies += round_latencies
-            wrong += [(round_index, i, answers.get(i, "lost")) for i in range(len(posts))
-                      if answers.get(i) != expected[i]]
-            print(f"round {round_index + 1}: in-process {local_rates[-1]:.1f} posts/s "
-                  f"({offered_rates[-1]:.1f} in batches of {offered}), served "
-                  f"{served_rates[-1]:.1f} posts/s", flush=True)
+        measured = run_rounds(nlp, url, posts, args)
     finally:
         process.terminate()
         process.wait(timeout=60)
-    local, served = statistics.median(local_rates), statistics.median(served_rates)
-    local_offered = statistics.median(offered_rates)
-    results = {
-        "model": args.model, "posts": len(posts), "clients": args.clients,
-        "posts_per_request": args.posts_per_request,
-        "rounds": args.rounds, "batch_size": args.batch_size, "threads": args.threads,
-        "in_process_posts_per_second": local, "served_posts_per_second": served,
-        "ratio": served / local,
-        # Each round's served rate over the in-process one just before it: on a
-        # busy machine, neighbours in time share the load better than medians do.
-        "median_round_ratio": statistics.median(
-            served_rate / local_rate for served_rate, local_rate in zip(served_rates, local_rates)),
-        "offered_batch": offered,
-        "in_process_offered_batch_posts_per_second": local_offered, "p50_ms": 1000 * percentile(latencies, 0.5),
-        "p99_ms": 1000 * percentile(latencies, 0.99), "failed_or_lost": len(wrong),
-        "in_process_rates": local_rates, "in_process_offered_batch_rates": offered_rates,
-        "served_rates": served_rates,
-        "load_average": os.getloadavg(), "cpus": os.cpu_count(), "machine": platform.platform(),
-    }
+    results = summary(measured, args, len(posts))
     print(f"{len(posts)} posts x {args.rounds} rounds, {args.clients} clients, "
           f"{args.posts_per_request} posts a request: in-process "
-          f"{local:.1f} posts/s, served {served:.1f} posts/s ({served / local:.2f}x; median "
+          f"{results['in_process_posts_per_second']:.1f} posts/s, served "
+          f"{results['served_posts_per_second']:.1f} posts/s ({results['ratio']:.2f}x; median "
           f"of the rounds' ratios {results['median_round_ratio']:.2f}x); latency "
           f"p50 {results['p50_ms']:.0f} ms, p99 {results['p99_ms']:.0f} ms; "
-          f"{len(wrong)} failed, lost or different answers. In-process in batches of "
-          f"{offered} (the most the clients offer at once): {local_offered:.1f} posts/s")
-    for round_index, index, answer in wrong[:5]:
+          f"{results['failed_or_lost']} failed, lost or different answers. In-process in "
+          f"batches of {results['offered_batch']} (the most the clients offer at once): "
+          f"{results['in_process_offered_batch_posts_per_second']:.1f} posts/s")
+    for round_index, index, answer in measured["wrong"][:5]:
         print(f"  round {round_index + 1}, post {index}: {str(answer)[:200]}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf8")
-    return 1 if wrong else 0
+    return 1 if measured["wrong"] else 0
 
 
 if __name__ == "__main__":

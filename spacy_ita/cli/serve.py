@@ -39,9 +39,11 @@ def serve_cli(
         "reserved addresses."),
     max_body_bytes: int = typer.Option(16 * MIB, "--max-body-bytes", min=1, metavar="N",
                                        help="Larger request bodies get 413."),
-    max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N", help="Posts per request at most."),
-    max_image_bytes: int = typer.Option(10 * MIB, "--max-image-bytes", min=1, metavar="N",
-                                        help="Larger images (data: URLs or downloads) are refused."),
+    max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N",
+                                  help="Posts per request at most."),
+    max_image_bytes: int = typer.Option(
+        10 * MIB, "--max-image-bytes", min=1, metavar="N",
+        help="Larger images (data: URLs or downloads) are refused."),
     max_image_pixels: Optional[int] = typer.Option(
         None, "--max-image-pixels", min=1, metavar="N",
         help="Images with more pixels are refused (default: ita_context's 50 million)."),

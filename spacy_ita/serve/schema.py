@@ -37,6 +37,8 @@ class ContextIn(BaseModel):
 
 
 class PostIn(BaseModel):
+    """One post: its text, and optionally an image and context of its own."""
+
     model_config = ConfigDict(extra="forbid")
 
     text: StrictStr
@@ -75,28 +77,30 @@ def parse_request(body: bytes, max_posts: int) -> AnnotateRequest:
     if not isinstance(data, dict):
         raise RequestError(422, f"the body must be a JSON object, got {_json_type(data)}")
     batch = "posts" in data
+    if batch and isinstance(data["posts"], list) and len(data["posts"]) > max_posts:
+        raise RequestError(422, f"posts: {len(data['posts'])} posts, over the limit of "
+                                f"{max_posts} per request (--max-posts)")
     try:
         parsed = (BatchRequest if batch else SingleRequest).model_validate(data)
     except ValidationError as err:
         raise RequestError(422, _describe(err)) from None
-    posts_in = parsed.posts if batch else [parsed]
-    if len(posts_in) > max_posts:
-        raise RequestError(422, f"posts: {len(posts_in)} posts, over the limit of {max_posts} "
-                                "per request (--max-posts)")
-    where = [f"posts[{i}]" for i in range(len(posts_in))] if batch else ["post"]
-    posts = [_to_post(post, name, i) for i, (post, name) in enumerate(zip(posts_in, where))]
-    return AnnotateRequest(posts, batch, parsed.text_view)
+    if not batch:
+        return AnnotateRequest([_to_post(parsed, 0, "post", "")], False, parsed.text_view)
+    posts = [_to_post(post, i, f"posts[{i}]", f"posts[{i}].")
+             for i, post in enumerate(parsed.posts)]
+    return AnnotateRequest(posts, True, parsed.text_view)
 
 
-def _to_post(post: PostIn, where: str, index: int) -> Post:
-    """A validated post as `apply`'s Post: the image as a URL or the bytes of its data: URL."""
-    prefix = f"{where}." if where != "post" else ""
-    _check_text(post.text, f"{prefix}text")
+def _to_post(post: PostIn, index: int, where: str, field_prefix: str) -> Post:
+    """A validated post as `apply`'s Post, the image as a URL or the bytes of
+    its data: URL. `where` starts the post's errors in its result;
+    `field_prefix` names its fields in a refusal."""
+    _check_text(post.text, f"{field_prefix}text")
     context = post.context.model_dump() if post.context is not None else None
     for name, items in (context or {}).items():
         for i, item in enumerate(items):
-            _check_text(item, f"{prefix}context.{name}[{i}]")
-    image = None if post.image is None else image_input(post.image, f"{prefix}image")
+            _check_text(item, f"{field_prefix}context.{name}[{i}]")
+    image = None if post.image is None else image_input(post.image, f"{field_prefix}image")
     return Post(file="request", row=index, where=where, text=post.text, image=image,
                 visual_context=context)
 
@@ -104,9 +108,10 @@ def _to_post(post: PostIn, where: str, index: int) -> Post:
 def image_input(image: str, field: str) -> Union[str, bytes]:
     """An http(s) URL as it is (the Fetcher checks and downloads it), a data:
     URL as its bytes; RequestError naming `field` for anything else."""
-    if image.lower().startswith(URL_SCHEMES):
+    scheme = image[:8].lower()  # not the whole of a data: URL of megabytes
+    if scheme.startswith(URL_SCHEMES):
         return image
-    if not image.lower().startswith("data:"):
+    if not scheme.startswith("data:"):
         raise RequestError(422, f"{field}: must be an http(s) URL or a data: URL, got "
                                 f"{image[:40]!r}")
     header, comma, payload = image.partition(",")
