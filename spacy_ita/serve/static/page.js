@@ -96,7 +96,8 @@ function draw(text, result) {
   byId("errors").replaceChildren(...result.errors.map((error) => element("li", error)));
   const fellBack = result.view === "text" ? "No context to read: the same as the text view." : "";
   drawEntities("cross", text, result.entities, fellBack);
-  drawEntities("text-only", text, result.text_view.entities);
+  // A post the pipeline failed on has no text view: its error is listed above.
+  drawEntities("text-only", text, result.text_view ? result.text_view.entities : []);
   byId("output").hidden = false;
 }
 
