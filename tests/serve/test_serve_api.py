@@ -214,6 +214,7 @@ def test_the_page_and_its_files_are_served_from_the_package(shared_api):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for asset in ("static/page.js", "static/page.css"):
         assert asset in page.text
-        assert shared_api.get(f"/{asset}").status_code == 200
+        served = shared_api.get(f"/{asset}")
+        assert served.status_code == 200 and "http" not in served.text  # no CDN, no fonts
     assert "http" not in page.text  # nothing loads from elsewhere
     assert shared_api.get("/docs").status_code == 404  # FastAPI's docs would load a CDN
