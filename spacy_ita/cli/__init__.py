@@ -15,4 +15,4 @@ def main() -> None:
 
 
 # Each module registers its commands on `app`.
-from . import apply, convert, evaluate, extract, package, train  # noqa: E402,F401
+from . import apply, convert, evaluate, extract, package, serve, train  # noqa: E402,F401

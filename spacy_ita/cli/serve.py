@@ -1,0 +1,109 @@
+"""`python -m spacy_ita serve MODEL`: an HTTP API and a page to try a model."""
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .extract import OCREngine
+
+MIB = 2**20
+
+
+def read_api_key(env_name: Optional[str]) -> Optional[str]:
+    """The API key from the environment variable `env_name` (None: no key);
+    ValueError when that variable is unset or empty. The key itself is never
+    printed."""
+    if env_name is None:
+        return None
+    key = os.environ.get(env_name, "").strip()
+    if not key:
+        raise ValueError(f"--api-key-env {env_name}: the environment variable {env_name} "
+                         "is unset or empty; set it to the API key clients must send")
+    return key
+
+
+@app.command("serve")
+def serve_cli(
+    model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", metavar="PORT", help="Port to listen on."),
+    api_key_env: Optional[str] = typer.Option(
+        None, "--api-key-env", metavar="NAME",
+        help="Environment variable holding an API key: every endpoint but /health and the "
+        "page then needs 'Authorization: Bearer <key>'."),
+    allow_private_urls: bool = typer.Option(
+        False, "--allow-private-urls",
+        help="Also fetch image URLs on loopback, private, link-local, multicast and "
+        "reserved addresses."),
+    max_body_bytes: int = typer.Option(16 * MIB, "--max-body-bytes", min=1, metavar="N",
+                                       help="Larger request bodies get 413."),
+    max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N",
+                                  help="Posts per request at most."),
+    max_image_bytes: int = typer.Option(
+        10 * MIB, "--max-image-bytes", min=1, metavar="N",
+        help="Larger images (data: URLs or downloads) are refused."),
+    max_image_pixels: Optional[int] = typer.Option(
+        None, "--max-image-pixels", min=1, metavar="N",
+        help="Images with more pixels are refused (default: ita_context's 50 million)."),
+    fetch_timeout: float = typer.Option(10.0, "--fetch-timeout", metavar="SECONDS",
+                                        help="Seconds to download one image URL."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N",
+                                   help="Posts per pipeline call at most."),
+    batch_wait_ms: float = typer.Option(
+        5.0, "--batch-wait-ms", min=0, metavar="MS",
+        help="Milliseconds a batch waits for more requests once it has one."),
+    queue_size: int = typer.Option(256, "--queue-size", min=1, metavar="N",
+                                   help="Requests waiting at most; more get 503."),
+    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
+                                  help="OCR engine of the ita_context added to a pipeline "
+                                  "that has none: rapidocr, easyocr, tesseract or none."),
+    tags: bool = typer.Option(True, "--tags/--no-tags",
+                              help="EfficientNet object tags in that ita_context."),
+    add_context: bool = typer.Option(
+        True, "--context/--no-context",
+        help="Add ita_context to a pipeline without one (images -> visual context)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", metavar="FILE",
+                                         help="SQLite cache of visual contexts."),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU for the pipeline; -1 for CPU."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="MODE",
+        help="ita_ner's encoder: auto (bf16 where native), bf16 or fp32 (default: the "
+        "pipeline's own)."),
+    code: Optional[Path] = typer.Option(None, "--code", exists=True, dir_okay=False,
+                                        help="Python file with custom components to import."),
+) -> None:
+    """Serve MODEL over HTTP: GET /health, POST /annotate (a post or a batch
+    under "posts": text, image URL or data: URL, context) and a page at / to
+    try it on a post and a photo, cross-modal and text-only views side by
+    side. Concurrent requests are tagged together in batches."""
+    try:
+        import uvicorn
+
+        from ..serve.app import ServeSettings, create_app
+    except ImportError as err:
+        typer.echo(f"Error: serving needs the serve extra ({err}): "
+                   "pip install 'spacy-ita[serve]'", err=True)
+        raise typer.Exit(code=1) from None
+    from ..bulk.annotate import PipelineSpec
+
+    try:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port must be from 0 to 65535, got {port}")
+        api_key = read_api_key(api_key_env)
+        spec = PipelineSpec(model, context=dict(ocr=ocr.value, tags=tags) if add_context else None,
+                            cache=str(cache) if cache else None, gpu_id=gpu_id,
+                            precision=precision, code=str(code) if code else None)
+        nlp = spec.load()
+        settings = ServeSettings(
+            api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
+            max_posts=max_posts, max_image_bytes=max_image_bytes,
+            fetch_timeout=fetch_timeout, allow_private_urls=allow_private_urls,
+            batch_size=batch_size, batch_wait=batch_wait_ms / 1000, queue_size=queue_size,
+            **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}))
+        server_app = create_app(nlp, settings)
+    except (ValueError, OSError) as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(code=1) from None
+    uvicorn.run(server_app, host=host, port=port, log_level="info")

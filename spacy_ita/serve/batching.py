@@ -1,0 +1,225 @@
+"""Concurrent requests batched into `nlp.pipe` calls.
+
+A single worker thread runs the pipeline: it takes the requests waiting in a
+bounded queue, up to `max_posts` posts, waits at most `max_wait` seconds for
+more once it holds one, and tags them as one batch. Under load, requests
+queue up while a batch runs and the next batch takes them all, so the server
+tags in batches as `nlp.pipe` does in-process. One thread also means that
+ita_ner's view can be switched for the text-only view without a lock.
+"""
+import asyncio
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from ..bulk.annotate import context_components
+from ..bulk.inputs import Post
+from ..visual_context import VisualContext, get_visual_context
+
+Result = Dict[str, Any]
+RunBatch = Callable[[List[Post], List[bool]], List[Result]]
+_STOP = object()  # the worker's signal to finish
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the queue holds: the server is overloaded."""
+
+
+@dataclass
+class _Job:
+    posts: List[Post]
+    text_view: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+class Batcher:
+    """Runs `run` over batches of the posts that `submit` hands it, in one worker thread."""
+
+    def __init__(self, run: RunBatch, max_posts: int = 32, max_wait: float = 0.005,
+                 queue_size: int = 256):
+        if max_posts < 1 or queue_size < 1 or max_wait < 0:
+            raise ValueError(f"max_posts and queue_size must be at least 1 and max_wait at "
+                             f"least 0, got {max_posts}, {queue_size} and {max_wait}")
+        self.run = run
+        self.max_posts = max_posts
+        self.max_wait = max_wait
+        self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="spacy-ita-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then end the worker."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    async def submit(self, posts: List[Post], text_view: bool) -> List[Result]:
+        """The results of `posts`, in order, once a batch has run them; QueueFull
+        when the queue has no room."""
+        loop = asyncio.get_running_loop()
+        job = _Job(posts, text_view, loop, loop.create_future())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"{self._queue.maxsize} requests are already waiting") from None
+        return await job.future
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            jobs, stopping = self._collect()
+            if jobs:
+                self._run(jobs)
+
+    def _collect(self) -> Tuple[List[_Job], bool]:
+        """The next batch of jobs (at least one, unless stopping), and whether
+        the stop signal came."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        jobs, n_posts = [first], len(first.posts)
+        deadline = time.monotonic() + self.max_wait
+        while n_posts < self.max_posts:
+            try:
+                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return jobs, True
+            jobs.append(job)
+            n_posts += len(job.posts)
+        return jobs, False
+
+    def _run(self, jobs: List[_Job]) -> None:
+        posts = [post for job in jobs for post in job.posts]
+        text_view = [job.text_view for job in jobs for _ in job.posts]
+        try:
+            results: Any = self.run(posts, text_view)
+        except Exception as err:  # a bug, not a bad post: each request gets a 500
+            results = err
+        start = 0
+        for job in jobs:
+            end = start + len(job.posts)
+            outcome = results if isinstance(results, Exception) else results[start:end]
+            start = end
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+            except RuntimeError:  # the event loop has closed: nobody waits any more
+                pass
+
+
+def _settle(future: asyncio.Future, outcome: Any) -> None:
+    if future.done():  # the client went away and the request was cancelled
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def ita_ner_component(nlp: Language):
+    """The pipeline's ita_ner component; ValueError when it has none."""
+    for name in nlp.pipe_names:
+        if nlp.get_pipe_meta(name).factory == "ita_ner":
+            return nlp.get_pipe(name)
+    raise ValueError(f"the pipeline has no ita_ner component (its components: "
+                     f"{', '.join(nlp.pipe_names) or 'none'})")
+
+
+class PostTagger:
+    """Tags a batch of posts whose images are fetched: the pipeline's entities,
+    the view ita_ner read each post with, the visual context, the errors, and
+    on request the entities of the text-only view. A failing batch is run
+    again post by post, so that a bad post costs only its own result."""
+
+    def __init__(self, nlp: Language, max_pixels: Optional[int] = None):
+        self.nlp = nlp
+        self.ner = ita_ner_component(nlp)
+        self.context_names = context_components(nlp)
+        for name in self.context_names:
+            component = nlp.get_pipe(name)
+            component.on_error = "ignore"  # errors go into the results
+            component.existing_context = "merge"  # the caller's context and the image's
+            if max_pixels is not None:
+                component.max_pixels = max_pixels
+
+    def __call__(self, posts: List[Post], text_view: List[bool]) -> List[Result]:
+        try:
+            return self._tag(posts, text_view)
+        except Exception as err:
+            if len(posts) == 1:
+                return [self._failure(posts[0], err)]
+        return [result for post, wanted in zip(posts, text_view)
+                for result in self([post], [wanted])]
+
+    def _tag(self, posts: List[Post], text_view: List[bool]) -> List[Result]:
+        docs = [self._doc(post) for post in posts]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # per-post errors go into results
+            docs = list(self.nlp.pipe(docs, batch_size=len(docs)))
+            views = self.ner.views(docs)
+            text_docs = iter(self._text_view([doc for doc, wanted in zip(docs, text_view)
+                                              if wanted]))
+        return [self._result(post, doc, view, next(text_docs) if wanted else None)
+                for post, doc, view, wanted in zip(posts, docs, views, text_view)]
+
+    def _text_view(self, docs: Sequence[Doc]) -> List[Doc]:
+        """Copies of `docs` tagged again by ita_ner in the text-only view."""
+        if not docs:
+            return []
+        view = self.ner.view
+        try:
+            self.ner.view = "text"
+            return list(self.ner.pipe([doc.copy() for doc in docs]))
+        finally:
+            self.ner.view = view
+
+    def _doc(self, post: Post) -> Doc:
+        doc = self.nlp.make_doc(post.text)
+        if post.visual_context is not None:
+            doc._.visual_context = VisualContext.from_dict(post.visual_context)
+        doc._.image = post.image
+        return doc
+
+    def _result(self, post: Post, doc: Doc, view: str, text_doc: Optional[Doc]) -> Result:
+        errors = self._errors(post)
+        for error in (doc._.image_error, doc._.knowledge_error):
+            if error is not None:
+                errors.append(f"{post.where}: {error}")
+        context = get_visual_context(doc)
+        result = {"entities": entity_list(doc), "view": view,
+                  "context": None if context is None else context.to_dict(), "errors": errors}
+        if text_doc is not None:
+            result["text_view"] = {"entities": entity_list(text_doc)}
+        return result
+
+    def _failure(self, post: Post, err: Exception) -> Result:
+        errors = self._errors(post)
+        errors.append(f"{post.where}: the pipeline failed on this post: "
+                      f"{type(err).__name__}: {err}")
+        return {"entities": [], "view": None, "context": None, "errors": errors}
+
+    def _errors(self, post: Post) -> List[str]:
+        """What went wrong before the pipeline: the image's fetch, or an image
+        that no component reads."""
+        errors = [post.image_error] if post.image_error is not None else []
+        if post.image is not None and not self.context_names:
+            errors.append(f"{post.where}: the image was not read: the pipeline has no "
+                          "ita_context component (the server runs with --no-context)")
+        return errors
+
+
+def entity_list(doc: Doc) -> List[Dict[str, Any]]:
+    return [{"text": ent.text, "label": ent.label_, "start": ent.start_char,
+             "end": ent.end_char} for ent in doc.ents]

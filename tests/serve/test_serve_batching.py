@@ -1,0 +1,82 @@
+"""The batching worker of `spacy_ita serve`: requests that wait together run
+as one batch, up to its size, each getting back its own results in order; a
+full queue is refused; a failing batch fails only its own requests."""
+import asyncio
+import threading
+
+import pytest
+
+from spacy_ita.bulk.inputs import Post
+from spacy_ita.serve.batching import Batcher, QueueFull
+
+
+def posts(*texts):
+    return [Post(file="request", row=i, where=f"posts[{i}]", text=text)
+            for i, text in enumerate(texts)]
+
+
+class Recorder:
+    """A run function that records its batches and can be held at the first one."""
+
+    def __init__(self, fail_on=None):
+        self.batches = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, batch, text_view):
+        self.started.set()
+        self.release.wait(10)
+        self.batches.append([post.text for post in batch])
+        if self.fail_on in self.batches[-1]:
+            raise RuntimeError(f"cannot tag {self.fail_on}")
+        return [{"text": post.text.upper(), "text_view": wanted}
+                for post, wanted in zip(batch, text_view)]
+
+
+async def submit_while_held(batcher, recorder, requests):
+    """Submit one request, hold the worker on it, queue `requests`, release."""
+    first = asyncio.ensure_future(batcher.submit(posts("first"), False))
+    await asyncio.get_running_loop().run_in_executor(None, recorder.started.wait, 10)
+    waiting = [asyncio.ensure_future(batcher.submit(posts(*texts), wanted))
+               for texts, wanted in requests]
+    await asyncio.sleep(0.05)  # every request is in the queue
+    recorder.release.set()
+    return await asyncio.gather(first, *waiting, return_exceptions=True)
+
+
+def run_batcher(recorder, requests, **settings):
+    batcher = Batcher(recorder, **settings)
+    batcher.start()
+    try:
+        return asyncio.run(submit_while_held(batcher, recorder, requests))
+    finally:
+        batcher.stop()
+
+
+def test_waiting_requests_run_together_up_to_the_batch_size():
+    recorder = Recorder()
+    requests = [(("a", "b"), True), (("c",), False), (("d", "e"), False), (("f",), True)]
+    results = run_batcher(recorder, requests, max_posts=4, max_wait=0.0)
+    # The first request alone; then whole requests until 4 posts are reached.
+    assert recorder.batches == [["first"], ["a", "b", "c", "d", "e"], ["f"]]
+    assert results == [[{"text": "FIRST", "text_view": False}],
+                       [{"text": "A", "text_view": True}, {"text": "B", "text_view": True}],
+                       [{"text": "C", "text_view": False}],
+                       [{"text": "D", "text_view": False}, {"text": "E", "text_view": False}],
+                       [{"text": "F", "text_view": True}]]
+
+
+def test_a_full_queue_is_refused_and_a_failing_batch_fails_its_own_requests():
+    recorder = Recorder(fail_on="b")
+    requests = [(("a",), False), (("b",), False), (("c",), False)]
+    results = run_batcher(recorder, requests, max_posts=2, max_wait=0.0, queue_size=2)
+    assert isinstance(results[3], QueueFull)  # "first" is running, "a" and "b" wait
+    assert recorder.batches == [["first"], ["a", "b"]]
+    assert results[0] == [{"text": "FIRST", "text_view": False}]
+    assert all(isinstance(result, RuntimeError) for result in results[1:3])
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="max_posts and queue_size must be at least 1"):
+        Batcher(lambda posts, views: [], max_posts=0)
