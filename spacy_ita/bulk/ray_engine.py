@@ -72,7 +72,8 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
                   ("tag", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     for stage, workers, cpus, gpus in stages:
-        stage_spec = replace(spec, threads=max(1, int(cpus)), gpu_id=0 if gpus else -1)
+        stage_spec = replace(spec, threads=max(1, int(cpus)),
+                             settings=replace(spec.settings, gpu_id=0 if gpus else -1))
         # One batch at a time per actor: a batch takes seconds, and one queued
         # behind a busy actor (the first to load, say) starves an idle one.
         pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
