@@ -10,6 +10,7 @@ A post that fails for a reason of the environment, not of the post (an
 unreachable LM, a timeout, an unusable cache or disk), is marked `retryable`:
 the next run does it again.
 """
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
@@ -78,9 +79,7 @@ class PipelineSpec:
         if settings.code:
             spacy.util.import_file("spacy_ita_apply_code", settings.code)
         if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
+            hold_threads(self.threads)
         if settings.gpu_id >= 0:
             spacy.require_gpu(settings.gpu_id)
         nlp = spacy.load(self.model, exclude=self._excluded(stage))
@@ -124,6 +123,25 @@ class PipelineSpec:
         components = spacy.util.load_config(_config_path(self.model)).get("components", {})
         return [name for name, block in components.items()
                 if (block.get("factory") == "ita_context") == (stage == "tag")]
+
+
+def hold_threads(threads: int) -> None:
+    """Hold this process's compute to `threads` threads: torch's (the tagger,
+    EfficientNet), OpenCV's (RapidOCR's image work), the tokenizers' pool (if
+    not started yet and not set by the user) and, through
+    `context.ocr.default_thread_count`, which reads torch's, the intra-op
+    threads of the onnxruntime sessions RapidOCR builds afterwards. A worker
+    of one CPU that ran each library's default (a thread per core) would
+    compete with the other workers for their cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # Hugging Face tokenizers' pool
+    try:
+        import cv2
+    except ImportError:  # no OpenCV: no RapidOCR either
+        return
+    cv2.setNumThreads(threads)
 
 
 def _config_path(model: str):

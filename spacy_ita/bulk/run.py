@@ -59,6 +59,7 @@ class ApplySummary:
     n_failed: int = 0  # rows with an error or marked retryable
     n_entities: int = 0
     seconds: float = 0.0
+    seconds_to_first_row: Optional[float] = None  # the start: engine, workers, first batch
 
     @property
     def posts_per_second(self) -> float:
@@ -122,7 +123,7 @@ def apply(
         batches = _annotated_batches(engine, spec, inputs, columns, done, batch_size, fetcher)
         total = sum(count_rows(item) for item in inputs) - done.count if progress else None
         try:
-            _write_all(batches, writer, done, summary,
+            _write_all(batches, writer, done, summary, start,
                        tqdm(total=total, unit="post", disable=not progress))
         except BaseException:
             writer.stop()
@@ -165,11 +166,13 @@ def _image_root(input: Union[str, Path], image_root: Optional[Union[str, Path]])
 
 
 def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: ApplySummary,
-               bar) -> None:
+               start: float, bar) -> None:
     """Write each post once: a post already written (a retried batch that
     came back twice) is dropped."""
     with bar:
         for batch in batches:
+            if summary.seconds_to_first_row is None:
+                summary.seconds_to_first_row = time.perf_counter() - start
             posts = [post for post in batch if done.add(post.file, post.row)]
             for row in writer.write([post.output_row() for post in posts]):
                 summary.n_written += 1
