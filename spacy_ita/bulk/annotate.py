@@ -11,6 +11,7 @@ unreachable LM, a timeout, an unusable cache or disk), is marked `retryable`:
 the next run does it again.
 """
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
@@ -137,11 +138,27 @@ def hold_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # Hugging Face tokenizers' pool
+    if _opencv_came_through_fork:
+        # OpenCV's thread pool is not fork-safe: resizing one whose threads
+        # stayed in the parent deadlocks. The process keeps the parent's count.
+        return
     try:
         import cv2
     except ImportError:  # no OpenCV: no RapidOCR either
         return
     cv2.setNumThreads(threads)
+
+
+_opencv_came_through_fork = False
+
+
+def _note_a_fork() -> None:
+    """In a forked child: was OpenCV (and maybe its thread pool) the parent's?"""
+    global _opencv_came_through_fork
+    _opencv_came_through_fork = "cv2" in sys.modules
+
+
+os.register_at_fork(after_in_child=_note_a_fork)
 
 
 def _config_path(model: str):

@@ -1,8 +1,11 @@
 """`apply`'s settings dataclasses: docs/apply.md's Python snippets call apply
 as it is, a wrong setting is refused when made, and the library builds the
 ita_context it adds without importing the CLI."""
+import ast
 import inspect
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,19 +61,60 @@ def test_a_wrong_engine_or_batch_size_is_refused_before_reading(tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_the_library_adds_ita_context_without_importing_the_cli(tmp_path):
-    """bulk builds the ita_context config from spacy_ita.context.config: no
-    module outside cli/ imports cli/ (issue 20)."""
+def test_no_module_outside_the_cli_imports_it():
+    """The library never imports the CLI (issue 20): bulk builds the
+    ita_context it adds from spacy_ita.context.config. Only the entry point
+    `python -m spacy_ita` (__main__) may."""
+    package = Path(spacy_ita.bulk.__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package)
+        if where.parts[0] == "cli" or where.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            offenders += [f"{where}:{node.lineno}: {name}" for name in names
+                          if _names_the_cli(name, len(where.parts) - 1)]
+    assert not offenders
+
+
+def _names_the_cli(module: str, depth: int) -> bool:
+    """Whether an import of `module`, written in a file `depth` folders below
+    the package, names spacy_ita.cli or something in it."""
+    dots = len(module) - len(module.lstrip("."))
+    if dots:
+        if dots - 1 != depth:  # a relative import that does not start at the package
+            return False
+        module = "spacy_ita." + module.lstrip(".")
+    return module == "spacy_ita.cli" or module.startswith("spacy_ita.cli.")
+
+
+def test_worker_processes_forked_after_opencv_ran_threads_do_not_hang(tmp_path):
+    """OpenCV's thread pool is not fork-safe: a forked worker that resized the
+    pool its parent had used hung for ever. Now it keeps the parent's."""
     import spacy
 
     spacy.blank("en").to_disk(tmp_path / "blank")
+    (tmp_path / "posts.jsonl").write_text('{"text": "Kobe scores"}\n{"text": "in Boston"}\n')
     code = (
-        "import sys\n"
-        "from spacy_ita.bulk.annotate import PipelineSettings, PipelineSpec\n"
-        f"spec = PipelineSpec({str(tmp_path / 'blank')!r}, PipelineSettings(ocr='none', "
-        "tags=False))\n"
-        "assert spec.load().pipe_names == ['ita_context']\n"
-        "print(sorted(name for name in sys.modules if name.startswith('spacy_ita.cli')))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
-    assert result.stdout.strip() == "[]"
+        "import cv2, numpy\n"
+        "cv2.setNumThreads(2)\n"
+        "cv2.resize(numpy.zeros((2000, 2000, 3), numpy.uint8), (3000, 3000))  # the pool runs\n"
+        "from spacy_ita.bulk import LocalSettings, PipelineSettings, apply\n"
+        f"summary = apply({str(tmp_path / 'blank')!r}, {str(tmp_path / 'posts.jsonl')!r}, "
+        f"{str(tmp_path / 'out.jsonl')!r}, engine=LocalSettings(n_process=2, threads=1), "
+        "batch_size=1, pipeline=PipelineSettings(add_context=False), progress=False)\n"
+        "print(summary.n_written)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        output, _ = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # and the hung workers with it
+        raise
+    assert child.returncode == 0 and output.strip() == "2"
