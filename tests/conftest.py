@@ -17,6 +17,7 @@ from helpers import make_tiny_encoder
 # is left running one of them alone at the end.
 LONGEST_FILES = ("test_project.py", "test_training_loop.py", "test_mner.py",
                  "test_crash_recovery.py", "test_apply_ray.py", "test_apply_ray_cluster.py",
+                 "test_ray_cluster_work.py",
                  "test_spacy_train_with_cpu_config.py")
 
 

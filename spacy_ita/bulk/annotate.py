@@ -10,6 +10,8 @@ A post that fails for a reason of the environment, not of the post (an
 unreachable LM, a timeout, an unusable cache or disk), is marked `retryable`:
 the next run does it again.
 """
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
@@ -18,7 +20,9 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from ..context.cache import CacheError
+from ..context.config import OCREngine, context_config
 from ..context.registry import SetupError
+from ..ner.precision import check_precision
 from ..visual_context import get_visual_context
 from .fetch import Fetcher
 from .inputs import Post
@@ -29,54 +33,75 @@ ENVIRONMENT_ERRORS = (OSError, CacheError, SetupError)
 
 
 @dataclass
-class PipelineSpec:
-    """How to build the pipeline in a worker: the model, and the `ita_context`
-    to add when the model has none (settings of `extract`'s CLI options)."""
+class PipelineSettings:
+    """How `apply` loads the pipeline in each worker: the `ita_context` added
+    to a pipeline that has none (OCR engine `ocr`, EfficientNet `tags`; none
+    if not `add_context`), a context `cache` file, the GPU, ita_ner's
+    `precision` (None keeps the pipeline's own) and a Python file of custom
+    components (`code`) that each worker imports first."""
 
-    model: str
-    context: Optional[Dict[str, Any]] = field(default_factory=dict)  # None: add none
+    add_context: bool = True
+    ocr: str = "rapidocr"
+    tags: bool = True
     cache: Optional[str] = None
     gpu_id: int = -1
-    threads: Optional[int] = None  # torch threads per worker; None: leave as is
-    code: Optional[str] = None  # a Python file to import first (custom components)
     precision: Optional[str] = None  # of every ita_ner: "auto", "bf16", "fp32"; None: as saved
+    code: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.ocr not in {engine.value for engine in OCREngine}:
+            raise ValueError(f"ocr must be one of {[engine.value for engine in OCREngine]}, "
+                             f"got {self.ocr!r}")
+        if self.precision is not None:
+            check_precision(self.precision)
+        # Paths travel to the workers as strings (a Path pickles fine, but
+        # configs and logs want text).
+        self.cache = None if self.cache is None else str(self.cache)
+        self.code = None if self.code is None else str(self.code)
+
+
+@dataclass
+class PipelineSpec:
+    """What a worker needs to build its pipeline: the model, the settings, and
+    the threads the worker may use (None: leave torch's and OCR's as they are)."""
+
+    model: str
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
+    threads: Optional[int] = None
 
     def load(self, stage: str = "all") -> Language:
         """The pipeline for one stage: "all", "extract" (only the context
         component) or "tag" (everything but it)."""
         import spacy
 
-        from ..cli.extract import context_config
-
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        if self.code:
-            spacy.util.import_file("spacy_ita_apply_code", self.code)
+        settings = self.settings
+        if settings.code:
+            spacy.util.import_file("spacy_ita_apply_code", settings.code)
         if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        if self.gpu_id >= 0:
-            spacy.require_gpu(self.gpu_id)
+            hold_threads(self.threads)
+        if settings.gpu_id >= 0:
+            spacy.require_gpu(settings.gpu_id)
         nlp = spacy.load(self.model, exclude=self._excluded(stage))
         contexts = context_components(nlp)
-        if not contexts and stage != "tag" and self.context is not None:
-            config = context_config(**self.context)
+        if not contexts and stage != "tag" and settings.add_context:
+            config = context_config(settings.ocr, settings.tags)
             before = tagging_components(nlp)
             nlp.add_pipe("ita_context", config=config,
                          **({"before": before[0]} if before else {"first": True}))
             contexts = context_components(nlp)
-        if self.precision is not None:
+        if settings.precision is not None:
             for name in nlp.pipe_names:
                 if nlp.get_pipe_meta(name).factory == "ita_ner":
-                    nlp.get_pipe(name).precision = self.precision
+                    nlp.get_pipe(name).precision = settings.precision
         for name in contexts:
             component = nlp.get_pipe(name)
             component.on_error = "ignore"  # errors go into the output rows
-            if self.cache:
+            if settings.cache:
                 from ..context.cache import ContextCache
 
-                component.cache = ContextCache(self.cache)
+                component.cache = ContextCache(settings.cache)
         return nlp
 
     def preflight(self) -> None:
@@ -84,7 +109,8 @@ class PipelineSpec:
         in this process: each context component's cache opens and takes
         writes, its LM key is set and its endpoint answers. Loads only the
         context components (no model weights), on the CPU."""
-        nlp = replace(self, gpu_id=-1, threads=None).load("extract")
+        nlp = replace(self, settings=replace(self.settings, gpu_id=-1),
+                      threads=None).load("extract")
         for name in context_components(nlp):
             nlp.get_pipe(name).preflight()
 
@@ -98,6 +124,41 @@ class PipelineSpec:
         components = spacy.util.load_config(_config_path(self.model)).get("components", {})
         return [name for name, block in components.items()
                 if (block.get("factory") == "ita_context") == (stage == "tag")]
+
+
+def hold_threads(threads: int) -> None:
+    """Hold this process's compute to `threads` threads: torch's (the tagger,
+    EfficientNet), OpenCV's (RapidOCR's image work), the tokenizers' pool (if
+    not started yet and not set by the user) and, through
+    `context.ocr.default_thread_count`, which reads torch's, the intra-op
+    threads of the onnxruntime sessions RapidOCR builds afterwards. A worker
+    of one CPU that ran each library's default (a thread per core) would
+    compete with the other workers for their cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))  # Hugging Face tokenizers' pool
+    if _opencv_came_through_fork:
+        # OpenCV's thread pool is not fork-safe: resizing one whose threads
+        # stayed in the parent deadlocks. The process keeps the parent's count.
+        return
+    try:
+        import cv2
+    except ImportError:  # no OpenCV: no RapidOCR either
+        return
+    cv2.setNumThreads(threads)
+
+
+_opencv_came_through_fork = False
+
+
+def _note_a_fork() -> None:
+    """In a forked child: was OpenCV (and maybe its thread pool) the parent's?"""
+    global _opencv_came_through_fork
+    _opencv_came_through_fork = "cv2" in sys.modules
+
+
+os.register_at_fork(after_in_child=_note_a_fork)
 
 
 def _config_path(model: str):

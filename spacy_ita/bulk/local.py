@@ -8,7 +8,7 @@ import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, List, Optional
 
 from spacy.util import minibatch
@@ -20,17 +20,39 @@ from .inputs import Post
 _WORKER: Optional[Annotator] = None
 
 
-def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int, n_process: int,
-              fetcher: Fetcher) -> Iterator[List[Post]]:
+@dataclass
+class LocalSettings:
+    """The in-process engine: `n_process` worker processes (1: this process),
+    each with `threads` threads for torch, OpenCV and onnxruntime (None: the
+    libraries' own default, a thread per core, in one process; the usable
+    CPUs shared out among several)."""
+
+    n_process: int = 1
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.n_process < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError(f"n_process and threads must be at least 1, got {self.n_process} "
+                             f"and {self.threads}")
+
+    def threads_per_process(self) -> Optional[int]:
+        """The threads each process is held to (None: left as they are)."""
+        if self.threads is None and self.n_process > 1:
+            return max(1, _usable_cpus() // self.n_process)
+        return self.threads
+
+
+def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
+              settings: LocalSettings, fetcher: Fetcher) -> Iterator[List[Post]]:
     """Annotated batches of `posts`, in order."""
     batches = minibatch(posts, batch_size)
+    n_process = settings.n_process
+    spec = replace(spec, threads=settings.threads_per_process())
     if n_process == 1:
         annotator = Annotator(spec, "all", fetcher)
         for batch in batches:
             yield annotator(batch)
         return
-    if spec.threads is None:
-        spec = replace(spec, threads=max(1, _usable_cpus() // n_process))
     # The platform's default start method, as spaCy's own n_process: fork on
     # Linux (quick: nothing to re-import; this process has loaded no model).
     context = multiprocessing.get_context()

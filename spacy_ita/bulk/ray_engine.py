@@ -12,6 +12,7 @@ a lost worker loses no post. On a laptop `ray.init()` starts a local Ray; with
 RAY_ADDRESS set it joins that cluster.
 """
 import inspect
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -20,6 +21,8 @@ from spacy.util import minibatch
 from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
 from .inputs import Columns, DoneRows, InputFile, Post, read_file_posts
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,7 +75,8 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
                   ("tag", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     for stage, workers, cpus, gpus in stages:
-        stage_spec = replace(spec, threads=max(1, int(cpus)), gpu_id=0 if gpus else -1)
+        stage_spec = replace(spec, threads=max(1, int(cpus)),
+                             settings=replace(spec.settings, gpu_id=0 if gpus else -1))
         # One batch at a time per actor: a batch takes seconds, and one queued
         # behind a busy actor (the first to load, say) starves an idle one.
         pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
@@ -81,6 +85,8 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
             compute=pool, num_cpus=cpus, num_gpus=gpus or None)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield list(batch["post"])
+    if logger.isEnabledFor(logging.DEBUG):  # where the time went, by Ray Data's count
+        logger.debug("Ray Data's stats of the apply job:\n%s", dataset.stats())
 
 
 def read_dataset(ray, inputs: Sequence[InputFile], columns: Columns, done: DoneRows,

@@ -1,25 +1,45 @@
 """`apply`: a trained pipeline over a collection of posts, from files to a file.
 
-The same function backs `python -m spacy_ita apply` and notebooks:
+The same function backs `python -m spacy_ita apply` and notebooks. Its
+settings come in groups, each a dataclass whose defaults are the CLI's:
 
-    from spacy_ita.bulk import apply
-    summary = apply("training/model-best", "posts.jsonl", "entities.parquet", n_process=2)
+    from spacy_ita.bulk import apply, LocalSettings, RaySettings
+    summary = apply("training/model-best", "posts.jsonl", "entities.parquet")
+    summary = apply(..., engine=LocalSettings(n_process=2))
+    summary = apply(..., engine=RaySettings(workers=4))
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from ..context.images import DEFAULT_MAX_BYTES
-from ..ner.precision import check_precision
-from .annotate import PipelineSpec
+from .annotate import PipelineSettings, PipelineSpec
 from .fetch import Fetcher
-from .inputs import Columns, DoneRows, Post, count_rows, find_inputs, input_root, read_posts
+from .inputs import (Columns, DoneRows, InputFile, Post, count_rows, find_inputs, input_root,
+                     read_posts)
+from .local import LocalSettings, run_local
 from .outputs import OutputLock, open_writer
+from .ray_engine import RaySettings, run_ray
 
-ENGINES = ("local", "ray")
+ENGINES = {"local": LocalSettings, "ray": RaySettings}
+EngineSettings = Union[LocalSettings, RaySettings]
+
+
+@dataclass
+class OutputSettings:
+    """How OUTPUT is written: `rows_per_part` rows per Parquet part file while
+    the run goes; `overwrite` starts afresh instead of resuming; `retry_errors`
+    also redoes the rows with any error (rows marked retryable always are)."""
+
+    rows_per_part: int = 20_000
+    overwrite: bool = False
+    retry_errors: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rows_per_part < 1:
+            raise ValueError(f"rows_per_part must be at least 1, got {self.rows_per_part}")
 
 
 @dataclass
@@ -39,6 +59,7 @@ class ApplySummary:
     n_failed: int = 0  # rows with an error or marked retryable
     n_entities: int = 0
     seconds: float = 0.0
+    seconds_to_first_row: Optional[float] = None  # the start: engine, workers, first batch
 
     @property
     def posts_per_second(self) -> float:
@@ -55,31 +76,12 @@ def apply(
     input: Union[str, Path],
     output: Union[str, Path],
     *,
-    text_column: str = "text",
-    image_column: Optional[str] = "image",
-    keep: Optional[Sequence[str]] = None,
-    engine: str = "local",
+    engine: Union[str, EngineSettings] = "local",
     batch_size: int = 32,
-    n_process: int = 1,
-    ocr: str = "rapidocr",
-    tags: bool = True,
-    add_context: bool = True,
-    cache: Optional[Union[str, Path]] = None,
-    gpu_id: int = -1,
-    precision: Optional[str] = None,
-    code: Optional[Union[str, Path]] = None,
-    workers: int = 1,
-    worker_cpus: float = 1.0,
-    worker_gpus: float = 0.0,
-    extract_workers: int = 0,
-    extract_cpus: float = 1.0,
-    max_image_bytes: int = DEFAULT_MAX_BYTES,
-    fetch_timeout: float = 20.0,
-    image_root: Optional[Union[str, Path]] = None,
-    allow_private_urls: bool = False,
-    rows_per_part: int = 20_000,
-    overwrite: bool = False,
-    retry_errors: bool = False,
+    pipeline: Optional[PipelineSettings] = None,
+    columns: Optional[Columns] = None,
+    images: Optional[Fetcher] = None,
+    writing: Optional[OutputSettings] = None,
     progress: bool = True,
 ) -> ApplySummary:
     """Run the pipeline `model` over every post of INPUT (JSONL, CSV or Parquet
@@ -87,52 +89,41 @@ def apply(
     (.jsonl or .parquet): the carried columns, `entities`, `visual_context`,
     `view`, `image_error`, `warning`, `knowledge_error`, `error` and
     `retryable`. Rows already in OUTPUT are skipped, so a killed run resumes
-    where it stopped, but rows marked `retryable` (and with `retry_errors`
-    every row with an error) are done again; an OUTPUT that apply did not
-    write is refused, never changed. Before the first row the context's cache,
-    LM key and endpoint are checked. A pipeline without `ita_context` gets
-    one (OCR engine `ocr`, EfficientNet `tags`) unless `add_context` is False.
-    A row's image file must resolve inside `image_root` (default: the folder
-    INPUT names) and its image URL must reach a public address unless
-    `allow_private_urls` (docs/apply.md, "Trust model"). `precision` sets
-    every ita_ner's (`"auto"`, `"bf16"`, `"fp32"`; None keeps the pipeline's).
-    `engine="ray"` runs the work as a Ray Data job (see `ray_engine.RaySettings`
-    for `workers` and the rest)."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if batch_size < 1 or n_process < 1:
-        raise ValueError("batch_size and n_process must be at least 1")
+    where it stopped, but rows marked `retryable` are done again (`writing`:
+    `OutputSettings`); an OUTPUT that apply did not write is refused, never
+    changed. Before the first row the context's cache, LM key and endpoint are
+    checked.
+
+    `engine`: "local", "ray", or their settings (`LocalSettings` for worker
+    processes and threads, `RaySettings` for actor pools); each worker takes
+    `batch_size` posts at a time. `pipeline` (`PipelineSettings`): the
+    ita_context added to a pipeline without one, cache, GPU, precision,
+    custom code. `columns` (`Columns`): the text, image and carried columns.
+    `images` (`Fetcher`): the image rules; its `image_root` (where local
+    images must resolve) defaults to the folder INPUT names, and URLs must
+    reach a public address unless `allow_private_urls` (docs/apply.md,
+    "Trust model")."""
+    engine = _engine_settings(engine)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     inputs = find_inputs(str(input))
-    columns = Columns(text_column, image_column, keep)
-    context = {"ocr": ocr, "tags": tags} if add_context else None
-    spec = PipelineSpec(str(model), context=context, cache=None if cache is None else str(cache),
-                        gpu_id=gpu_id, code=None if code is None else str(code),
-                        precision=None if precision is None else check_precision(precision))
-    fetcher = Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
-                      image_root=_image_root(input, image_root),
-                      allow_private_urls=allow_private_urls)
+    columns = columns or Columns()
+    writing = writing or OutputSettings()
+    spec = PipelineSpec(str(model), pipeline or PipelineSettings())
+    images = images or Fetcher()
+    fetcher = replace(images, image_root=_image_root(input, images.image_root))
     # Held from before the preflight, so that a second run on OUTPUT is refused at once.
     with OutputLock(Path(output)):
         spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
-        writer = open_writer(Path(output), overwrite, rows_per_part)
-        n_redone = writer.drop_redone(retry_errors)
+        writer = open_writer(Path(output), writing.overwrite, writing.rows_per_part)
+        n_redone = writer.drop_redone(writing.retry_errors)
         done = writer.done_rows()
         summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)
-        if engine == "ray":
-            from .ray_engine import RaySettings, run_ray
-
-            settings = RaySettings(workers, worker_cpus, worker_gpus, extract_workers,
-                                   extract_cpus)
-            batches = run_ray(spec, inputs, columns, done, batch_size, fetcher, settings)
-        else:
-            from .local import run_local
-
-            batches = run_local(spec, read_posts(inputs, columns, done), batch_size, n_process,
-                                fetcher)
+        batches = _annotated_batches(engine, spec, inputs, columns, done, batch_size, fetcher)
         total = sum(count_rows(item) for item in inputs) - done.count if progress else None
         try:
-            _write_all(batches, writer, done, summary,
+            _write_all(batches, writer, done, summary, start,
                        tqdm(total=total, unit="post", disable=not progress))
         except BaseException:
             writer.stop()
@@ -140,6 +131,30 @@ def apply(
         writer.finish()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def engine_kind(name: str) -> type:
+    """The settings class of the engine called `name` ("local" or "ray")."""
+    if name not in ENGINES:
+        raise ValueError(f"engine must be one of {tuple(ENGINES)} (or a LocalSettings or "
+                         f"RaySettings), got {name!r}")
+    return ENGINES[name]
+
+
+def _engine_settings(engine: Union[str, EngineSettings]) -> EngineSettings:
+    """The settings `engine` names: a name stands for that engine's defaults."""
+    if isinstance(engine, (LocalSettings, RaySettings)):
+        return engine
+    return engine_kind(engine)()
+
+
+def _annotated_batches(engine: EngineSettings, spec: PipelineSpec, inputs: Sequence[InputFile],
+                       columns: Columns, done: DoneRows, batch_size: int,
+                       fetcher: Fetcher) -> Iterator[List[Post]]:
+    """The batches of posts not yet done, annotated by the engine."""
+    if isinstance(engine, RaySettings):
+        return run_ray(spec, inputs, columns, done, batch_size, fetcher, engine)
+    return run_local(spec, read_posts(inputs, columns, done), batch_size, engine, fetcher)
 
 
 def _image_root(input: Union[str, Path], image_root: Optional[Union[str, Path]]) -> str:
@@ -151,11 +166,13 @@ def _image_root(input: Union[str, Path], image_root: Optional[Union[str, Path]])
 
 
 def _write_all(batches: Iterator[List[Post]], writer, done: DoneRows, summary: ApplySummary,
-               bar) -> None:
+               start: float, bar) -> None:
     """Write each post once: a post already written (a retried batch that
     came back twice) is dropped."""
     with bar:
         for batch in batches:
+            if summary.seconds_to_first_row is None:
+                summary.seconds_to_first_row = time.perf_counter() - start
             posts = [post for post in batch if done.add(post.file, post.row)]
             for row in writer.write([post.output_row() for post in posts]):
                 summary.n_written += 1

@@ -3,7 +3,6 @@ knowledge, stored in a `.spacy` DocBin."""
 import json
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -15,18 +14,12 @@ from tqdm import tqdm
 
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
+from ..context.config import OCREngine, context_config
 from ..files import replace_file
 from . import app
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_LISTED_FAILURES = 20
-
-
-class OCREngine(str, Enum):
-    rapidocr = "rapidocr"
-    easyocr = "easyocr"
-    tesseract = "tesseract"
-    none = "none"
 
 
 @dataclass
@@ -38,49 +31,6 @@ class ExtractSummary:
     failures: List[Tuple[str, str]] = field(default_factory=list)
     knowledge_failures: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def context_config(
-    ocr: OCREngine = OCREngine.rapidocr,
-    tags: bool = True,
-    detector: Optional[str] = None,
-    captioner: Optional[str] = None,
-    precomputed: Optional[Path] = None,
-    cache: Optional[Path] = None,
-    gpu: bool = False,
-    batch_size: int = 16,
-    existing_context: str = "merge",
-    knowledge: Optional[Dict[str, Any]] = None,
-) -> Dict[str, Any]:
-    """The `ita_context` config for the CLI options of `extract` (and `apply`);
-    `knowledge` is the config of the knowledge extractor, if any."""
-    config: Dict[str, Any] = {"cache_path": str(cache) if cache else None,
-                              "on_error": "ignore", "batch_size": batch_size,
-                              "existing_context": existing_context, "knowledge": knowledge}
-    device = "cuda" if gpu else "cpu"
-    if ocr == OCREngine.rapidocr:
-        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"}
-    elif ocr == OCREngine.easyocr:
-        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.easyocr.v1", "gpu": gpu}
-    elif ocr == OCREngine.tesseract:
-        config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.tesseract.v1"}
-    else:
-        config["ocr_text"] = None
-    if detector:
-        config["object_tags"] = {"@spacy_ita_extractors": "spacy-ita.hf_object_detection.v1",
-                                 "model": detector, "device": device}
-    elif not tags:
-        config["object_tags"] = None
-    if captioner and precomputed:
-        raise ValueError("--captioner and --precomputed both fill the captions slot; "
-                         "choose one")
-    if captioner:
-        config["captions"] = {"@spacy_ita_extractors": "spacy-ita.hf_captioner.v1",
-                              "model": captioner, "device": device}
-    elif precomputed:
-        config["captions"] = {"@spacy_ita_extractors": "spacy-ita.precomputed.v1",
-                              "path": str(precomputed)}
-    return config
 
 
 def build_extraction_nlp(lang: str = "en", ocr: OCREngine = OCREngine.rapidocr,

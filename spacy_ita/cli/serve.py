@@ -5,8 +5,8 @@ from typing import Optional
 
 import typer
 
+from ..context.config import OCREngine
 from . import app
-from .extract import OCREngine
 
 MIB = 2**20
 
@@ -86,15 +86,14 @@ def serve_cli(
         typer.echo(f"Error: serving needs the serve extra ({err}): "
                    "pip install 'spacy-ita[serve]'", err=True)
         raise typer.Exit(code=1) from None
-    from ..bulk.annotate import PipelineSpec
+    from ..bulk.annotate import PipelineSettings, PipelineSpec
 
     try:
         if not 0 <= port <= 65535:
             raise ValueError(f"--port must be from 0 to 65535, got {port}")
         api_key = read_api_key(api_key_env)
-        spec = PipelineSpec(model, context=dict(ocr=ocr.value, tags=tags) if add_context else None,
-                            cache=str(cache) if cache else None, gpu_id=gpu_id,
-                            precision=precision, code=str(code) if code else None)
+        spec = PipelineSpec(model, PipelineSettings(add_context, ocr.value, tags, cache, gpu_id,
+                                                    precision, code))
         nlp = spec.load()
         settings = ServeSettings(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,

@@ -19,7 +19,8 @@ from PIL import Image
 import apply_code  # noqa: E402,F401  (registers the test extractor and component)
 from helpers import trained_pipeline  # noqa: E402
 
-from spacy_ita.bulk import apply  # noqa: E402
+from spacy_ita.bulk import (Columns, LocalSettings, OutputSettings, PipelineSettings,  # noqa: E402
+                            apply)
 from spacy_ita.bulk.fetch import Fetcher  # noqa: E402
 from spacy_ita.bulk.inputs import Post  # noqa: E402
 from spacy_ita.bulk.outputs import JsonlWriter  # noqa: E402
@@ -88,8 +89,8 @@ def results(row):
 
 def test_jsonl_rows_carry_columns_entities_context_and_view(pipeline, images, tmp_path):
     source = write_jsonl(tmp_path / "posts.jsonl", posts(images))
-    summary = apply(pipeline, source, tmp_path / "out.jsonl", code=CODE, image_root=images,
-                    progress=False)
+    summary = apply(pipeline, source, tmp_path / "out.jsonl", pipeline=PipelineSettings(code=CODE),
+                    images=Fetcher(image_root=images), progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert summary.n_written == 12 and summary.n_errors == 0 and summary.n_skipped == 0
     assert [row["id"] for row in rows] == [f"p{i}" for i in range(12)]
@@ -119,8 +120,8 @@ def test_csv_parquet_and_a_folder_give_the_same_rows_as_jsonl(pipeline, images, 
     frame.to_csv(tmp_path / "in" / "b.csv", index=False)
     (tmp_path / "in" / "sub").mkdir()
     frame.to_parquet(tmp_path / "in" / "sub" / "c.parquet")
-    apply(pipeline, tmp_path / "in", tmp_path / "out.jsonl", code=CODE, image_root=images,
-          progress=False)
+    apply(pipeline, tmp_path / "in", tmp_path / "out.jsonl", pipeline=PipelineSettings(code=CODE),
+          images=Fetcher(image_root=images), progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     files = ["a.jsonl", "b.csv", "sub/c.parquet"]
     assert [(row["input_file"], row["input_row"]) for row in rows] == [
@@ -128,8 +129,8 @@ def test_csv_parquet_and_a_folder_give_the_same_rows_as_jsonl(pipeline, images, 
     per_file = [[results(row) for row in rows if row["input_file"] == name] for name in files]
     assert per_file[0] == per_file[1] == per_file[2]
     # A glob of the same folder finds the same files.
-    apply(pipeline, str(tmp_path / "in" / "**" / "*.*"), tmp_path / "glob.jsonl", code=CODE,
-          image_root=images, progress=False)
+    apply(pipeline, str(tmp_path / "in" / "**" / "*.*"), tmp_path / "glob.jsonl",
+          pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images), progress=False)
     assert read_jsonl(tmp_path / "glob.jsonl") == rows
 
 
@@ -139,15 +140,16 @@ def test_parquet_output_and_resume_after_new_input(pipeline, images, tmp_path):
     records = posts(images, 9)
     write_jsonl(tmp_path / "in" / "a.jsonl", records)
     out = tmp_path / "out.parquet"
-    apply(pipeline, tmp_path / "in", out, code=CODE, rows_per_part=4, image_root=images,
+    apply(pipeline, tmp_path / "in", out, pipeline=PipelineSettings(code=CODE),
+          images=Fetcher(image_root=images), writing=OutputSettings(rows_per_part=4),
           progress=False)
     assert out.exists() and not (tmp_path / "out.parquet.parts").exists()
     first = pq.read_table(out).to_pylist()
     assert [row["id"] for row in first] == [f"p{i}" for i in range(9)]
     assert first[0]["visual_context"]["object_tags"] == ["red"]
     write_jsonl(tmp_path / "in" / "b.jsonl", records[:3])
-    summary = apply(pipeline, tmp_path / "in", out, code=CODE, image_root=images,
-                    progress=False)
+    summary = apply(pipeline, tmp_path / "in", out, pipeline=PipelineSettings(code=CODE),
+                    images=Fetcher(image_root=images), progress=False)
     assert (summary.n_skipped, summary.n_written) == (9, 3)
     rows = pq.read_table(out).to_pylist()
     assert sorted((r["input_file"], r["input_row"]) for r in rows) == sorted(
@@ -170,7 +172,8 @@ def test_bad_rows_are_written_with_their_error(pipeline, images, tmp_path):
     ]
     source = images / "bad_rows.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    summary = apply(pipeline, source, tmp_path / "out.jsonl", code=CODE, progress=False)
+    summary = apply(pipeline, source, tmp_path / "out.jsonl", pipeline=PipelineSettings(code=CODE),
+                    progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [row["input_row"] for row in rows] == list(range(len(lines)))
     assert summary.n_written == 10 and summary.n_errors == 5 and summary.n_image_errors == 3
@@ -192,7 +195,8 @@ def test_bad_rows_are_written_with_their_error(pipeline, images, tmp_path):
 def test_csv_row_with_too_many_fields_is_an_error_row(pipeline, tmp_path):
     source = tmp_path / "posts.csv"
     source.write_text('id,text\n1,Kobe scores again\n2,"Lakers, again",extra\n3,hello\n')
-    apply(pipeline, source, tmp_path / "out.jsonl", code=CODE, progress=False)
+    apply(pipeline, source, tmp_path / "out.jsonl", pipeline=PipelineSettings(code=CODE),
+          progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [row["error"] is None for row in rows] == [True, False, True]
     assert "row 2 (line 3): 1 more field(s) than the header has" in rows[1]["error"]
@@ -251,8 +255,10 @@ def test_images_by_url_file_url_and_absolute_path(pipeline, images, server, tmp_
         {"id": "huge", "text": "Kobe scores again", "image": f"{server}/huge"},
     ]
     write_jsonl(tmp_path / "posts.jsonl", records)
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl", code=CODE,
-          max_image_bytes=10**6, image_root=images, allow_private_urls=True, progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl",
+          pipeline=PipelineSettings(code=CODE),
+          images=Fetcher(max_bytes=10**6, image_root=images, allow_private_urls=True),
+          progress=False)
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert len(rows) == len(records)
     assert results(rows["http"]) == results(rows["file"]) == results(rows["abs"])
@@ -313,8 +319,10 @@ def test_sigkill_then_rerun_writes_each_post_once_and_redoes_none(tiny_encoder, 
     records[25]["text"] = "KILL the lights"  # in the fourth batch of 8
     write_jsonl(tmp_path / "posts.jsonl", records)
     out = tmp_path / f"out.{suffix}"
-    exit_code = _apply_in_a_forked_child(model, tmp_path / "posts.jsonl", out, code=CODE,
-                                         batch_size=8, rows_per_part=8, image_root=images,
+    exit_code = _apply_in_a_forked_child(model, tmp_path / "posts.jsonl", out,
+                                         pipeline=PipelineSettings(code=CODE),
+                                         images=Fetcher(image_root=images),
+                                         writing=OutputSettings(rows_per_part=8), batch_size=8,
                                          progress=False)
     assert exit_code == -9 and marker.exists()
     seen_before = len(log.read_text().splitlines())
@@ -336,10 +344,12 @@ def test_sigkill_then_rerun_writes_each_post_once_and_redoes_none(tiny_encoder, 
 
 def test_n_process_2_gives_the_rows_of_one_process(pipeline, images, tmp_path):
     write_jsonl(tmp_path / "posts.jsonl", posts(images, 20))
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl", code=CODE,
-          batch_size=4, image_root=images, progress=False)
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "two.jsonl", code=CODE,
-          batch_size=4, n_process=2, image_root=images, progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl",
+          pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images), batch_size=4,
+          progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "two.jsonl",
+          engine=LocalSettings(n_process=2), pipeline=PipelineSettings(code=CODE),
+          images=Fetcher(image_root=images), batch_size=4, progress=False)
     assert read_jsonl(tmp_path / "two.jsonl") == read_jsonl(tmp_path / "one.jsonl")
 
 
@@ -358,8 +368,8 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     records = posts(images, 6)
     records[3]["text"] = "BOOM goes Boston"
     write_jsonl(tmp_path / "posts.jsonl", records)
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl", code=CODE,
-          image_root=images, progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl",
+          pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images), progress=False)
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert len(rows) == 6
     assert "the pipeline failed on this post: RuntimeError: kaboom" in rows[3]["error"]
@@ -396,14 +406,14 @@ def test_parquet_image_bytes_and_which_columns_are_carried(pipeline, images, tmp
     pandas.DataFrame({"id": [1, 2], "text": ["Kobe scores again", "hello"],
                       "image": [red, None], "lang": ["en", "en"]}).to_parquet(
         tmp_path / "posts.parquet")
-    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "all.jsonl", code=CODE,
-          progress=False)
+    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "all.jsonl",
+          pipeline=PipelineSettings(code=CODE), progress=False)
     rows = read_jsonl(tmp_path / "all.jsonl")
     assert rows[0]["visual_context"]["object_tags"] == ["red"] and rows[1]["view"] == "text"
     # Binary cells (the embedded image) are not carried unless asked for.
     assert [sorted(set(row) - set(results(row)) - {"input_file", "input_row"})
             for row in rows] == [["id", "lang", "text"], ["id", "lang", "text"]]
-    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "id.jsonl", code=CODE, keep=["id"],
-          progress=False)
+    apply(pipeline, tmp_path / "posts.parquet", tmp_path / "id.jsonl",
+          pipeline=PipelineSettings(code=CODE), columns=Columns(keep=["id"]), progress=False)
     assert [row["id"] for row in read_jsonl(tmp_path / "id.jsonl")] == [1, 2]
     assert "text" not in read_jsonl(tmp_path / "id.jsonl")[0]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from fake_llm import KEY, KEY_ENV, MODEL, FakeLLM, Reply, entities, free_port, post_text
 from helpers import trained_pipeline
 
-from spacy_ita.bulk import apply
+from spacy_ita.bulk import PipelineSettings, apply
 from spacy_ita.bulk.outputs import is_redone, open_writer
 from spacy_ita.cli import app
 from spacy_ita.cli.evaluate import evaluate_views
@@ -144,7 +144,8 @@ def test_an_endpoint_that_dies_after_the_check_gives_retryable_rows(trained, pos
 
     dead = with_knowledge(trained, tmp_path / "dead", f"http://127.0.0.1:{free_port()}/v1")
     monkeypatch.setattr(PipelineSpec, "preflight", lambda self: None)  # it was up then
-    summary = apply(dead, posts, tmp_path / "out.jsonl", add_context=False, progress=False)
+    summary = apply(dead, posts, tmp_path / "out.jsonl",
+                    pipeline=PipelineSettings(add_context=False), progress=False)
     assert summary.all_failed and summary.n_retryable == 4
     rows = read_rows(tmp_path / "out.jsonl")
     assert all("SetupError" in row["error"] and "cannot be reached" in row["error"]
@@ -223,15 +224,17 @@ def test_a_cache_failing_mid_run_makes_retryable_rows(model, posts, tmp_path, mo
         raise CacheError(f"the context cache {self.path} cannot be written to: disk full")
 
     monkeypatch.setattr(ContextCache, "put_many", full_disk)
-    summary = apply(model, posts, tmp_path / "out.jsonl", cache=tmp_path / "cache.sqlite",
-                    add_context=False, progress=False)
+    summary = apply(model, posts, tmp_path / "out.jsonl",
+                    pipeline=PipelineSettings(cache=tmp_path / "cache.sqlite", add_context=False),
+                    progress=False)
     assert summary.n_retryable == 4 and summary.all_failed
     rows = read_rows(tmp_path / "out.jsonl")
     assert all("CacheError" in row["error"] and row["retryable"] for row in rows)
 
 
 def test_the_view_is_what_ita_ner_read(model, posts, tmp_path):
-    apply(model, posts, tmp_path / "out.jsonl", add_context=False, progress=False)
+    apply(model, posts, tmp_path / "out.jsonl", pipeline=PipelineSettings(add_context=False),
+          progress=False)
     rows = read_rows(tmp_path / "out.jsonl")
     # The knowledge of "nothing to see here" names no word of it: ita_ner drops
     # it and reads the post alone.

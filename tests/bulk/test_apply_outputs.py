@@ -16,7 +16,7 @@ from typing import Dict
 import pytest
 import spacy
 
-from spacy_ita.bulk import apply
+from spacy_ita.bulk import OutputSettings, PipelineSettings, apply
 from spacy_ita.bulk.inputs import Post
 from spacy_ita.bulk.outputs import PARTS_MARKER, JsonlWriter, ParquetWriter, open_writer
 
@@ -34,7 +34,8 @@ def ruler(tmp_path_factory) -> str:
 
 
 def run(model: str, source: Path, output: Path, **options):
-    return apply(model, source, output, add_context=False, progress=False, **options)
+    return apply(model, source, output, pipeline=PipelineSettings(add_context=False),
+                 progress=False, **options)
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -141,8 +142,8 @@ def test_a_parquet_cell_of_another_type_is_left_out_with_a_warning(ruler, tmp_pa
     ids = [1, 2, "3a", 4, 5.5, None]
     source = write_jsonl(tmp_path / "posts.jsonl",
                          [{"id": value, "text": "Kobe"} for value in ids])
-    summary = run(ruler, source, tmp_path / "out.parquet", batch_size=2,
-                  rows_per_part=rows_per_part)
+    summary = run(ruler, source, tmp_path / "out.parquet",
+                  writing=OutputSettings(rows_per_part=rows_per_part), batch_size=2)
     rows = read_rows(tmp_path / "out.parquet")
     assert (summary.n_written, summary.n_errors, summary.n_warnings) == (6, 0, 2)
     assert [row["id"] for row in rows] == [1, 2, None, 4, None, None]
@@ -157,7 +158,7 @@ def test_a_parquet_column_of_empty_objects_is_left_out_with_a_warning(ruler, tmp
     source = write_jsonl(tmp_path / "posts.jsonl",
                          [{"meta": empty, "text": text} for text in ("Kobe", "Boston", "Kobe")])
     out = tmp_path / "out.parquet"
-    summary = run(ruler, source, out, batch_size=2, rows_per_part=2)
+    summary = run(ruler, source, out, writing=OutputSettings(rows_per_part=2), batch_size=2)
     assert (summary.n_written, summary.n_errors, summary.n_warnings) == (3, 0, 3)
     rows = read_rows(out)
     assert [row["meta"] for row in rows] == [None] * 3
@@ -329,7 +330,7 @@ def test_an_output_apply_did_not_write_is_refused_and_left_unchanged(ruler, tmp_
     make(work / name)
     before = snapshot(work)
     with pytest.raises(ValueError, match=re.escape(message)):
-        run(ruler, source, work / name, overwrite=overwrite)
+        run(ruler, source, work / name, writing=OutputSettings(overwrite=overwrite))
     assert snapshot(work) == before and before
 
 
@@ -361,7 +362,7 @@ def test_overwrite_replaces_apply_s_own_output(ruler, tmp_path, suffix):
     out = tmp_path / f"out.{suffix}"
     run(ruler, source, out)
     write_jsonl(source, [{"text": "Boston"}])
-    summary = run(ruler, source, out, overwrite=True)
+    summary = run(ruler, source, out, writing=OutputSettings(overwrite=True))
     assert (summary.n_written, summary.n_skipped) == (1, 0)
     assert [row["text"] for row in read_rows(out)] == ["Boston"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out." + suffix, "posts.jsonl"]

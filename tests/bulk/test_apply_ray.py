@@ -8,7 +8,7 @@ ray = pytest.importorskip("ray")
 
 from test_apply import CODE, build_pipeline, posts, read_jsonl, write_jsonl  # noqa: E402
 
-from spacy_ita.bulk import apply  # noqa: E402
+from spacy_ita.bulk import Fetcher, PipelineSettings, RaySettings, apply  # noqa: E402
 from spacy_ita.bulk.inputs import Columns, DoneRows, find_inputs  # noqa: E402
 from spacy_ita.bulk.ray_engine import read_dataset  # noqa: E402
 
@@ -42,8 +42,8 @@ def ray_inputs(tiny_encoder, tmp_path_factory):
     write_jsonl(folder / "in" / "a.jsonl", records[:18])
     write_jsonl(folder / "in" / "b.jsonl", records[18:] + [{"id": "bad", "image": "red.png"}])
     model = build_pipeline(tiny_encoder, folder)
-    apply(model, folder / "in", folder / "local.jsonl", code=CODE, batch_size=4,
-          image_root=folder, progress=False)
+    apply(model, folder / "in", folder / "local.jsonl", pipeline=PipelineSettings(code=CODE),
+          images=Fetcher(image_root=folder), batch_size=4, progress=False)
     return folder, model
 
 
@@ -67,8 +67,10 @@ def test_each_post_is_a_block_of_its_own(local_ray, ray_inputs):
 
 def test_ray_gives_the_rows_of_the_in_process_run(local_ray, ray_inputs, tmp_path):
     folder, model = ray_inputs
-    summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
-                    workers=2, worker_cpus=0.5, batch_size=4, image_root=folder, progress=False)
+    summary = apply(model, folder / "in", tmp_path / "ray.jsonl",
+                    engine=RaySettings(workers=2, worker_cpus=0.5),
+                    pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=folder),
+                    batch_size=4, progress=False)
     expected = read_jsonl(folder / "local.jsonl")
     assert summary.n_written == len(expected) == 31 and summary.n_errors == 1
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(expected)
@@ -83,9 +85,11 @@ def test_two_stages_with_a_killed_worker_lose_no_post(local_ray, ray_inputs, tin
     marker = tmp_path / "killed"
     model = build_pipeline(tiny_encoder, tmp_path, kill_marker=str(marker))
     records = read_jsonl(folder / "local.jsonl")
-    summary = apply(model, folder / "in", tmp_path / "ray.jsonl", code=CODE, engine="ray",
-                    workers=1, worker_cpus=0.5, extract_workers=1, extract_cpus=0.5,
-                    batch_size=4, image_root=folder, progress=False)
+    summary = apply(model, folder / "in", tmp_path / "ray.jsonl",
+                    engine=RaySettings(workers=1, worker_cpus=0.5, extract_workers=1,
+                                       extract_cpus=0.5),
+                    pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=folder),
+                    batch_size=4, progress=False)
     assert marker.exists(), "no worker was killed"
     assert summary.n_written == 31
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(records)
@@ -100,8 +104,9 @@ def test_ray_actors_apply_the_trust_model(local_ray, ray_inputs, tmp_path):
                {"id": "url", "text": "Kobe scores again", "image": "http://127.0.0.1:9/red.png"}]
     (tmp_path / "red.png").write_bytes((folder / "red.png").read_bytes())
     write_jsonl(tmp_path / "posts.jsonl", records)
-    apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl", code=CODE, engine="ray",
-          workers=1, worker_cpus=0.5, progress=False)
+    apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
+          engine=RaySettings(workers=1, worker_cpus=0.5), pipeline=PipelineSettings(code=CODE),
+          progress=False)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "ray.jsonl")}
     assert rows["in"]["visual_context"]["object_tags"] == ["red"]
     assert "outside the image root" in rows["out"]["image_error"]

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 from test_apply import CODE, COLOURS, build_pipeline, posts, read_jsonl, write_jsonl  # noqa: E402
 from test_apply_ray import keyed  # noqa: E402
 
-from spacy_ita.bulk import apply  # noqa: E402
+from spacy_ita.bulk import PipelineSettings, RaySettings, apply  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,12 @@ def test_both_nodes_tag_and_every_row_is_written_once(two_nodes, tiny_encoder, t
     write_jsonl(tmp_path / "posts.jsonl", posts(tmp_path, 24))
     nodes = tmp_path / "nodes.log"
     model = build_pipeline(tiny_encoder, tmp_path, node_log=str(nodes))
-    apply(model, tmp_path / "posts.jsonl", tmp_path / "local.jsonl", code=CODE, batch_size=4,
-          progress=False)
+    apply(model, tmp_path / "posts.jsonl", tmp_path / "local.jsonl",
+          pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
     nodes.unlink()  # the in-process run's lines
-    summary = apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl", code=CODE,
-                    engine="ray", workers=2, worker_cpus=1, batch_size=4, progress=False)
+    summary = apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
+                    engine=RaySettings(workers=2, worker_cpus=1),
+                    pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
     assert summary.n_written == 24
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(read_jsonl(tmp_path / "local.jsonl"))
     per_node = Counter(line.split()[0] for line in nodes.read_text().splitlines())

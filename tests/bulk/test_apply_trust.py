@@ -22,7 +22,7 @@ from PIL import Image
 import apply_code  # noqa: F401  (registers the colour extractor)
 from test_apply import by_id, read_jsonl, write_jsonl
 
-from spacy_ita.bulk import apply
+from spacy_ita.bulk import LocalSettings, apply
 from spacy_ita.bulk import fetch
 from spacy_ita.bulk.fetch import Fetcher, non_public_kind
 from spacy_ita.bulk.inputs import Post
@@ -75,8 +75,8 @@ def test_local_images_must_resolve_inside_the_image_root(pipeline, folders, tmp_
         assert f"outside the image root {str(posts)!r}: refused (--image-root widens it)" in error
     assert f"resolves to {str(outside / 'blue.png')!r}" in rows["link-out"]["image_error"]
     # A root that holds both folders lets every row read its image.
-    apply(pipeline, posts / "in.jsonl", tmp_path / "wide.jsonl", image_root=tmp_path,
-          progress=False)
+    apply(pipeline, posts / "in.jsonl", tmp_path / "wide.jsonl",
+          images=Fetcher(image_root=tmp_path), progress=False)
     wide = by_id(read_jsonl(tmp_path / "wide.jsonl"))
     assert all(row["image_error"] is None for row in wide.values())
     assert tags(wide["link-out"]) == tags(wide["file-url"]) == ["blue"]
@@ -87,7 +87,7 @@ def test_an_image_root_that_is_not_a_folder_is_refused(pipeline, folders, tmp_pa
     write_jsonl(posts / "in.jsonl", [{"text": "hello"}])
     with pytest.raises(ValueError, match="image_root .*nowhere.* is not a folder"):
         apply(pipeline, posts / "in.jsonl", tmp_path / "out.jsonl",
-              image_root=tmp_path / "nowhere", progress=False)
+              images=Fetcher(image_root=tmp_path / "nowhere"), progress=False)
 
 
 def test_max_image_bytes_caps_files_and_bytes_as_downloads(pipeline, folders, tmp_path):
@@ -99,7 +99,7 @@ def test_max_image_bytes_caps_files_and_bytes_as_downloads(pipeline, folders, tm
     assert size > limit
     write_jsonl(posts / "in.jsonl", [{"id": "small", "text": "a", "image": "red.png"},
                                      {"id": "big", "text": "b", "image": "big.png"}])
-    apply(pipeline, posts / "in.jsonl", tmp_path / "out.jsonl", max_image_bytes=limit,
+    apply(pipeline, posts / "in.jsonl", tmp_path / "out.jsonl", images=Fetcher(max_bytes=limit),
           progress=False)
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert tags(rows["small"]) == ["red"]
@@ -278,8 +278,8 @@ def test_settings_reach_worker_processes(pipeline, folders, server, tmp_path):
                {"id": "out", "text": "b", "image": str(outside / "blue.png")},
                {"id": "url", "text": "c", "image": f"http://127.0.0.1:{server}/red.png"}]
     write_jsonl(posts / "in.jsonl", records)
-    apply(pipeline, posts / "in.jsonl", tmp_path / "two.jsonl", n_process=2, batch_size=1,
-          progress=False)
+    apply(pipeline, posts / "in.jsonl", tmp_path / "two.jsonl", engine=LocalSettings(n_process=2),
+          batch_size=1, progress=False)
     rows = by_id(read_jsonl(tmp_path / "two.jsonl"))
     assert tags(rows["in"]) == ["red"]
     assert "--image-root" in rows["out"]["image_error"]
@@ -296,7 +296,7 @@ def test_an_image_server_that_is_down_makes_a_retryable_row(pipeline, folders, s
         {"id": "file", "text": "b", "image": "red.png"}])
     monkeypatch.setattr(_Handler, "down", True)
     run = partial(apply, pipeline, posts / "in.jsonl", tmp_path / "out.jsonl",
-                  allow_private_urls=True, progress=False)
+                  images=Fetcher(allow_private_urls=True), progress=False)
     first = run()
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert rows["down"]["retryable"] and "HTTP 503" in rows["down"]["image_error"]

@@ -158,13 +158,14 @@ def test_apply_and_evaluate_take_a_precision(trained_tiny, tmp_path):
     from spacy.tokens import DocBin
     from typer.testing import CliRunner
 
-    from spacy_ita.bulk.annotate import PipelineSpec
+    from spacy_ita.bulk.annotate import PipelineSettings, PipelineSpec
     from spacy_ita.cli import app
 
     nlp, examples = trained_tiny
     nlp.to_disk(tmp_path / "pipeline")
     for precision in ("bf16", "fp32"):
-        spec = PipelineSpec(str(tmp_path / "pipeline"), context=None, precision=precision)
+        spec = PipelineSpec(str(tmp_path / "pipeline"),
+                            PipelineSettings(add_context=False, precision=precision))
         assert spec.load().get_pipe("ita_ner").precision == precision
     DocBin(docs=[eg.reference for eg in examples], store_user_data=True).to_disk(
         tmp_path / "gold.spacy")
