@@ -4,16 +4,18 @@ from typing import Optional
 
 import typer
 
-from ..bulk import (ApplySummary, Columns, Fetcher, LocalSettings, OutputSettings,
-                    PipelineSettings, RaySettings, apply)
+from ..bulk import (ApplySummary, Columns, Fetcher, LocalSettings, OutputSettings, RaySettings,
+                    apply)
 from ..bulk.run import ENGINES, engine_kind
 from ..context.config import OCREngine
+from .options import PIPELINE_OPTIONS, pipeline_settings
 from ..context.images import DEFAULT_MAX_BYTES
 from . import app
 
 # The options of `apply` by the settings they fill, kept out of its signature
 # so that it stays readable; the keys are the parameter names.
 OPTIONS = {
+    **PIPELINE_OPTIONS,
     "text_column": typer.Option("text", "--text-column", help="Column with the post's text."),
     "image_column": typer.Option(
         "image", "--image-column",
@@ -31,23 +33,6 @@ OPTIONS = {
         None, "--threads", min=1, metavar="N",
         help="Local engine: threads per process for torch, OpenCV and onnxruntime (default: "
         "a thread per core in one process, the CPUs shared out among several)."),
-    "ocr": typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
-                        help="OCR engine of the ita_context added to a pipeline "
-                        "that has none: rapidocr, easyocr, tesseract or none."),
-    "tags": typer.Option(True, "--tags/--no-tags",
-                         help="EfficientNet object tags in that ita_context."),
-    "add_context": typer.Option(
-        True, "--context/--no-context",
-        help="Add ita_context to a pipeline without one (images -> visual context)."),
-    "cache": typer.Option(None, "--cache", metavar="FILE",
-                          help="SQLite cache of visual contexts, shared across runs."),
-    "gpu_id": typer.Option(-1, "--gpu-id", "-g", help="GPU for the tagger; -1 for CPU."),
-    "precision": typer.Option(
-        None, "--precision", metavar="MODE",
-        help="ita_ner's encoder: auto (bf16 where native), bf16 or fp32 (default: the "
-        "pipeline's own)."),
-    "code": typer.Option(None, "--code", exists=True, dir_okay=False,
-                         help="Python file with custom components to import."),
     "workers": typer.Option(1, "--workers", min=1, metavar="N", help="Ray: tagging actors."),
     "worker_cpus": typer.Option(1.0, "--worker-cpus", help="Ray: CPUs per tagging actor."),
     "worker_gpus": typer.Option(0.0, "--worker-gpus", help="Ray: GPUs per tagging actor."),
@@ -63,10 +48,6 @@ OPTIONS = {
         None, "--image-root", metavar="DIR", file_okay=False,
         help="Image paths and file:// URLs must resolve (symlinks followed) inside DIR "
         "(default: the folder INPUT names)."),
-    "allow_private_urls": typer.Option(
-        False, "--allow-private-urls",
-        help="Also fetch image URLs on loopback, private, link-local, multicast and "
-        "reserved addresses."),
     "rows_per_part": typer.Option(20_000, "--rows-per-part", min=1, metavar="N",
                                   help="Parquet: rows per part file while running."),
     "overwrite": typer.Option(False, "--overwrite",
@@ -126,8 +107,7 @@ def apply_cli(
             engine_settings = LocalSettings(n_process, threads)
         summary = apply(
             model, input_path, output, engine=engine_settings, batch_size=batch_size,
-            pipeline=PipelineSettings(add_context, ocr.value, tags, cache, gpu_id, precision,
-                                      code),
+            pipeline=pipeline_settings(add_context, ocr, tags, cache, gpu_id, precision, code),
             columns=Columns(text_column, image_column or None,
                             [name.strip() for name in keep.split(",") if name.strip()]
                             if keep else None),

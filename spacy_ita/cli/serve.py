@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 
 from ..context.config import OCREngine
+from .options import PIPELINE_OPTIONS, pipeline_settings
 from . import app
 
 MIB = 2**20
@@ -33,10 +34,7 @@ def serve_cli(
         None, "--api-key-env", metavar="NAME",
         help="Environment variable holding an API key: every endpoint but /health and the "
         "page then needs 'Authorization: Bearer <key>'."),
-    allow_private_urls: bool = typer.Option(
-        False, "--allow-private-urls",
-        help="Also fetch image URLs on loopback, private, link-local, multicast and "
-        "reserved addresses."),
+    allow_private_urls: bool = PIPELINE_OPTIONS["allow_private_urls"],
     max_body_bytes: int = typer.Option(16 * MIB, "--max-body-bytes", min=1, metavar="N",
                                        help="Larger request bodies get 413."),
     max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N",
@@ -56,23 +54,13 @@ def serve_cli(
         help="Milliseconds a batch waits for more requests once it has one."),
     queue_size: int = typer.Option(256, "--queue-size", min=1, metavar="N",
                                    help="Requests waiting at most; more get 503."),
-    ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
-                                  help="OCR engine of the ita_context added to a pipeline "
-                                  "that has none: rapidocr, easyocr, tesseract or none."),
-    tags: bool = typer.Option(True, "--tags/--no-tags",
-                              help="EfficientNet object tags in that ita_context."),
-    add_context: bool = typer.Option(
-        True, "--context/--no-context",
-        help="Add ita_context to a pipeline without one (images -> visual context)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", metavar="FILE",
-                                         help="SQLite cache of visual contexts."),
-    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU for the pipeline; -1 for CPU."),
-    precision: Optional[str] = typer.Option(
-        None, "--precision", metavar="MODE",
-        help="ita_ner's encoder: auto (bf16 where native), bf16 or fp32 (default: the "
-        "pipeline's own)."),
-    code: Optional[Path] = typer.Option(None, "--code", exists=True, dir_okay=False,
-                                        help="Python file with custom components to import."),
+    ocr: OCREngine = PIPELINE_OPTIONS["ocr"],
+    tags: bool = PIPELINE_OPTIONS["tags"],
+    add_context: bool = PIPELINE_OPTIONS["add_context"],
+    cache: Optional[Path] = PIPELINE_OPTIONS["cache"],
+    gpu_id: int = PIPELINE_OPTIONS["gpu_id"],
+    precision: Optional[str] = PIPELINE_OPTIONS["precision"],
+    code: Optional[Path] = PIPELINE_OPTIONS["code"],
 ) -> None:
     """Serve MODEL over HTTP: GET /health, POST /annotate (a post or a batch
     under "posts": text, image URL or data: URL, context) and a page at / to
@@ -86,14 +74,14 @@ def serve_cli(
         typer.echo(f"Error: serving needs the serve extra ({err}): "
                    "pip install 'spacy-ita[serve]'", err=True)
         raise typer.Exit(code=1) from None
-    from ..bulk.annotate import PipelineSettings, PipelineSpec
+    from ..bulk.annotate import PipelineSpec
 
     try:
         if not 0 <= port <= 65535:
             raise ValueError(f"--port must be from 0 to 65535, got {port}")
         api_key = read_api_key(api_key_env)
-        spec = PipelineSpec(model, PipelineSettings(add_context, ocr.value, tags, cache, gpu_id,
-                                                    precision, code))
+        spec = PipelineSpec(model, pipeline_settings(add_context, ocr, tags, cache, gpu_id,
+                                                     precision, code))
         nlp = spec.load()
         settings = ServeSettings(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
