@@ -58,7 +58,7 @@ def no_hang():
 
 
 def knowledge_config(base_url: str, *, batch_size: int = 16, cache_path=None,
-                     on_error="ignore", **settings) -> dict:
+                     on_error="ignore", existing_knowledge="keep", **settings) -> dict:
     """The ita_knowledge config asking `base_url`, with short timeouts and
     backoff so that no test waits long; `settings` go to the task or the model."""
     model = {"@misc": "spacy-ita.openai_compatible.v1", "base_url": base_url, "model": MODEL,
@@ -67,6 +67,7 @@ def knowledge_config(base_url: str, *, batch_size: int = 16, cache_path=None,
     for name, value in settings.items():
         (task if name in TASK_SETTINGS else model)[name] = value
     return {"task": task, "model": model, "on_error": on_error, "batch_size": batch_size,
+            "existing_knowledge": existing_knowledge,
             "cache_path": None if cache_path is None else str(cache_path)}
 
 
@@ -546,3 +547,31 @@ def test_extract_cli_adds_knowledge_from_an_endpoint(tmp_path):
     docs = list(DocBin().from_disk(tmp_path / "out.spacy").get_docs(spacy.blank("en").vocab))
     assert docs[0]._.visual_context.knowledge == ["Kobe (PER)"]
     assert docs[1]._.knowledge_error is not None
+
+
+@pytest.mark.parametrize("existing,expected,asked", [
+    ("keep", [["Old (PER)"], ["Fresh (PER)"]], ["Fresh post"]),
+    ("merge", [["Old (PER)", "Known (PER)"], ["Fresh (PER)"]], ["Known post", "Fresh post"]),
+    ("replace", [["Known (PER)"], ["Fresh (PER)"]], ["Known post", "Fresh post"]),
+])
+def test_existing_knowledge_is_kept_merged_or_replaced(existing, expected, asked):
+    with FakeLLM(first_word_is_a_person) as server:
+        nlp = llm_nlp(server, existing_knowledge=existing, max_concurrency=1)
+        known = make_doc(nlp, "Known post")
+        known._.visual_context = spacy_ita.VisualContext(knowledge=["Old (PER)"],
+                                                         captions=["a cat"])
+        docs = list(nlp.pipe([known, make_doc(nlp, "Fresh post")]))
+    assert [doc._.visual_context.knowledge for doc in docs] == expected
+    assert docs[0]._.visual_context.captions == ["a cat"]
+    assert [post_text(request) for request in server.requests] == asked
+
+
+def test_a_failure_raises_with_on_error_raise_and_each_component_has_its_own_client():
+    with FakeLLM(lambda request: Reply("bad request", 400)) as server:
+        nlp = llm_nlp(server, on_error="raise")
+        with pytest.raises(RuntimeError, match="ita_knowledge: no knowledge for doc 'Kobe' "
+                                               r"\(image_id '7'\): .* HTTP 400"):
+            nlp(make_doc(nlp, "Kobe", image_id="7"))
+        first = nlp.get_pipe("ita_knowledge").model
+        second = llm_nlp(server).get_pipe("ita_knowledge").model
+        assert first.load() is first.load() and first.load() is not second.load()
