@@ -240,14 +240,22 @@ class ItaContext:
         return VisualContext(**merged)
 
     def _report(self, post: _Post) -> None:
-        where = f"doc {post.doc.text[:40]!r}"
-        if post.record.image_id is not None:
-            where += f" (image_id {post.record.image_id!r})"
-        message = f"{self.name}: no visual context from the image of {where}: {post.error}"
-        if self.on_error == "raise":
-            raise ImageError(message)
-        if self.on_error == "warn":
-            warnings.warn(message, stacklevel=3)
+        report_failure(f"{self.name}: no visual context from the image of", post.doc,
+                       post.error, self.on_error, ImageError)
+
+
+def report_failure(what: str, doc: Doc, reason: Optional[str], on_error: str,
+                   error: type) -> None:
+    """Raise `error` or warn, as `on_error` says, that `doc` (named by its
+    text and image id) lost what `what` says, and why."""
+    where = f"doc {doc.text[:40]!r}"
+    if doc._.image_id is not None:
+        where += f" (image_id {str(doc._.image_id)!r})"
+    message = f"{what} {where}: {reason}"
+    if on_error == "raise":
+        raise error(message)
+    if on_error == "warn":
+        warnings.warn(message, stacklevel=4)
 
 
 @Language.factory(

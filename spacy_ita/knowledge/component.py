@@ -10,7 +10,6 @@ Failed knowledge gives an empty `knowledge` field and `Doc._.knowledge_error`;
 """
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -20,6 +19,7 @@ from spacy.tokens import Doc
 from spacy.util import minibatch
 
 from ..context.cache import ContextCache
+from ..context.component import report_failure
 from ..context.images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                               decode_image, read_image_source)
 from ..visual_context import VisualContext, get_visual_context
@@ -177,17 +177,8 @@ class ItaKnowledge(Pipe):
                                  else f"{self.model.name} failed: {question.error}")
         doc._.context_retryable = bool(doc._.context_retryable) or question.retryable
         if question.error is not None:
-            self._report(doc)
-
-    def _report(self, doc: Doc) -> None:
-        where = f"doc {doc.text[:40]!r}"
-        if doc._.image_id is not None:
-            where += f" (image_id {doc._.image_id!r})"
-        message = f"{self.name}: no knowledge for {where}: {doc._.knowledge_error}"
-        if self.on_error == "raise":
-            raise RuntimeError(message)
-        if self.on_error == "warn":
-            warnings.warn(message, stacklevel=4)
+            report_failure(f"{self.name}: no knowledge for", doc, doc._.knowledge_error,
+                           self.on_error, RuntimeError)
 
 
 @Language.factory(

@@ -1,8 +1,9 @@
-"""`ita_knowledge` (`spacy-ita.mentions_task.v1` asking `spacy-ita.openai_compatible.v1`) against a real OpenAI-compatible HTTP server on
-127.0.0.1, through the real `openai` client: prompts and images received,
-concurrency, retries, timeouts, bad answers, the cache, the call cap, failing
-fast, the API key kept out of every file and log, and a 200-post batch with
-failing calls. No network is needed."""
+"""`ita_knowledge` (a `mentions_task` asking an `openai_compatible` model)
+against a real OpenAI-compatible HTTP server on 127.0.0.1, through the real
+`openai` client: prompts and images received, concurrency, retries, timeouts,
+bad answers, the cache, the call cap, failing fast, the API key kept out of
+every file and log, existing knowledge, and a 200-post batch with failing
+calls. No network is needed."""
 import base64
 import faulthandler
 import io
