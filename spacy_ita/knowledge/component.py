@@ -46,9 +46,11 @@ DEFAULT_CONFIG = {
 
 @dataclass
 class _Question:
-    """One doc's question: its cache key and, unless cached, its messages."""
+    """One doc's question: what the image gave, the image to send, the cache
+    key of both with the text, and the answer or why there is none."""
 
     doc: Doc
+    found: Dict[str, List[str]]
     key: str
     image: Any = None
     knowledge: Optional[List[str]] = None
@@ -103,13 +105,14 @@ class ItaKnowledge(Pipe):
             yield from batch
 
     def _process(self, docs: List[Doc]) -> None:
+        """Ask for the docs' knowledge that the cache does not have, all at once
+        (the model runs `max_concurrency` calls in parallel), and write it."""
         questions = [self._question(doc) for doc in docs if self._wants(doc)]
         if not questions:
             return
         self.model.load()  # a broken setup fails here, loudly, not as one error per post
         todo = [q for q in questions if q.knowledge is None]
-        answers = self.model([self.task.messages(q.doc.text, self._found(q.doc), q.image)
-                              for q in todo])
+        answers = self.model([self.task.messages(q.doc.text, q.found, q.image) for q in todo])
         for question, answer in zip(todo, answers):
             self._take(question, answer)
         if self.cache is not None:
@@ -119,6 +122,7 @@ class ItaKnowledge(Pipe):
             self._write(question)
 
     def _wants(self, doc: Doc) -> bool:
+        """Whether to ask about `doc`: not when it has knowledge that is to be kept."""
         context = get_visual_context(doc)
         return not (self.existing_knowledge == "keep" and context is not None
                     and context.knowledge)
@@ -134,9 +138,9 @@ class ItaKnowledge(Pipe):
         """The doc's cache key (a hash of the image it sends, its text and what
         the image gave) with the cached answer, or the image to send."""
         image_hash, image = self._image(doc) if self.task.send_image else (None, None)
-        key = json.dumps([image_hash, doc.text, self._found(doc)], sort_keys=True,
-                         ensure_ascii=False)
-        question = _Question(doc, hashlib.sha256(key.encode("utf-8")).hexdigest(), image)
+        found = self._found(doc)
+        key = json.dumps([image_hash, doc.text, found], sort_keys=True, ensure_ascii=False)
+        question = _Question(doc, found, hashlib.sha256(key.encode("utf-8")).hexdigest(), image)
         cached = None if self.cache is None else self.cache.get(question.key, self.cache_key)
         if cached is not None:
             question.knowledge, question.image = cached.get("knowledge", []), None
@@ -167,6 +171,7 @@ class ItaKnowledge(Pipe):
             question.error = self.model.scrub(str(err))
 
     def _write(self, question: _Question) -> None:
+        """Put the answer (merged or in place of the doc's knowledge) and the error on the doc."""
         doc = question.doc
         context = get_visual_context(doc) or VisualContext()
         found = question.knowledge or []
