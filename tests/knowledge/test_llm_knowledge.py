@@ -576,3 +576,22 @@ def test_a_failure_raises_with_on_error_raise_and_each_component_has_its_own_cli
         first = nlp.get_pipe("ita_knowledge").model
         second = llm_nlp(server).get_pipe("ita_knowledge").model
         assert first.load() is first.load() and first.load() is not second.load()
+
+
+def test_apply_runs_ita_knowledge_in_the_extract_stage(tmp_path):
+    """`apply` counts ita_knowledge as a context component: it runs in the
+    extract stage, gets apply's cache and error policy, and keeps a pipeline
+    with it from getting a second, image-only ita_context."""
+    from spacy_ita.bulk.annotate import PipelineSpec
+
+    with FakeLLM(first_word_is_a_person) as server:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("sentencizer")
+        nlp.add_pipe("ita_knowledge", first=True, config=knowledge_config(server.url))
+        nlp.to_disk(tmp_path / "model")
+        spec = PipelineSpec(str(tmp_path / "model"), cache=str(tmp_path / "cache.sqlite"))
+        extract, tag, whole = spec.load("extract"), spec.load("tag"), spec.load("all")
+        assert extract.pipe_names == ["ita_knowledge"] and tag.pipe_names == ["sentencizer"]
+        assert whole.pipe_names == ["ita_knowledge", "sentencizer"]
+        knowledge = extract.get_pipe("ita_knowledge")
+        assert knowledge.on_error == "ignore" and knowledge.cache.path.endswith("cache.sqlite")
