@@ -19,14 +19,13 @@ from spacy.tokens import Doc
 from spacy.util import minibatch
 
 from ..context.cache import ContextCache
-from ..context.component import report_failure
+from ..context.component import ON_ERROR_CHOICES, report_failure
 from ..context.images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                               decode_image, read_image_source)
 from ..visual_context import VisualContext, get_visual_context
 from .client import CallFailure, OpenAICompatible
 from .task import AnswerError, MentionsTask
 
-ON_ERROR_CHOICES = ("warn", "raise", "ignore")
 EXISTING_KNOWLEDGE_CHOICES = ("keep", "merge", "replace")
 # What answers are cached under: the name the knowledge had when it was a slot
 # of ita_context, so that a cache filled then still answers.
