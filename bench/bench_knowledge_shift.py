@@ -45,15 +45,15 @@ import spacy
 from spacy.training import Example
 
 from spacy_ita.cli.evaluate import evaluate_views
-from spacy_ita.context.llm import DEFAULT_LABELS, entities_json, parse_answer
 from spacy_ita.corpus.readers import MultimodalCorpus
 from spacy_ita.files import replace_json
 from spacy_ita.knowledge.mentions import (Mention, align_mentions, matched_mentions, parse_mentions,
                                           render_mentions)
+from spacy_ita.knowledge.task import DEFAULT_LABELS, entities_json, parse_answer
 from spacy_ita.visual_context import get_visual_context
 
 # Words of a free-form type that name each label, after the extractor's label
-# descriptions (spacy_ita.context.llm.LABEL_DESCRIPTIONS) plus common synonyms.
+# descriptions (spacy_ita.knowledge.task.LABEL_DESCRIPTIONS) plus common synonyms.
 TYPE_WORDS = {
     "PER": {"person", "people", "individual", "player", "politician", "artist", "author", "athlete",
             "actor", "actress", "character", "photographer", "celebrity", "singer", "rapper",

@@ -28,6 +28,8 @@ from .fetch import Fetcher
 from .inputs import Post
 
 STAGES = ("all", "extract", "tag")
+# The components of the extract stage: image -> visual context, then LM knowledge.
+CONTEXT_FACTORIES = ("ita_context", "ita_knowledge")
 # Exceptions of the environment: the post may well go through in a later run.
 ENVIRONMENT_ERRORS = (OSError, CacheError, SetupError)
 
@@ -123,7 +125,7 @@ class PipelineSpec:
 
         components = spacy.util.load_config(_config_path(self.model)).get("components", {})
         return [name for name, block in components.items()
-                if (block.get("factory") == "ita_context") == (stage == "tag")]
+                if (block.get("factory") in CONTEXT_FACTORIES) == (stage == "tag")]
 
 
 def hold_threads(threads: int) -> None:
@@ -175,12 +177,12 @@ def _config_path(model: str):
 
 def context_components(nlp: Language) -> List[str]:
     return [name for name in nlp.pipe_names
-            if nlp.get_pipe_meta(name).factory == "ita_context"]
+            if nlp.get_pipe_meta(name).factory in CONTEXT_FACTORIES]
 
 
 def tagging_components(nlp: Language) -> List[str]:
     return [name for name in nlp.pipe_names
-            if nlp.get_pipe_meta(name).factory != "ita_context"]
+            if nlp.get_pipe_meta(name).factory not in CONTEXT_FACTORIES]
 
 
 class Annotator:

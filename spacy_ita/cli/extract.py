@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
 from ..context.config import OCREngine, context_config
+from ..knowledge import component as _knowledge  # noqa: F401  (and ita_knowledge's)
 from ..files import replace_file
 from . import app
 
@@ -34,21 +35,28 @@ class ExtractSummary:
 
 
 def build_extraction_nlp(lang: str = "en", ocr: OCREngine = OCREngine.rapidocr,
+                         knowledge: Optional[Dict[str, Any]] = None,
                          **options: Any) -> Language:
-    """A blank pipeline with only `ita_context`, configured from CLI options
-    (those of `context_config`)."""
+    """A blank pipeline with `ita_context`, configured from CLI options (those
+    of `context_config`), and `ita_knowledge` after it when `knowledge` (its
+    config, see `knowledge_config`) is given; both share the cache."""
     nlp = spacy.blank(lang)
-    nlp.add_pipe("ita_context", config=context_config(ocr, **options))
+    config = context_config(ocr, **options)
+    nlp.add_pipe("ita_context", config=config)
+    if knowledge is not None:
+        shared = {"cache_path": config["cache_path"], "on_error": config["on_error"],
+                  "existing_knowledge": config["existing_context"]}
+        nlp.add_pipe("ita_knowledge", config={**knowledge, **shared})
     return nlp
 
 
-def llm_knowledge_config(
+def knowledge_config(
     endpoint: Optional[str], model: Optional[str], key_env: Optional[str] = None,
     send_image: bool = False, labels: Optional[str] = None, examples: Optional[Path] = None,
     concurrency: int = 8, max_calls: Optional[int] = None,
 ) -> Optional[Dict[str, Any]]:
-    """The `spacy-ita.llm_knowledge.v1` block for the --knowledge-* options
-    (None without an endpoint); `labels` is comma-separated."""
+    """The `ita_knowledge` task and model for the --knowledge-* options (None
+    without an endpoint); `labels` is comma-separated."""
     if endpoint is None:
         if model or key_env or send_image or labels or examples or max_calls is not None:
             raise ValueError("the --knowledge-* options and --send-image need "
@@ -56,15 +64,14 @@ def llm_knowledge_config(
         return None
     if not model:
         raise ValueError("--knowledge-endpoint needs --knowledge-model")
-    config: Dict[str, Any] = {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
-                              "base_url": endpoint, "model": model, "api_key_env": key_env,
-                              "send_image": send_image, "max_concurrency": concurrency,
-                              "max_calls": max_calls}
+    task: Dict[str, Any] = {"@misc": "spacy-ita.mentions_task.v1", "send_image": send_image}
     if labels is not None:
-        config["labels"] = [label.strip() for label in labels.split(",") if label.strip()]
+        task["labels"] = [label.strip() for label in labels.split(",") if label.strip()]
     if examples is not None:
-        config["examples_path"] = str(examples)
-    return config
+        task["examples_path"] = str(examples)
+    client = {"@misc": "spacy-ita.openai_compatible.v1", "base_url": endpoint, "model": model,
+              "api_key_env": key_env, "max_concurrency": concurrency, "max_calls": max_calls}
+    return {"task": task, "model": client}
 
 
 class _ImageFinder:
@@ -134,8 +141,13 @@ def read_inputs(nlp: Language, input_path: Path,
 def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
                      image_dir: Optional[Path] = None, n_process: int = 1,
                      batch_size: int = 16, progress: bool = True) -> ExtractSummary:
-    """Run `nlp` over the input's docs and write them, with contexts, to output_path."""
+    """Run `nlp` over the input's docs and write them, with contexts, to
+    output_path. Each component's setup (cache, LM key and endpoint) is
+    checked first, so that a broken one fails before any image is read."""
     start = time.perf_counter()
+    for _, component in nlp.pipeline:
+        if hasattr(component, "preflight"):
+            component.preflight()
     total, docs = read_inputs(nlp, input_path, image_dir)
     summary = ExtractSummary()
     doc_bin = DocBin(store_user_data=True)
@@ -177,7 +189,7 @@ def _list_failures(title: str, failures: List[Tuple[str, str]]) -> None:
 
 
 # The options of `extract` for knowledge from a language model, kept out of its
-# signature so that it stays readable; the names match llm_knowledge_config's.
+# signature so that it stays readable; the names match knowledge_config's.
 KNOWLEDGE_OPTIONS = {
     "endpoint": typer.Option(
         None, "--knowledge-endpoint", metavar="URL",
@@ -258,13 +270,12 @@ def extract_cli(
     an empty context and their error in Doc._.image_error, failed knowledge its
     error in Doc._.knowledge_error; both are listed at the end."""
     try:
-        knowledge = llm_knowledge_config(knowledge_endpoint, knowledge_model, knowledge_key_env,
-                                         send_image, knowledge_labels, knowledge_examples,
-                                         knowledge_concurrency, knowledge_max_calls)
-        nlp = build_extraction_nlp(lang, ocr, tags=tags, detector=detector,
+        knowledge = knowledge_config(knowledge_endpoint, knowledge_model, knowledge_key_env,
+                                     send_image, knowledge_labels, knowledge_examples,
+                                     knowledge_concurrency, knowledge_max_calls)
+        nlp = build_extraction_nlp(lang, ocr, knowledge, tags=tags, detector=detector,
                                    captioner=captioner, precomputed=precomputed, cache=cache,
-                                   gpu=gpu, batch_size=batch_size, existing_context=existing,
-                                   knowledge=knowledge)
+                                   gpu=gpu, batch_size=batch_size, existing_context=existing)
         summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size)
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         typer.echo(f"Error: {err}", err=True)

@@ -3,8 +3,8 @@
 Importing this package registers the msgpack hooks that let a PIL image in
 `Doc._.image` survive `Doc.to_bytes` and `DocBin`. It stays light (no spaCy,
 Pillow or torch import): the component is in `spacy_ita.context.component`,
-the extractors in `ocr`, `tags`, `captions` and `llm`, the persistent cache
-in `cache`.
+the extractors in `ocr`, `tags` and `captions`, the persistent cache in
+`cache` (which `ita_knowledge` shares).
 """
 from typing import Any, Iterable, Iterator, Optional, Tuple
 

@@ -3,19 +3,16 @@
 Each doc's image is read and hashed once, looked up in the optional persistent
 cache, decoded (hardened, see `images.py`) only when some extractor still has
 to run, and passed in batches to the configured extractors, one slot per
-context field. The `knowledge` slot runs last and sees the post's text and
-what the image slots found. A bad image gives that doc an empty context and a
-readable `Doc._.image_error`, failed knowledge an empty `knowledge` field and
-`Doc._.knowledge_error`; the other docs of the batch are processed normally.
-`Doc._.context_retryable` says whether a failure may pass (a server down, a
-timeout), so that a later run should try the doc again.
+context field. A bad image gives that doc an empty context and a readable
+`Doc._.image_error`; the other docs of the batch are processed normally.
+`Doc._.context_retryable` says whether a failure may pass (a disk or network
+error), so that a later run should try the doc again. Knowledge from a
+language model is the next component's, `ita_knowledge` (spacy_ita.knowledge).
 """
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -23,7 +20,8 @@ from spacy.util import minibatch
 
 from ..visual_context import FIELDS, VisualContext, get_visual_context
 # Imported to register the extractors they define.
-from . import captions as _captions, llm as _llm, ocr as _ocr, tags as _tags  # noqa: F401
+from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401
+from ..knowledge.legacy import moved_message
 from .cache import ContextCache
 from .images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                      ImageSource, decode_image, read_image_source)
@@ -32,14 +30,12 @@ from .registry import Extractor, ExtractorFailure, ImageRecord, PartialContext
 ON_ERROR_CHOICES = ("warn", "raise", "ignore")
 EXISTING_CONTEXT_CHOICES = ("keep", "merge", "replace")
 # The extractor slots in the order they run, each named after the field it fills.
-SLOTS = ("object_tags", "captions", "ocr_text", "knowledge")
-KNOWLEDGE = "knowledge"
+SLOTS = ("object_tags", "captions", "ocr_text")
 
 DEFAULT_CONFIG = {
     "object_tags": {"@spacy_ita_extractors": "spacy-ita.efficientnet_tags.v1"},
     "captions": None,
     "ocr_text": {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"},
-    "knowledge": None,
     "cache_path": None,
     "on_error": "warn",
     "max_pixels": DEFAULT_MAX_PIXELS,
@@ -58,27 +54,17 @@ class _Post:
     record: ImageRecord
     source: Optional[ImageSource] = None
     error: Optional[str] = None  # about the image and the slots that read it
-    knowledge_error: Optional[str] = None
-    knowledge_key: Optional[str] = None  # what the knowledge answer is cached under
     retryable: bool = False  # some failure may pass: a later run should try again
     parts: Dict[str, PartialContext] = field(default_factory=dict)
 
-    def fail(self, message: str, slot: Optional[str] = None, retryable: bool = False) -> None:
+    def fail(self, message: str, retryable: bool = False) -> None:
         self.retryable = self.retryable or retryable
-        if slot == KNOWLEDGE:
-            self.knowledge_error = _join_errors(self.knowledge_error, message)
-        else:
-            self.error = _join_errors(self.error, message)
-
-
-def _join_errors(previous: Optional[str], message: str) -> str:
-    return message if previous is None else f"{previous}; {message}"
+        self.error = message if self.error is None else f"{self.error}; {message}"
 
 
 class ItaContext:
-    """Fills `Doc._.visual_context` from `Doc._.image` (and the post's text)
-    with object tags, captions, OCR text and knowledge from the configured
-    extractors."""
+    """Fills `Doc._.visual_context` from `Doc._.image` with object tags,
+    captions and OCR text from the configured extractors."""
 
     def __init__(
         self,
@@ -87,7 +73,6 @@ class ItaContext:
         object_tags: Optional[Extractor],
         captions: Optional[Extractor],
         ocr_text: Optional[Extractor],
-        knowledge: Optional[Extractor],
         cache_path: Optional[str],
         on_error: str,
         max_pixels: int,
@@ -104,8 +89,7 @@ class ItaContext:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
-        slots = {"object_tags": object_tags, "captions": captions, "ocr_text": ocr_text,
-                 "knowledge": knowledge}
+        slots = {"object_tags": object_tags, "captions": captions, "ocr_text": ocr_text}
         self.extractors: Dict[str, Extractor] = {
             slot: extractor for slot, extractor in slots.items() if extractor is not None
         }
@@ -119,8 +103,7 @@ class ItaContext:
 
     @property
     def pixel_extractors(self) -> Dict[str, Extractor]:
-        """The extractors that read the image: every image slot, and a knowledge
-        extractor that sends the image along with the text."""
+        """The extractors that read the image (a lookup table does not)."""
         return {slot: e for slot, e in self.extractors.items() if e.reads_pixels}
 
     def cache_key(self, extractor: Extractor) -> str:
@@ -128,8 +111,8 @@ class ItaContext:
 
     def preflight(self) -> None:
         """Check what a run needs from its environment before any doc: the cache
-        opens and takes writes, and each extractor's preflight passes (an API
-        key set, an endpoint that answers). Raises with the reason."""
+        opens and takes writes, and each extractor's preflight passes (a
+        binary installed, say). Raises with the reason."""
         if self.cache is not None:
             self.cache.check()
         for extractor in self.extractors.values():
@@ -151,14 +134,8 @@ class ItaContext:
         posts = [self._post(doc) for doc in docs if self._wants(doc)]
         if not posts:
             return
-        if KNOWLEDGE in self.extractors:
-            # Its setup (endpoint, key) is checked once per process, before the
-            # image slots: a wrong URL fails before minutes of image work.
-            self.extractors[KNOWLEDGE].load()
         self._read_and_decode(posts)
         for slot, extractor in self.extractors.items():
-            if slot == KNOWLEDGE:
-                self._prepare_knowledge(extractor, posts)
             todo = [post for post in posts if slot not in post.parts and
                     (post.record.image is not None or not extractor.needs_pixels)]
             self._run(slot, extractor, todo)
@@ -166,43 +143,15 @@ class ItaContext:
             post.record.image = None
             post.doc._.visual_context = self._merge(post.doc, post.parts)
             post.doc._.image_error = post.error
-            post.doc._.knowledge_error = post.knowledge_error
             post.doc._.context_retryable = post.retryable
-            if post.error is not None or post.knowledge_error is not None:
+            if post.error is not None:
                 self._report(post)
 
     def _wants(self, doc: Doc) -> bool:
         if doc._.visual_context is not None and self.existing_context == "keep":
             return False
-        if KNOWLEDGE in self.extractors:  # knowledge needs no more than the text
-            return True
         has_lookup = any(not e.needs_pixels for e in self.extractors.values())
         return doc._.image is not None or (has_lookup and doc._.image_id is not None)
-
-    def _prepare_knowledge(self, extractor: Extractor, posts: List[_Post]) -> None:
-        """Give the knowledge extractor each post's text and the context found so
-        far, and take the answers the cache already has for exactly those (and,
-        when the extractor reads it, the same image)."""
-        for post in posts:
-            found = self._merge(post.doc, post.parts).to_dict()
-            found.pop(KNOWLEDGE)
-            post.record.text = post.doc.text
-            post.record.context = found
-            image = post.source.content_hash if post.source and extractor.reads_pixels else None
-            key = json.dumps([image, post.record.text, found], sort_keys=True, ensure_ascii=False)
-            post.knowledge_key = hashlib.sha256(key.encode("utf-8")).hexdigest()
-            if self.cache is not None:
-                cached = self.cache.get(post.knowledge_key, self.cache_key(extractor))
-                if cached is not None:
-                    post.parts[KNOWLEDGE] = cached
-
-    @staticmethod
-    def _cache_id(slot: str, post: _Post) -> Optional[str]:
-        """What a slot's cached output is filed under: the image's content hash,
-        or for knowledge the hash of the image, text and context it saw."""
-        if slot == KNOWLEDGE:
-            return post.knowledge_key
-        return None if post.source is None else post.source.content_hash
 
     def _post(self, doc: Doc) -> _Post:
         image, image_id = doc._.image, doc._.image_id
@@ -250,19 +199,18 @@ class ItaContext:
                 for post in posts:
                     self._run(slot, extractor, [post])
             else:
-                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}", slot,
+                posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}",
                               retryable=isinstance(err, OSError))  # a network or disk error
             return
         self._check_outputs(extractor, outputs, len(posts))
         rows = []
         for post, output in zip(posts, outputs):
             if isinstance(output, ExtractorFailure):
-                post.fail(f"{extractor.name} failed: {output.reason}", slot, output.retryable)
+                post.fail(f"{extractor.name} failed: {output.reason}", output.retryable)
                 continue
             post.parts[slot] = output
-            cache_id = self._cache_id(slot, post)
-            if self.cache is not None and extractor.cacheable and cache_id is not None:
-                rows.append((cache_id, self.cache_key(extractor), output))
+            if self.cache is not None and extractor.cacheable and post.source is not None:
+                rows.append((post.source.content_hash, self.cache_key(extractor), output))
         if self.cache is not None:
             self.cache.put_many(rows)
 
@@ -292,26 +240,28 @@ class ItaContext:
         return VisualContext(**merged)
 
     def _report(self, post: _Post) -> None:
-        where = f"doc {post.doc.text[:40]!r}"
-        if post.record.image_id is not None:
-            where += f" (image_id {post.record.image_id!r})"
-        problems = []
-        if post.error is not None:
-            problems.append(f"no visual context from the image of {where}: {post.error}")
-        if post.knowledge_error is not None:
-            problems.append(f"no knowledge for {where}: {post.knowledge_error}")
-        message = f"{self.name}: " + "; ".join(problems)
-        if self.on_error == "raise":
-            raise (ImageError if post.error is not None else RuntimeError)(message)
-        if self.on_error == "warn":
-            warnings.warn(message, stacklevel=3)
+        report_failure(f"{self.name}: no visual context from the image of", post.doc,
+                       post.error, self.on_error, ImageError)
+
+
+def report_failure(what: str, doc: Doc, reason: Optional[str], on_error: str,
+                   error: type) -> None:
+    """Raise `error` or warn, as `on_error` says, that `doc` (named by its
+    text and image id) lost what `what` says, and why."""
+    where = f"doc {doc.text[:40]!r}"
+    if doc._.image_id is not None:
+        where += f" (image_id {str(doc._.image_id)!r})"
+    message = f"{what} {where}: {reason}"
+    if on_error == "raise":
+        raise error(message)
+    if on_error == "warn":
+        warnings.warn(message, stacklevel=4)
 
 
 @Language.factory(
     "ita_context",
     default_config=DEFAULT_CONFIG,
-    assigns=["doc._.visual_context", "doc._.image_error", "doc._.knowledge_error",
-             "doc._.context_retryable"],
+    assigns=["doc._.visual_context", "doc._.image_error", "doc._.context_retryable"],
     requires=["doc._.image"],
 )
 def make_ita_context(
@@ -320,7 +270,6 @@ def make_ita_context(
     object_tags: Optional[Extractor],
     captions: Optional[Extractor],
     ocr_text: Optional[Extractor],
-    knowledge: Optional[Extractor],
     cache_path: Optional[str],
     on_error: str,
     max_pixels: int,
@@ -328,18 +277,23 @@ def make_ita_context(
     max_bytes: int,
     batch_size: int,
     existing_context: str,
+    knowledge: Any = None,
 ) -> ItaContext:
     """Create the `ita_context` component. Each extractor slot fills the
-    context field of its name; slots set to null are off. `knowledge` runs last,
-    on every doc, with the post's text and the other slots' output;
-    `cache_path` names an SQLite file that keeps contexts across runs;
-    `on_error` is "warn", "raise" or "ignore" for unreadable images, including
-    files over `max_bytes` and images over `max_pixels`, and failed knowledge;
-    `existing_context` says what happens to a doc that already has a context:
-    "keep" it untouched, "merge" the extracted text into it, or "replace" it."""
+    context field of its name; slots set to null are off. `cache_path` names
+    an SQLite file that keeps contexts across runs; `on_error` is "warn",
+    "raise" or "ignore" for unreadable images, including files over
+    `max_bytes` and images over `max_pixels`; `existing_context` says what
+    happens to a doc that already has a context: "keep" it untouched, "merge"
+    the extracted text into it, or "replace" it. `knowledge` is the slot of
+    configs saved before knowledge became `ita_knowledge`: null loads, a
+    setting fails with the blocks that replace it."""
+    if knowledge is not None:
+        raise ValueError(moved_message(knowledge, name, {
+            "on_error": on_error, "cache_path": cache_path, "max_side": max_side}))
     return ItaContext(
         name, object_tags=object_tags, captions=captions, ocr_text=ocr_text,
-        knowledge=knowledge, cache_path=cache_path,
+        cache_path=cache_path,
         on_error=on_error, max_pixels=max_pixels, max_side=max_side,
         max_bytes=max_bytes, batch_size=batch_size, existing_context=existing_context,
     )

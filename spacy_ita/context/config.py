@@ -25,13 +25,11 @@ def context_config(
     gpu: bool = False,
     batch_size: int = 16,
     existing_context: str = "merge",
-    knowledge: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The `ita_context` config for the options of `extract` (and `apply`);
-    `knowledge` is the config of the knowledge extractor, if any."""
+    """The `ita_context` config for the options of `extract` (and `apply`)."""
     config: Dict[str, Any] = {"cache_path": str(cache) if cache else None,
                               "on_error": "ignore", "batch_size": batch_size,
-                              "existing_context": existing_context, "knowledge": knowledge}
+                              "existing_context": existing_context}
     device = "cuda" if gpu else "cpu"
     if ocr == OCREngine.rapidocr:
         config["ocr_text"] = {"@spacy_ita_extractors": "spacy-ita.rapidocr.v1"}

@@ -24,19 +24,16 @@ PartialContext = Dict[str, List[str]]
 class ImageRecord:
     """What an extractor sees of one post: the decoded RGB image (None when it
     could not be read or no extractor reads pixels) plus the names a lookup
-    table may use for it. The knowledge slot also gets the post's text and the
-    context the image slots found."""
+    table may use for it."""
 
     image: Any
     image_id: Optional[str] = None
     file_name: Optional[str] = None
-    text: Optional[str] = None
-    context: Optional[PartialContext] = None
 
 
 class SetupError(RuntimeError):
-    """An extractor cannot run in this environment (an API key unset, an
-    endpoint unreachable): no post gets its output until that is fixed."""
+    """An extractor or a language model cannot run in this environment (an API
+    key unset, an endpoint unreachable): no post gets its output until that is fixed."""
 
 
 @dataclass

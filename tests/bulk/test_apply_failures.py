@@ -5,8 +5,7 @@ next run redoes (and only it); every row failing is a non-zero exit. Also the
 `view` column, which is what `ita_ner` says it read.
 
 The pipeline is the robustness tests' tiny trained `ita_ner` behind an
-`ita_context` whose only slot is `spacy-ita.llm_knowledge.v1`, asking the
-OpenAI-compatible test server of fake_llm on 127.0.0.1.
+`ita_knowledge` asking the OpenAI-compatible test server of fake_llm on 127.0.0.1.
 """
 import json
 from pathlib import Path
@@ -58,13 +57,12 @@ def trained(tiny_encoder, tmp_path_factory) -> Path:
 
 
 def with_knowledge(trained: Path, folder: Path, base_url: str) -> str:
-    """The trained pipeline with an ita_context that only asks `base_url` for knowledge."""
+    """The trained pipeline with an ita_knowledge that asks `base_url`."""
     nlp = spacy.load(trained)
-    nlp.add_pipe("ita_context", first=True, config={
-        "object_tags": None, "ocr_text": None,
-        "knowledge": {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
-                      "base_url": base_url, "model": MODEL, "api_key_env": KEY_ENV,
-                      "json_mode": False, "timeout": 5.0, "max_retries": 1, "backoff": 0.01}})
+    nlp.add_pipe("ita_knowledge", first=True, config={"model": {
+        "@misc": "spacy-ita.openai_compatible.v1", "base_url": base_url, "model": MODEL,
+        "api_key_env": KEY_ENV, "json_mode": False, "timeout": 5.0, "max_retries": 1,
+        "backoff": 0.01}})
     nlp.to_disk(folder)
     return str(folder)
 

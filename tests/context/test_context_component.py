@@ -281,60 +281,12 @@ def test_tesseract_missing_binary_is_a_clear_error():
         make_tesseract(binary="no-such-tesseract-binary")
 
 
-class EchoKnowledge:
-    """A knowledge extractor that names the post's first word with the object
-    tags it was given, fails on posts containing "fail", and counts its calls."""
-
-    name = "test.echo_knowledge.v1"
-    needs_pixels = False
-    reads_pixels = False
-    cacheable = True
-    cache_key = "test.echo_knowledge.v1 {}"
-
-    def load(self):
-        return None
-
-    def __call__(self, records):
-        from spacy_ita.context.registry import ExtractorFailure
-
-        CALLS["knowledge"] += len(records)
-        outputs = []
-        for record in records:
-            if "fail" in record.text:
-                outputs.append(ExtractorFailure("the endpoint said 500"))
-                continue
-            tags = "/".join(record.context.get("object_tags", [])) or "none"
-            outputs.append({"knowledge": [f"{record.text.split()[0]} ({tags})"]})
-        return outputs
-
-
-@extractors.register("test.echo_knowledge.v1")
-def make_echo_knowledge() -> EchoKnowledge:
-    return EchoKnowledge()
-
-
-def test_knowledge_runs_last_on_text_and_found_context_and_is_cached(tmp_path):
-    CALLS.clear()
-    cache = str(tmp_path / "contexts.sqlite")
-    nlp = colour_nlp(knowledge={"@spacy_ita_extractors": "test.echo_knowledge.v1"},
-                     cache_path=cache, on_error="ignore")
-    red = Image.new("RGB", (20, 20), COLOURS["red"])
-    posts = [("Phoenix wins", red), ("Paris at night", None), ("this will fail", None)]
-    docs = list(pipe_posts(nlp, posts))
-    assert [doc._.visual_context.knowledge for doc in docs] == [
-        ["Phoenix (red)"], ["Paris (none)"], []]
-    assert docs[0]._.visual_context.object_tags == ["red"]
-    assert [doc._.knowledge_error for doc in docs] == [
-        None, None, "test.echo_knowledge.v1 failed: the endpoint said 500"]
-    assert all(doc._.image_error is None for doc in docs)
-    assert CALLS["knowledge"] == 3
-    again = list(pipe_posts(nlp, posts + [("Paris by day", None)]))
-    assert CALLS["knowledge"] == 3 + 2  # the failed post and the new text; the rest cached
-    assert again[3]._.visual_context.knowledge == ["Paris (none)"]
-
-
-def test_a_knowledge_failure_raises_with_on_error_raise():
-    nlp = colour_nlp(knowledge={"@spacy_ita_extractors": "test.echo_knowledge.v1"},
-                     on_error="raise")
-    with pytest.raises(RuntimeError, match="no knowledge for doc 'this will fail'"):
-        nlp(make_doc(nlp, "this will fail"))
+def test_a_config_of_the_old_knowledge_slot_says_how_to_move_it():
+    """Pipelines saved before knowledge became ita_knowledge have `knowledge =
+    null` in their ita_context block: that loads. A slot that was set fails
+    with the way out (tests/knowledge/test_legacy_config.py has the LM's)."""
+    nlp = colour_nlp(knowledge=None)
+    assert "knowledge" not in nlp.get_pipe("ita_context").extractors
+    with pytest.raises(ValueError, match=r"ita_context: the `knowledge` slot is gone; .* "
+                                         r"delete \[components.ita_context.knowledge\]"):
+        colour_nlp(knowledge={"@spacy_ita_extractors": "test.colour_tags.v1"})

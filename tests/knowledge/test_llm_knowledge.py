@@ -1,8 +1,9 @@
-"""`spacy-ita.llm_knowledge.v1` against a real OpenAI-compatible HTTP server on
-127.0.0.1, through the real `openai` client: prompts and images received,
-concurrency, retries, timeouts, bad answers, the cache, the call cap, failing
-fast, the API key kept out of every file and log, and a 200-post batch with
-failing calls. No network is needed."""
+"""`ita_knowledge` (a `mentions_task` asking an `openai_compatible` model)
+against a real OpenAI-compatible HTTP server on 127.0.0.1, through the real
+`openai` client: prompts and images received, concurrency, retries, timeouts,
+bad answers, the cache, the call cap, failing fast, the API key kept out of
+every file and log, existing knowledge, and a 200-post batch with failing
+calls. No network is needed."""
 import base64
 import faulthandler
 import io
@@ -28,10 +29,13 @@ from fake_llm import KEY, KEY_ENV, MODEL, FakeLLM, Reply, entities, free_port, p
 
 import spacy_ita  # noqa: F401  (Doc extensions)
 from spacy_ita.cli import app
+from spacy_ita.cli.extract import extract_contexts
 from spacy_ita.context import component as _component  # noqa: F401  (the ita_context factory)
 from spacy_ita.context import make_doc, pipe_posts
-from spacy_ita.context.llm import AnswerError, AnswerRefused, bounded_http_client, parse_answer
-from spacy_ita.context.registry import Extractor, extractors
+from spacy_ita.context.registry import Extractor, SetupError, extractors
+from spacy_ita.knowledge.client import AnswerRefused, bounded_http_client
+from spacy_ita.knowledge.legacy import TASK_SETTINGS
+from spacy_ita.knowledge.task import AnswerError, parse_answer
 from spacy_ita.knowledge.mentions import Mention, parse_mentions
 
 HANG_SECONDS = 120  # far above any test here, even on a busy 2-core machine
@@ -54,18 +58,29 @@ def no_hang():
     faulthandler.cancel_dump_traceback_later()
 
 
-def llm_nlp(server: FakeLLM, *, batch_size: int = 16, cache_path=None, on_error="ignore",
-            captions=None, **settings) -> spacy.language.Language:
-    """A blank pipeline whose ita_context only asks the server for knowledge,
-    with short timeouts and backoff so that no test waits long."""
-    config = {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1", "base_url": server.url,
-              "model": MODEL, "api_key_env": KEY_ENV, "backoff": 0.01, "timeout": 5.0,
-              **settings}
+def knowledge_config(base_url: str, *, batch_size: int = 16, cache_path=None,
+                     on_error="ignore", existing_knowledge="keep", **settings) -> dict:
+    """The ita_knowledge config asking `base_url`, with short timeouts and
+    backoff so that no test waits long; `settings` go to the task or the model."""
+    model = {"@misc": "spacy-ita.openai_compatible.v1", "base_url": base_url, "model": MODEL,
+             "api_key_env": KEY_ENV, "backoff": 0.01, "timeout": 5.0}
+    task = {"@misc": "spacy-ita.mentions_task.v1"}
+    for name, value in settings.items():
+        (task if name in TASK_SETTINGS else model)[name] = value
+    return {"task": task, "model": model, "on_error": on_error, "batch_size": batch_size,
+            "existing_knowledge": existing_knowledge,
+            "cache_path": None if cache_path is None else str(cache_path)}
+
+
+def llm_nlp(server: FakeLLM, *, captions=None, **settings) -> spacy.language.Language:
+    """A blank pipeline that asks the server for knowledge (ita_knowledge),
+    after an ita_context that looks captions up when `captions` is given."""
     nlp = spacy.blank("en")
-    nlp.add_pipe("ita_context", config={
-        "object_tags": None, "ocr_text": None, "captions": captions, "knowledge": config,
-        "cache_path": None if cache_path is None else str(cache_path),
-        "on_error": on_error, "batch_size": batch_size})
+    if captions is not None:
+        nlp.add_pipe("ita_context", config={"object_tags": None, "ocr_text": None,
+                                            "captions": captions})
+    base_url = settings.pop("base_url", server.url)
+    nlp.add_pipe("ita_knowledge", config=knowledge_config(base_url, **settings))
     return nlp
 
 
@@ -182,7 +197,7 @@ def test_bad_answers_fail_their_post_with_a_reason_and_spare_the_others():
         docs = run_posts(llm_nlp(server, max_answer_chars=2000), list(answers))
     errors = {doc.text: doc._.knowledge_error for doc in docs}
     assert docs[0]._.visual_context.knowledge == ["good (PER)"] and errors["good"] is None
-    prefix = "spacy-ita.llm_knowledge.v1 failed: "
+    prefix = "spacy-ita.openai_compatible.v1 failed: "
     assert errors["broken"].startswith(prefix + "malformed answer: invalid JSON")
     assert errors["huge"].startswith(prefix + "answer of ")
     assert "characters is over max_answer_chars (2000)" in errors["huge"]
@@ -402,9 +417,7 @@ def test_setup_errors_fail_before_any_post_is_sent(monkeypatch):
     with pytest.raises(RuntimeError, match="cannot be reached .*is the server running"):
         list(nowhere.pipe([make_doc(nlp, "a post")]))
     with pytest.raises(ValueError, match="base_url must start with http"):
-        llm_nlp(server).add_pipe("ita_context", name="bad", config={
-            "knowledge": {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
-                          "base_url": "localhost:8000", "model": "m"}})
+        spacy.blank("en").add_pipe("ita_knowledge", config=knowledge_config("localhost:8000"))
     with pytest.raises(ValueError, match=r"unknown placeholder \{post\}"):
         llm_nlp(server, prompt="Post: {post}")
 
@@ -427,17 +440,20 @@ class CountingTags(Extractor):
 extractors.register(CountingTags.name, func=CountingTags)
 
 
-def test_a_wrong_url_fails_before_the_image_slots_run():
+def test_a_wrong_url_fails_extract_before_the_image_slots_run(tmp_path):
+    """`extract` checks every component's setup first: a wrong URL fails before
+    minutes of image work, not after the first batch of images."""
     nowhere = f"http://127.0.0.1:{free_port()}/v1"
     nlp = spacy.blank("en")
     nlp.add_pipe("ita_context", config={
-        "object_tags": {"@spacy_ita_extractors": CountingTags.name}, "ocr_text": None,
-        "knowledge": {"@spacy_ita_extractors": "spacy-ita.llm_knowledge.v1",
-                      "base_url": nowhere, "model": MODEL, "backoff": 0.01}})
+        "object_tags": {"@spacy_ita_extractors": CountingTags.name}, "ocr_text": None})
+    nlp.add_pipe("ita_knowledge", config=knowledge_config(nowhere))
+    source = tmp_path / "posts.jsonl"
+    source.write_text(json.dumps({"text": "a post", "image_id": "1"}) + "\n")
     CountingTags.posts = 0
-    with pytest.raises(RuntimeError, match="cannot be reached"):
-        nlp(make_doc(nlp, "a post", image_id="1"))
-    assert CountingTags.posts == 0
+    with pytest.raises(SetupError, match="cannot be reached"):
+        extract_contexts(nlp, source, tmp_path / "out.spacy", progress=False)
+    assert CountingTags.posts == 0 and not (tmp_path / "out.spacy").exists()
 
 
 def test_the_key_is_never_written_anywhere(tmp_path, caplog, capsys):
@@ -456,12 +472,12 @@ def test_the_key_is_never_written_anywhere(tmp_path, caplog, capsys):
             docs = run_posts(nlp, ["Kobe wins", "leak"])
         assert docs[0]._.visual_context.knowledge == ["Kobe (PER)"]
         assert "Incorrect API key provided: ***" in docs[1]._.knowledge_error
-        assert any("no knowledge for doc 'leak'" in str(w.message) for w in caught)
+        assert any("ita_knowledge: no knowledge for doc 'leak'" in str(w.message)
+                   for w in caught)
         assert all(KEY not in str(w.message) for w in caught)
         nlp.to_disk(tmp_path / "pipeline")
         DocBin(store_user_data=True, docs=docs).to_disk(tmp_path / "docs.spacy")
-        extractor = nlp.get_pipe("ita_context").extractors["knowledge"]
-        (tmp_path / "extractor.pickle").write_bytes(pickle.dumps(extractor))
+        (tmp_path / "model.pickle").write_bytes(pickle.dumps(nlp.get_pipe("ita_knowledge")))
         reloaded = spacy.load(tmp_path / "pipeline")
         assert reloaded(make_doc(reloaded, "Paris"))._.visual_context.knowledge == ["Paris (PER)"]
         with pytest.raises(ValueError, match="NAME of the environment variable") as excinfo:
@@ -522,7 +538,7 @@ def test_extract_cli_adds_knowledge_from_an_endpoint(tmp_path):
             "--knowledge-key-env", KEY_ENV, "--send-image", "--knowledge-labels", "PER,LOC"])
         assert result.exit_code == 0, result.output
         assert "1 post(s) got no knowledge:" in result.output
-        assert "fail now: spacy-ita.llm_knowledge.v1 failed: HTTP 400" in result.output
+        assert "fail now: spacy-ita.openai_compatible.v1 failed: HTTP 400" in result.output
         images = [r for r in server.requests if isinstance(r["messages"][-1]["content"], list)]
         assert len(images) == 1 and "- LOC: a location" in images[0]["messages"][0]["content"]
         result = CliRunner().invoke(app, [
@@ -532,3 +548,50 @@ def test_extract_cli_adds_knowledge_from_an_endpoint(tmp_path):
     docs = list(DocBin().from_disk(tmp_path / "out.spacy").get_docs(spacy.blank("en").vocab))
     assert docs[0]._.visual_context.knowledge == ["Kobe (PER)"]
     assert docs[1]._.knowledge_error is not None
+
+
+@pytest.mark.parametrize("existing,expected,asked", [
+    ("keep", [["Old (PER)"], ["Fresh (PER)"]], ["Fresh post"]),
+    ("merge", [["Old (PER)", "Known (PER)"], ["Fresh (PER)"]], ["Known post", "Fresh post"]),
+    ("replace", [["Known (PER)"], ["Fresh (PER)"]], ["Known post", "Fresh post"]),
+])
+def test_existing_knowledge_is_kept_merged_or_replaced(existing, expected, asked):
+    with FakeLLM(first_word_is_a_person) as server:
+        nlp = llm_nlp(server, existing_knowledge=existing, max_concurrency=1)
+        known = make_doc(nlp, "Known post")
+        known._.visual_context = spacy_ita.VisualContext(knowledge=["Old (PER)"],
+                                                         captions=["a cat"])
+        docs = list(nlp.pipe([known, make_doc(nlp, "Fresh post")]))
+    assert [doc._.visual_context.knowledge for doc in docs] == expected
+    assert docs[0]._.visual_context.captions == ["a cat"]
+    assert [post_text(request) for request in server.requests] == asked
+
+
+def test_a_failure_raises_with_on_error_raise_and_each_component_has_its_own_client():
+    with FakeLLM(lambda request: Reply("bad request", 400)) as server:
+        nlp = llm_nlp(server, on_error="raise")
+        with pytest.raises(RuntimeError, match="ita_knowledge: no knowledge for doc 'Kobe' "
+                                               r"\(image_id '7'\): .* HTTP 400"):
+            nlp(make_doc(nlp, "Kobe", image_id="7"))
+        first = nlp.get_pipe("ita_knowledge").model
+        second = llm_nlp(server).get_pipe("ita_knowledge").model
+        assert first.load() is first.load() and first.load() is not second.load()
+
+
+def test_apply_runs_ita_knowledge_in_the_extract_stage(tmp_path):
+    """`apply` counts ita_knowledge as a context component: it runs in the
+    extract stage, gets apply's cache and error policy, and keeps a pipeline
+    with it from getting a second, image-only ita_context."""
+    from spacy_ita.bulk.annotate import PipelineSpec
+
+    with FakeLLM(first_word_is_a_person) as server:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("sentencizer")
+        nlp.add_pipe("ita_knowledge", first=True, config=knowledge_config(server.url))
+        nlp.to_disk(tmp_path / "model")
+        spec = PipelineSpec(str(tmp_path / "model"), cache=str(tmp_path / "cache.sqlite"))
+        extract, tag, whole = spec.load("extract"), spec.load("tag"), spec.load("all")
+        assert extract.pipe_names == ["ita_knowledge"] and tag.pipe_names == ["sentencizer"]
+        assert whole.pipe_names == ["ita_knowledge", "sentencizer"]
+        knowledge = extract.get_pipe("ita_knowledge")
+        assert knowledge.on_error == "ignore" and knowledge.cache.path.endswith("cache.sqlite")
