@@ -63,6 +63,8 @@ class ItaTaggerModel(Model):
     module itself, Viterbi decoding, the loss and its gradient, and the head's
     learning rate. Nothing else reaches into the torch shim."""
 
+    __slots__ = ()  # thinc's Model has slots; the same layout lets _copy keep the class
+
     @property
     def is_initialized(self) -> bool:
         return self._shim._model is not None
@@ -138,8 +140,8 @@ class ItaTaggerModel(Model):
         super().finish_update(optimizer)
 
     def _copy(self, seen=None) -> "ItaTaggerModel":
-        """thinc's copy builds a plain Model; this class adds only methods, so
-        the copy takes it over."""
+        """thinc's copy builds a plain Model; this class adds only methods (and
+        no slots), so the copy takes it over."""
         copied = super()._copy(seen)
         copied.__class__ = ItaTaggerModel
         return copied

@@ -138,3 +138,17 @@ def test_mentions_in_the_encoder_start_as_no_change_and_then_learn(tiny_encoder,
     nlp.to_disk(tmp_path / "encoder_mentions")
     loaded = spacy.load(tmp_path / "encoder_mentions").get_pipe("ita_ner").model
     assert (loaded.predict([with_mention, without])[0] == after[0]).all()
+
+
+def test_a_copy_is_the_same_tagger_with_its_own_weights(tiny_encoder):
+    """thinc's copy keeps the facade: the copy decodes as the original does, and
+    training the copy leaves the original's weights alone."""
+    nlp, examples = knowledge_pipeline(tiny_encoder)
+    model = nlp.get_pipe("ita_ner").model
+    copied = model.copy()
+    assert type(copied) is type(model) and copied.module is not model.module
+    inputs = [TaggerInput(eg.predicted) for eg in examples]
+    assert copied.decode(copied.predict(inputs)) == model.decode(model.predict(inputs))
+    before = model.module.emission.weight.detach().clone()
+    copied.module.emission.weight.data.add_(1.0)
+    assert (model.module.emission.weight == before).all()

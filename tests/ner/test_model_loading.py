@@ -165,6 +165,19 @@ def test_code_that_a_config_names_never_runs(sandbox):
     assert not any("evil" in name for name in sys.modules)
 
 
+@pytest.mark.parametrize("setting", ["tokenizer_config", "transformer_config"])
+def test_a_training_config_cannot_ask_for_remote_code(tiny_encoder, setting):
+    """initialize loads the encoder with trust_remote_code=False; a config that
+    sets it is refused by name rather than passed on (or clashing)."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("ita_ner", config={"model": {
+        "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder,
+        setting: {"trust_remote_code": True}}})
+    with pytest.raises(ValueError, match=f"{setting}.*trust_remote_code"):
+        ner.initialize(lambda: [], labels=["PER"])
+    assert not ner.model.is_initialized
+
+
 def test_a_config_that_names_the_mpnet_encoder_loads_without_assembling_it(sandbox):
     """The weights are in the pipeline: spacy.load neither needs the encoder's
     five packages nor unzips it into the cache folder the config names."""
