@@ -104,8 +104,8 @@ def make_ita_ner(
     unmatched_knowledge: "drop" keeps only the knowledge's mentions found in the
     post (and drops knowledge that names none of its tokens, which is about
     something else), "keep" keeps them all.
-    head_lr_scale: learning rate of the emission layer and CRF, as a multiple of
-    the encoder's (the optimizer's own rate).
+    head_lr_scale: learning rate of the head (emission layer, token features,
+    CRF), as a multiple of the encoder's (the optimizer's own rate).
     """
     return ItaNer(
         nlp.vocab,
@@ -438,8 +438,9 @@ class ItaNer(TrainablePipe):
         return losses
 
     def finish_update(self, sgd) -> None:
-        """Apply the gradients; the head (emission layer and CRF, randomly
-        initialised) learns at head_lr_scale times the encoder's rate."""
+        """Apply the gradients; the head (all but the pretrained encoder, see
+        ItaTaggerModel.head_parameter_names) learns at head_lr_scale times the
+        encoder's rate."""
         self.model.finish_update(sgd, head_lr_scale=self.head_lr_scale)
 
     def get_loss(
