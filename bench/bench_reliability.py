@@ -68,7 +68,6 @@ def bench_text(encoder: str, settings) -> dict:
 
     from helpers import check_tagged, trained_pipeline
     from spacy_ita.ner.inputs import TaggerInput
-    from spacy_ita.ner.model import get_module
     from test_hostile_texts import LONG_CONTEXT, TEXTS
 
     nlp = trained_pipeline(encoder)
@@ -85,7 +84,7 @@ def bench_text(encoder: str, settings) -> dict:
             except Exception as err:  # noqa: BLE001
                 failures.append(f"{name}: {type(err).__name__}: {err}"[:200])
     long_posts = []
-    bias = get_module(nlp.get_pipe("ita_ner").model).emission.bias.detach().numpy()
+    bias = nlp.get_pipe("ita_ner").model.module.emission.bias.detach().numpy()
     words = ["Kobe", "visits", "Boston", "tonight", "with", "Federer", "!", "😀", "#nba",
              "https://t.co/x"]
     for n in settings["long_posts"]:

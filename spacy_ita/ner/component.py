@@ -3,11 +3,11 @@
 Training runs two views of each post through one transformer: the sentence
 alone (text-only) and the sentence followed by its visual context
 (cross-modal), combining their CRF losses with Cross-View Alignment (see
-`losses.ItaLoss`). At inference one view per doc is used: cross-modal when the
+`loss.ItaLoss`). At inference one view per doc is used: cross-modal when the
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
@@ -17,15 +17,14 @@ from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples, validate_get_examples
 from thinc.api import Config, Model, set_dropout_rate
-from thinc.types import Ints1d
+from thinc.types import Floats2d, Ints1d
 
 from ..files import replace_file, replace_json
 from ..knowledge.mentions import matched_mentions, parse_mentions, render_mentions
 from ..visual_context import DEFAULT_ORDER, FIELDS, get_visual_context
 from .inputs import TaggerInput
 from .loss import ItaLoss, ViewScores
-from .model import (ScoreGradient, decode, is_initialized, loss_and_gradient, model_device,
-                    n_scored_tags)
+from .model import ItaTaggerModel, ScoreGradient
 from .precision import check_precision, effective_precision, encoder_precision
 from .tag_scheme import allowed_moves, check_scheme, gold_tags, make_tags, tags_to_spans
 from .views import VIEWS
@@ -105,8 +104,8 @@ def make_ita_ner(
     unmatched_knowledge: "drop" keeps only the knowledge's mentions found in the
     post (and drops knowledge that names none of its tokens, which is about
     something else), "keep" keeps them all.
-    head_lr_scale: learning rate of the emission layer and CRF, as a multiple of
-    the encoder's (the optimizer's own rate).
+    head_lr_scale: learning rate of the head (emission layer, token features,
+    CRF), as a multiple of the encoder's (the optimizer's own rate).
     """
     return ItaNer(
         nlp.vocab,
@@ -131,22 +130,20 @@ def _check_label(label: str) -> None:
         raise ValueError(f"Invalid entity label {label!r}")
 
 
-class _HeadScaledOptimizer:
-    """An optimizer seen through a learning-rate multiplier for every torch
-    parameter outside the encoder. Keys are (shim id, parameter name)."""
+@dataclass(frozen=True)
+class ViewPlan:
+    """The inputs of a training batch's forward pass, text-only views first,
+    and which doc each belongs to: the first len(text_rows) inputs are the
+    text-only views of the docs text_rows names, the rest the cross-modal views
+    of the docs cross_rows names."""
 
-    def __init__(self, optimizer, head_lr_scale: float):
-        self._optimizer = optimizer
-        self._head_lr_scale = head_lr_scale
+    inputs: List[TaggerInput]
+    text_rows: List[int]
+    cross_rows: List[int]
 
-    def __call__(self, key, weights, gradient, *, lr_scale: float = 1.0):
-        name = key[1] if isinstance(key, tuple) and len(key) == 2 else ""
-        if isinstance(name, str) and not name.startswith("encoder."):
-            lr_scale *= self._head_lr_scale
-        return self._optimizer(key, weights, gradient, lr_scale=lr_scale)
-
-    def __getattr__(self, name):
-        return getattr(self._optimizer, name)
+    def scored(self, scores: List[Floats2d]) -> ViewScores:
+        """The plan with the forward pass's scores, one per input, for the loss."""
+        return ViewScores(self.text_rows, self.cross_rows, scores)
 
 
 class ItaNer(TrainablePipe):
@@ -155,7 +152,7 @@ class ItaNer(TrainablePipe):
     def __init__(
         self,
         vocab,
-        model: Model,
+        model: ItaTaggerModel,
         name: str = "ita_ner",
         *,
         tag_scheme: str = "BIO",
@@ -224,7 +221,7 @@ class ItaNer(TrainablePipe):
     @property
     def precision_in_effect(self) -> str:
         """"bf16" or "fp32": what the setting means on the model's device."""
-        return effective_precision(self.precision, model_device(self.model))
+        return effective_precision(self.precision, self.model.device)
 
     @property
     def labels(self) -> Tuple[str, ...]:
@@ -242,7 +239,7 @@ class ItaNer(TrainablePipe):
         _check_label(label)
         if label in self.labels:
             return 0
-        if is_initialized(self.model):
+        if self.model.is_initialized:
             raise ValueError(
                 f"Cannot add label {label!r} to an initialised ita_ner: its CRF is "
                 "sized for the existing labels. Re-initialise with all labels."
@@ -317,12 +314,12 @@ class ItaNer(TrainablePipe):
                 f"{self.name}: cannot load {source}: it is truncated, corrupt or not "
                 f"from ita_ner ({type(err).__name__}: {err})"
             ) from err
-        if is_initialized(self.model):
+        if self.model.is_initialized:
             self._check_weights_match_labels()
         return self
 
     def _check_weights_match_labels(self) -> None:
-        n_weights = n_scored_tags(self.model)
+        n_weights = self.model.n_scored_tags
         trained_tags = self.model.attrs.get("tags")  # None for pipelines saved before
         if n_weights != len(self.tags) or (
             trained_tags is not None and list(trained_tags) != self.tags
@@ -387,7 +384,7 @@ class ItaNer(TrainablePipe):
             return [[] for _ in docs]
         with encoder_precision(self.precision):
             scores = self.model.predict(self.inputs(docs))
-        return decode(self.model, scores)
+        return self.model.decode(scores)
 
     def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
         tags = self.tags
@@ -395,9 +392,8 @@ class ItaNer(TrainablePipe):
             spans = tags_to_spans(doc, [tags[i] for i in ids], self.tag_scheme)
             doc.set_ents(spans, default="outside")
 
-    def _training_views(self, docs: Sequence[Doc]) -> Tuple[List[TaggerInput], ViewScores]:
-        """The inputs of a training batch, text-only views first, and which doc
-        each belongs to (ViewScores without the scores yet).
+    def plan_views(self, docs: Sequence[Doc]) -> ViewPlan:
+        """The views a training batch encodes, text-only first (see ViewPlan).
 
         A doc without context has identical views, so it is encoded once and
         its text-only scores stand in for its cross-modal ones.
@@ -413,7 +409,7 @@ class ItaNer(TrainablePipe):
         else:
             text_rows = [i for i, item in enumerate(cross) if item is None]
         inputs = [TaggerInput(docs[i]) for i in text_rows] + [cross[i] for i in cross_rows]
-        return inputs, ViewScores(text_rows, cross_rows, [])
+        return ViewPlan(inputs, text_rows, cross_rows)
 
     def update(
         self,
@@ -431,10 +427,10 @@ class ItaNer(TrainablePipe):
             return losses
         set_dropout_rate(self.model, drop)
         docs = [eg.predicted for eg in examples]
-        inputs, views = self._training_views(docs)
+        plan = self.plan_views(docs)
         with encoder_precision(self.precision):
-            views.scores, backprop = self.model.begin_update(inputs)
-        loss, gradient = self.get_loss(examples, views)
+            scores, backprop = self.model.begin_update(plan.inputs)
+        loss, gradient = self.get_loss(examples, plan.scored(scores))
         backprop(gradient)
         if sgd is not None:
             self.finish_update(sgd)
@@ -442,12 +438,10 @@ class ItaNer(TrainablePipe):
         return losses
 
     def finish_update(self, sgd) -> None:
-        """Apply the gradients; the head (emission layer and CRF, randomly
-        initialised) learns at head_lr_scale times the encoder's rate."""
-        if self.head_lr_scale == 1.0:
-            self.model.finish_update(sgd)
-        else:
-            self.model.finish_update(_HeadScaledOptimizer(sgd, self.head_lr_scale))
+        """Apply the gradients; the head (all but the pretrained encoder, see
+        ItaTaggerModel.head_parameter_names) learns at head_lr_scale times the
+        encoder's rate."""
+        self.model.finish_update(sgd, head_lr_scale=self.head_lr_scale)
 
     def get_loss(
         self, examples: Sequence[Example], scores: ViewScores
@@ -455,7 +449,7 @@ class ItaNer(TrainablePipe):
         """ITA's loss over a batch (mean per doc) and its gradient, which `update`
         passes back through the model; nothing is accumulated here."""
         gold = [self._gold_tag_ids(i, eg) for i, eg in enumerate(examples)]
-        return loss_and_gradient(self.model, self.loss, self.use_context, scores, gold)
+        return self.model.loss_and_gradient(self.loss, self.use_context, scores, gold)
 
     def _gold_tag_ids(self, doc_index: int, eg: Example) -> Ints1d:
         """Gold tag indices of a training example; -1 where the gold is unknown."""

@@ -82,7 +82,7 @@ class ItaLoss:
         return terms
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViewScores:
     """Emission scores of one forward pass and which docs each row belongs to:
     the first len(text_rows) rows are text-only views, the rest cross-modal."""

@@ -4,24 +4,27 @@ Each input is a Doc, an optional context string and the mentions its
 knowledge names (see `inputs` for how they become encoder sequences,
 `token_features` for the learned per-token signals v2 adds beside the
 encoder). Only the sentence's tokens get scores. The CRF that turns scores
-into tags lives in the same torch module; `decode` and `loss_and_gradient`
-reach it for the component, which itself never touches torch.
+into tags lives in the same torch module. `ItaTaggerModel`, the thinc model
+the architecture returns, is the only way into that module: the component
+decodes, computes the loss, and scales the head's learning rate through it,
+and never touches torch.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from spacy.util import registry
-from spacy_transformers.layers.transformer_model import huggingface_from_pretrained
 from thinc.api import (
     ArgsKwargs,
     Model,
+    Optimizer,
     PyTorchWrapper_v3,
     get_torch_default_device,
     torch2xp,
     xp2torch,
 )
-from thinc.types import Floats2d, Ints1d
+from thinc.shims import PyTorchShim
+from thinc.types import Floats2d, FloatsXd, Ints1d
 
 from .crf import pad_sequences
 from .encoders import prepare_encoder
@@ -33,16 +36,137 @@ from .token_features import (
     build_type_vocabulary,
     featurize,
 )
-from .torch_module import ItaTaggerModule, deserialize_module, serialize_module
+from .torch_module import (
+    ItaTaggerModule,
+    deserialize_module,
+    load_pretrained,
+    serialize_module,
+)
 
 
 @dataclass
 class ScoreGradient:
     """What the loss sends back through the tagger: the gradient of each
-    emission score row, and of the CRF's own parameters."""
+    emission score row, and of the CRF's own parameters (by name), as arrays.
+
+    The CRF's parameters are the loss's, not the forward pass's, but they live
+    in the tagger's torch module: their gradient travels back with the scores'
+    and thinc's torch shim accumulates it with all the others.
+    """
 
     d_scores: List[Floats2d]
-    d_crf: Dict[str, torch.Tensor]
+    d_crf: Dict[str, FloatsXd]
+
+
+class ItaTaggerModel(Model):
+    """The tagger's thinc model and the only way into its torch module: the
+    module itself, Viterbi decoding, the loss and its gradient, and the head's
+    learning rate. Nothing else reaches into the torch shim."""
+
+    __slots__ = ()  # thinc's Model has slots; the same layout lets _copy keep the class
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._shim._model is not None
+
+    @property
+    def module(self) -> ItaTaggerModule:
+        """The PyTorch module of an initialised tagger."""
+        if not self.is_initialized:
+            raise ValueError(
+                "The ita_ner model is not initialised: call nlp.initialize() or load a "
+                "trained pipeline first."
+            )
+        return self._shim._model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tagger's weights are, or will be once initialised."""
+        if self.is_initialized:
+            return self.module.emission.weight.device
+        return get_torch_default_device()
+
+    @property
+    def n_scored_tags(self) -> int:
+        """How many tags the saved or initialised weights score."""
+        return self.module.emission.out_features
+
+    @property
+    def head_parameter_names(self) -> FrozenSet[str]:
+        """The torch parameters outside the pretrained encoder (emission layer,
+        token features, CRF), all randomly initialised: the head."""
+        encoder = {id(parameter) for parameter in self.module.encoder.parameters()}
+        return frozenset(
+            name for name, parameter in self.module.named_parameters()
+            if id(parameter) not in encoder
+        )
+
+    def decode(self, scores: Sequence[Floats2d]) -> List[List[int]]:
+        """The best allowed tag sequence per doc (constrained Viterbi)."""
+        emissions, mask = pad_sequences([xp2torch(s) for s in scores])
+        with torch.no_grad():
+            return self.module.crf.decode(emissions, mask)
+
+    def loss_and_gradient(
+        self, loss: ItaLoss, use_context: bool, views: ViewScores, gold: Sequence[Ints1d]
+    ) -> Tuple[float, ScoreGradient]:
+        """The mean loss per doc of a batch and its ScoreGradient, without side
+        effects: gradients are returned, never accumulated into the parameters.
+
+        gold holds each doc's tag indices, -1 where the gold tag is unknown.
+        """
+        crf = self.module.crf
+        rows = [xp2torch(s, requires_grad=True) for s in views.scores]
+        terms = crf_loss_terms(crf, loss, use_context, views, rows, gold)
+        total = sum(terms.values()) / len(gold)
+        parameters = dict(crf.named_parameters())
+        grads = torch.autograd.grad(total, rows + list(parameters.values()), allow_unused=True)
+        d_scores = [
+            torch2xp(grad) if grad is not None else self.ops.alloc2f(*row.shape)
+            for row, grad in zip(rows, grads)
+        ]
+        d_crf = {
+            name: torch2xp(grad)
+            for name, grad in zip(parameters, grads[len(rows):]) if grad is not None
+        }
+        return total.item(), ScoreGradient(d_scores, d_crf)
+
+    def finish_update(self, optimizer: Optimizer, head_lr_scale: float = 1.0) -> None:
+        """Apply the gradients; the head (see head_parameter_names) learns at
+        head_lr_scale times the optimizer's rate."""
+        if head_lr_scale != 1.0:
+            head = {(self._shim.id, name) for name in self.head_parameter_names}
+            optimizer = _KeyScaledOptimizer(optimizer, head, head_lr_scale)
+        super().finish_update(optimizer)
+
+    def _copy(self, seen=None) -> "ItaTaggerModel":
+        """thinc's copy builds a plain Model; this class adds only methods (and
+        no slots), so the copy takes it over."""
+        copied = super()._copy(seen)
+        copied.__class__ = ItaTaggerModel
+        return copied
+
+    @property
+    def _shim(self) -> PyTorchShim:
+        return self.layers[0].shims[0]
+
+
+class _KeyScaledOptimizer:
+    """An optimizer seen through a learning-rate multiplier for some parameter
+    keys (thinc's PyTorchShim names a torch parameter `(shim id, name)`)."""
+
+    def __init__(self, optimizer: Optimizer, keys: set, lr_scale: float):
+        self._optimizer = optimizer
+        self._keys = keys
+        self._lr_scale = lr_scale
+
+    def __call__(self, key, weights, gradient, *, lr_scale: float = 1.0):
+        if key in self._keys:
+            lr_scale *= self._lr_scale
+        return self._optimizer(key, weights, gradient, lr_scale=lr_scale)
+
+    def __getattr__(self, name):
+        return getattr(self._optimizer, name)
 
 
 @registry.architectures("spacy-ita.ItaTagger.v2")
@@ -60,7 +184,7 @@ def build_ita_tagger(
     tokenizer_config: Dict = {},
     transformer_config: Dict = {},
     nO: Optional[int] = None,
-) -> Model[List[TaggerInput], List[Floats2d]]:
+) -> "ItaTaggerModel":
     """name: a Hugging Face model name or a local path (see spacy-ita.bundled_encoder.v1).
     pooling: "first" subword or "mean" of subwords per spaCy token.
     max_length: longest sequence given to the encoder (capped by the encoder's own limit).
@@ -90,7 +214,7 @@ def build_ita_tagger(
         serialize_model=serialize_module,
         deserialize_model=lambda _, data, device: deserialize_module(data, dropout, device),
     )
-    return Model(
+    return ItaTaggerModel(
         "ita_tagger",
         _forward,
         init=_init,
@@ -124,7 +248,7 @@ def build_ita_tagger_v1(
     tokenizer_config: Dict = {},
     transformer_config: Dict = {},
     nO: Optional[int] = None,
-) -> Model[List[TaggerInput], List[Floats2d]]:
+) -> "ItaTaggerModel":
     """The encoder's vectors alone, without v2's token features: the
     architecture of pipelines trained before them, which load unchanged."""
     return build_ita_tagger(
@@ -133,44 +257,18 @@ def build_ita_tagger_v1(
     )
 
 
-def is_initialized(model: Model) -> bool:
-    return model.layers[0].shims[0]._model is not None
-
-
-def get_module(model: Model) -> ItaTaggerModule:
-    """The PyTorch module inside an initialised tagger: the only way to it."""
-    if not is_initialized(model):
-        raise ValueError(
-            "The ita_ner model is not initialised: call nlp.initialize() or load a "
-            "trained pipeline first."
-        )
-    return model.layers[0].shims[0]._model
-
-
-def model_device(model: Model) -> torch.device:
-    """Where the tagger's weights are, or will be once initialised."""
-    if is_initialized(model):
-        return get_module(model).emission.weight.device
-    return get_torch_default_device()
-
-
-def n_scored_tags(model: Model) -> int:
-    """How many tags the saved or initialised weights score."""
-    return get_module(model).emission.out_features
-
-
-def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
+def _init(model: ItaTaggerModel, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
     """Load the pretrained encoder (from the hub or a local path) and size the
     head; the mentions' type words in X (the training inputs) make the vocabulary
     of the mention vectors."""
     if model.get_dim("nO") is None:
         raise ValueError("ItaTagger needs nO (the number of tags) before initialisation")
-    hf = huggingface_from_pretrained(
+    tokenizer, encoder = load_pretrained(
         prepare_encoder(model.attrs["name"]),
-        {"use_fast": True, **model.attrs["tokenizer_config"]},
-        dict(model.attrs["transformer_config"]),
+        model.attrs["tokenizer_config"],
+        model.attrs["transformer_config"],
     )
-    if not hf.tokenizer.is_fast:
+    if not tokenizer.is_fast:
         raise ValueError(f"ita_ner needs a fast tokenizer; {model.attrs['name']} has none")
     moves = model.attrs["allowed_moves"]
     shape_width, mention_width = model.attrs["shape_width"], model.attrs["mention_width"]
@@ -179,7 +277,7 @@ def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
         mentions = (mention for item in X or [] for mention in item.mentions)
         vocabulary = build_type_vocabulary(mentions, model.attrs["mention_type_words"])
         shape_place, mention_place = model.attrs["shape_place"], model.attrs["mention_place"]
-        hidden = hf.transformer.config.hidden_size
+        hidden = encoder.config.hidden_size
         features = TokenFeatureEmbedding(
             hidden if shape_width and shape_place == "encoder" else shape_width,
             hidden if mention_width and mention_place == "encoder" else mention_width,
@@ -188,19 +286,19 @@ def _init(model: Model, X: Optional[List[TaggerInput]] = None, Y=None) -> None:
             mention_place,
         )
     module = ItaTaggerModule(
-        hf.transformer,
-        hf.tokenizer,
+        encoder,
+        tokenizer,
         model.get_dim("nO"),
         model.attrs["dropout"],
         None if moves is None else tuple(torch.tensor(m) for m in moves),
         features,
     )
-    model.layers[0].shims[0]._model = module.to(get_torch_default_device())
+    model._shim._model = module.to(get_torch_default_device())
 
 
-def _forward(model: Model, inputs: List[TaggerInput], is_train: bool):
+def _forward(model: ItaTaggerModel, inputs: List[TaggerInput], is_train: bool):
     torch_layer = model.layers[0]
-    module = get_module(model)
+    module = model.module
     lengths = [len(item.doc) for item in inputs]
     n_tags = module.emission.out_features
     if sum(lengths) == 0:
@@ -224,11 +322,11 @@ def _forward(model: Model, inputs: List[TaggerInput], is_train: bool):
     scores = model.ops.unflatten(flat_scores, model.ops.asarray1i(lengths))
 
     def backprop(gradient: ScoreGradient) -> List:
-        backprop_flat(model.ops.flatten(gradient.d_scores))
-        for name, parameter in module.crf.named_parameters():
-            if name in gradient.d_crf:
-                grad = gradient.d_crf[name]
-                parameter.grad = grad.clone() if parameter.grad is None else parameter.grad + grad
+        crf_gradients = [
+            (parameter, gradient.d_crf[name])
+            for name, parameter in module.crf.named_parameters() if name in gradient.d_crf
+        ]
+        backprop_flat((model.ops.flatten(gradient.d_scores), crf_gradients))
         return []
 
     return scores, backprop
@@ -243,43 +341,6 @@ def sequence_limit(module: ItaTaggerModule, max_length: int) -> int:
     return min(limits)
 
 
-def decode(model: Model, scores: Sequence[Floats2d]) -> List[List[int]]:
-    """The best allowed tag sequence per doc (constrained Viterbi)."""
-    emissions, mask = pad_sequences([xp2torch(s) for s in scores])
-    with torch.no_grad():
-        return get_module(model).crf.decode(emissions, mask)
-
-
-def loss_and_gradient(
-    model: Model,
-    loss: ItaLoss,
-    use_context: bool,
-    scores: ViewScores,
-    gold: Sequence[Ints1d],
-):
-    """The mean loss per doc of a batch and its ScoreGradient, without side
-    effects: gradients are returned, never accumulated into the parameters.
-
-    gold holds each doc's tag indices, -1 where the gold tag is unknown.
-    """
-    crf = get_module(model).crf
-    rows = [xp2torch(s, requires_grad=True) for s in scores.scores]
-    terms = crf_loss_terms(crf, loss, use_context, scores, rows, gold)
-    total = sum(terms.values()) / len(gold)
-    parameters = dict(crf.named_parameters())
-    grads = torch.autograd.grad(
-        total, rows + list(parameters.values()), allow_unused=True
-    )
-    d_scores = [
-        torch2xp(grad) if grad is not None else model.ops.alloc2f(*row.shape)
-        for row, grad in zip(rows, grads)
-    ]
-    d_crf = {
-        name: grad for name, grad in zip(parameters, grads[len(rows):]) if grad is not None
-    }
-    return total.item(), ScoreGradient(d_scores, d_crf)
-
-
 def _convert_inputs(model: Model, batch: EncoderBatch, is_train: bool):
     return ArgsKwargs(args=(batch,), kwargs={}), lambda d_inputs: []
 
@@ -287,9 +348,17 @@ def _convert_inputs(model: Model, batch: EncoderBatch, is_train: bool):
 def _convert_outputs(model: Model, inputs_outputs, is_train: bool):
     _, scores = inputs_outputs
 
-    def backprop(d_scores: Floats2d) -> ArgsKwargs:
-        grads = xp2torch(d_scores, device=scores.device)
-        return ArgsKwargs(args=(scores,), kwargs={"grad_tensors": grads})
+    def backprop(
+        gradient: Tuple[Floats2d, List[Tuple[torch.nn.Parameter, FloatsXd]]]
+    ) -> ArgsKwargs:
+        """The torch shim's backward from the scores' gradient and the CRF
+        parameters' own (a parameter given as a root just accumulates its grad)."""
+        d_scores, crf_gradients = gradient
+        tensors = [scores] + [parameter for parameter, _ in crf_gradients]
+        grads = [xp2torch(d_scores, device=scores.device)] + [
+            xp2torch(grad, device=parameter.device) for parameter, grad in crf_gradients
+        ]
+        return ArgsKwargs(args=(tensors,), kwargs={"grad_tensors": grads})
 
     return torch2xp(scores), backprop
 

@@ -9,7 +9,7 @@ import json
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import srsly
 import torch
@@ -87,6 +87,30 @@ class ItaTaggerModule(nn.Module):
         flat = vectors.new_zeros((sum(sizes), vectors.shape[-1]))
         flat = flat.index_add(0, batch.pool_source, vectors[batch.pool_target])
         return list(torch.split(flat, sizes))
+
+
+def load_pretrained(
+    source: str, tokenizer_config: Dict[str, Any], transformer_config: Dict[str, Any]
+) -> Tuple[Any, nn.Module]:
+    """The fast tokenizer and the encoder of a pretrained model (a hub name or a
+    local folder), with transformers' public loaders; the configs' settings go
+    to the tokenizer and to the encoder's config. Code the model names never
+    runs, and no config may ask for it."""
+    for what, settings in (("tokenizer_config", tokenizer_config),
+                           ("transformer_config", transformer_config)):
+        if "trust_remote_code" in settings:
+            raise ValueError(
+                f"[components.ita_ner.model.{what}] sets trust_remote_code: ita_ner "
+                "never runs code a model names; remove the setting"
+            )
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, **{"use_fast": True, **tokenizer_config}, trust_remote_code=False
+    )
+    config = AutoConfig.from_pretrained(
+        source, **{**transformer_config, "return_dict": True}, trust_remote_code=False
+    )
+    encoder = AutoModel.from_pretrained(source, config=config, trust_remote_code=False)
+    return tokenizer, encoder
 
 
 # The files a Hugging Face tokenizer's save_pretrained writes: its settings and

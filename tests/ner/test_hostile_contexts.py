@@ -12,7 +12,7 @@ import pytest
 from helpers import check_tagged, trained_pipeline
 from spacy_ita import VisualContext
 from spacy_ita.ner.inputs import TaggerInput, encode, special_tokens
-from spacy_ita.ner.model import get_module, sequence_limit
+from spacy_ita.ner.model import sequence_limit
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def nlp(tiny_encoder):
 
 
 def module_of(nlp):
-    return get_module(nlp.get_pipe("ita_ner").model)
+    return nlp.get_pipe("ita_ner").model.module
 
 
 @pytest.mark.parametrize("n_tokens", [1, 30, 58, 60, 61, 62, 63, 64, 200])

@@ -12,7 +12,6 @@ import pytest
 
 from helpers import check_tagged, trained_pipeline
 from spacy_ita.ner.inputs import TaggerInput
-from spacy_ita.ner.model import get_module
 
 LONG_CONTEXT = {"captions": ["a crowd in a stadium " * 400], "ocr_text": ["GO TEAM"] * 50}
 
@@ -101,7 +100,7 @@ def assert_every_token_scored(nlp, doc, scores):
     """A token that no encoder window covered would get the bias alone."""
     assert scores.shape == (len(doc), len(nlp.get_pipe("ita_ner").tags))
     assert numpy.isfinite(scores).all()
-    bias = get_module(nlp.get_pipe("ita_ner").model).emission.bias.detach().numpy()
+    bias = nlp.get_pipe("ita_ner").model.module.emission.bias.detach().numpy()
     unscored = numpy.flatnonzero(numpy.abs(scores - bias).max(axis=1) < 1e-6)
     assert unscored.size == 0, f"tokens without an encoder vector: {unscored[:10]}"
 

@@ -14,7 +14,7 @@ from thinc.api import SGD, fix_random_seed
 from helpers import POSTS, entities, make_examples, make_nlp, train
 from spacy_ita import VisualContext
 from spacy_ita.ner.inputs import TaggerInput, encode
-from spacy_ita.ner.model import get_module, sequence_limit
+from spacy_ita.ner.model import sequence_limit
 
 
 def fresh_docs(examples):
@@ -59,7 +59,7 @@ def test_inference_uses_one_view_per_doc(trained_tiny):
     assert [item.context is not None for item in inputs] == [
         caption is not None for _, _, caption in POSTS
     ]
-    module = get_module(ner.model)
+    module = ner.model.module
     batch = encode(module.tokenizer, inputs, 64, 16, "first", "cpu")
     assert n_sequences(batch) == len(docs)  # one encoder pass per doc
     ner.view = "text"
@@ -93,7 +93,7 @@ def test_long_sentence_is_windowed_and_fully_tagged(trained_tiny):
     words = ("Phoenix beat Denver tonight and " * 80).split()
     doc = Doc(nlp.vocab, words=words)
     doc._.visual_context = VisualContext(captions=["basketball " * 200])
-    module = get_module(ner.model)
+    module = ner.model.module
     limit = sequence_limit(module, 512)
     assert limit == 64  # the tiny encoder's position limit
     batch = encode(module.tokenizer, [TaggerInput(doc, "basketball " * 200)], limit, 16, "first", "cpu")
@@ -107,7 +107,7 @@ def test_long_sentence_is_windowed_and_fully_tagged(trained_tiny):
 
 def test_context_is_cut_before_the_sentence(trained_tiny):
     nlp, _ = trained_tiny
-    module = get_module(nlp.get_pipe("ita_ner").model)
+    module = nlp.get_pipe("ita_ner").model.module
     doc = nlp.make_doc("Phoenix beat Denver tonight")
     batch = encode(module.tokenizer, [TaggerInput(doc, "word " * 500)], 64, 16, "first", "cpu")
     assert [ids.shape for ids in batch.input_ids] == [(1, 64)]
@@ -116,7 +116,7 @@ def test_context_is_cut_before_the_sentence(trained_tiny):
 
 def test_mean_pooling_uses_every_subword(trained_tiny):
     nlp, _ = trained_tiny
-    module = get_module(nlp.get_pipe("ita_ner").model)
+    module = nlp.get_pipe("ita_ner").model.module
     doc = nlp.make_doc("unbelievably tokenisation")
     first = encode(module.tokenizer, [TaggerInput(doc)], 64, 16, "first", "cpu")
     mean = encode(module.tokenizer, [TaggerInput(doc)], 64, 16, "mean", "cpu")
@@ -249,11 +249,11 @@ def test_head_lr_scale_multiplies_only_the_head_steps(tiny_encoder):
         examples = make_examples(nlp)
         fix_random_seed(0)
         nlp.initialize(lambda: examples)
-        module = get_module(nlp.get_pipe("ita_ner").model)
+        module = nlp.get_pipe("ita_ner").model.module
         before = {name: p.detach().clone() for name, p in module.named_parameters()}
         nlp.update(examples, sgd=SGD(0.01, L2=0.0, grad_clip=0.0))
         steps[scale] = {name: p.detach() - before[name] for name, p in module.named_parameters()}
-    head = [name for name in steps[1.0] if not name.startswith("encoder.")]
+    head = nlp.get_pipe("ita_ner").model.head_parameter_names
     assert sorted(head) == ["crf.end", "crf.start", "crf.transitions", "emission.bias", "emission.weight"]
     for name, step in steps[1.0].items():
         factor = 10.0 if name in head else 1.0
@@ -290,10 +290,9 @@ def test_get_loss_has_no_side_effects(trained_tiny):
     so calling it twice gives the same answer and never doubles a gradient."""
     nlp, examples = trained_tiny
     ner = nlp.get_pipe("ita_ner")
-    module = get_module(ner.model)
-    docs = [eg.predicted for eg in examples]
-    inputs, views = ner._training_views(docs)
-    views.scores = ner.model.predict(inputs)
+    module = ner.model.module
+    plan = ner.plan_views([eg.predicted for eg in examples])
+    views = plan.scored(ner.model.predict(plan.inputs))
     module.zero_grad(set_to_none=True)
     first = ner.get_loss(examples, views)
     second = ner.get_loss(examples, views)
@@ -301,6 +300,28 @@ def test_get_loss_has_no_side_effects(trained_tiny):
     assert first[0] == second[0] > 0
     assert set(first[1].d_crf) == {"transitions", "start", "end"}
     for name, grad in first[1].d_crf.items():
-        assert torch.equal(grad, second[1].d_crf[name]) and grad.abs().sum() > 0
+        assert (grad == second[1].d_crf[name]).all() and abs(grad).sum() > 0
     for a, b in zip(first[1].d_scores, second[1].d_scores):
         assert (a == b).all()
+
+
+def test_backprop_carries_the_crf_gradient_into_its_parameters(trained_tiny):
+    """The CRF's gradient travels back through thinc with the scores': after
+    backprop each CRF parameter's grad is the loss's d_crf, and a second
+    backprop adds its own."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    module = ner.model.module
+    plan = ner.plan_views([eg.predicted for eg in examples])
+    module.zero_grad(set_to_none=True)
+    expected = {name: 0.0 for name, _ in module.crf.named_parameters()}
+    for _ in range(2):
+        scores, backprop = ner.model.begin_update(plan.inputs)
+        _, gradient = ner.get_loss(examples, plan.scored(scores))
+        expected = {name: total + torch.tensor(gradient.d_crf[name])
+                    for name, total in expected.items()}
+        backprop(gradient)
+        for name, parameter in module.crf.named_parameters():
+            assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
+    assert module.emission.weight.grad.abs().sum() > 0
+    module.zero_grad(set_to_none=True)

@@ -8,7 +8,6 @@ from helpers import make_examples, train
 from spacy_ita import VisualContext
 from spacy_ita.knowledge.mentions import Mention
 from spacy_ita.ner.inputs import TaggerInput
-from spacy_ita.ner.model import get_module
 
 KNOWLEDGE_POSTS = [
     ("Phoenix beat Denver tonight", [(0, 7, "ORG"), (13, 19, "ORG")],
@@ -36,7 +35,7 @@ def predictions(nlp, examples):
 
 def test_v2_learns_type_words_from_the_training_knowledge(tiny_encoder):
     nlp, _ = knowledge_pipeline(tiny_encoder, mention_type_words=64)
-    features = get_module(nlp.get_pipe("ita_ner").model).features
+    features = nlp.get_pipe("ita_ner").model.module.features
     # "team" and "person" occur 3 times or more; "city", "venue" do not.
     assert features.vocabulary == ["person", "team"]
     assert features.width == 32
@@ -44,11 +43,11 @@ def test_v2_learns_type_words_from_the_training_knowledge(tiny_encoder):
 
 def test_v2_features_survive_serialisation(tiny_encoder, tmp_path):
     nlp, examples = knowledge_pipeline(tiny_encoder, shape_width=8, mention_width=4)
-    module = get_module(nlp.get_pipe("ita_ner").model)
+    module = nlp.get_pipe("ita_ner").model.module
     assert module.emission.in_features == module.encoder.config.hidden_size + 12
     nlp.to_disk(tmp_path / "pipeline")
     loaded = spacy.load(tmp_path / "pipeline")
-    loaded_module = get_module(loaded.get_pipe("ita_ner").model)
+    loaded_module = loaded.get_pipe("ita_ner").model.module
     assert loaded_module.features.vocabulary == module.features.vocabulary
     for name, value in module.state_dict().items():
         assert (loaded_module.state_dict()[name] == value).all(), name
@@ -77,11 +76,11 @@ def test_v1_has_no_token_features(tiny_encoder, tmp_path):
         "@architectures": "spacy-ita.ItaTagger.v1", "name": tiny_encoder}})
     doc = nlp.make_doc("Adele sings")
     nlp.initialize(lambda: [Example.from_dict(doc, {"entities": [(0, 5, "PER")]})])
-    module = get_module(nlp.get_pipe("ita_ner").model)
+    module = nlp.get_pipe("ita_ner").model.module
     assert module.features is None
     assert module.emission.in_features == module.encoder.config.hidden_size
     nlp.to_disk(tmp_path / "v1")
-    assert get_module(spacy.load(tmp_path / "v1").get_pipe("ita_ner").model).features is None
+    assert spacy.load(tmp_path / "v1").get_pipe("ita_ner").model.module.features is None
 
 
 @pytest.mark.parametrize("setting", ["shape_width", "mention_width", "mention_type_words"])
@@ -124,7 +123,7 @@ def test_mentions_in_the_encoder_start_as_no_change_and_then_learn(tiny_encoder,
     examples = [Example.from_dict(doc, {"entities": [(0, 5, "PER")]})]
     nlp.initialize(lambda: examples)
     model = nlp.get_pipe("ita_ner").model
-    module = get_module(model)
+    module = model.module
     assert module.features.mention_width == module.encoder.config.hidden_size
     assert module.emission.in_features == module.encoder.config.hidden_size
     with_mention = TaggerInput(doc, "Adele (person)", (Mention("Adele", "person"),))
@@ -139,3 +138,17 @@ def test_mentions_in_the_encoder_start_as_no_change_and_then_learn(tiny_encoder,
     nlp.to_disk(tmp_path / "encoder_mentions")
     loaded = spacy.load(tmp_path / "encoder_mentions").get_pipe("ita_ner").model
     assert (loaded.predict([with_mention, without])[0] == after[0]).all()
+
+
+def test_a_copy_is_the_same_tagger_with_its_own_weights(tiny_encoder):
+    """thinc's copy keeps the facade: the copy decodes as the original does, and
+    training the copy leaves the original's weights alone."""
+    nlp, examples = knowledge_pipeline(tiny_encoder)
+    model = nlp.get_pipe("ita_ner").model
+    copied = model.copy()
+    assert type(copied) is type(model) and copied.module is not model.module
+    inputs = [TaggerInput(eg.predicted) for eg in examples]
+    assert copied.decode(copied.predict(inputs)) == model.decode(model.predict(inputs))
+    before = model.module.emission.weight.detach().clone()
+    copied.module.emission.weight.data.add_(1.0)
+    assert (model.module.emission.weight == before).all()

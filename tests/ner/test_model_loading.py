@@ -16,7 +16,6 @@ from thinc.api import Config
 
 from helpers import check_tagged, make_examples, make_nlp
 from spacy_ita.ner.encoders import MPNET_ENCODER
-from spacy_ita.ner.model import is_initialized
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +159,23 @@ def test_code_that_a_config_names_never_runs(sandbox):
 
     edit_module_blob(sandbox / "pipeline", set_auto_map)
     nlp = spacy.load(sandbox / "pipeline")
-    module = nlp.get_pipe("ita_ner").model.layers[0].shims[0]._model
+    module = nlp.get_pipe("ita_ner").model.module
     for part in (module.encoder, module.encoder.config, module.tokenizer):
         assert type(part).__module__.startswith("transformers.models.bert."), type(part)
     assert not any("evil" in name for name in sys.modules)
+
+
+@pytest.mark.parametrize("setting", ["tokenizer_config", "transformer_config"])
+def test_a_training_config_cannot_ask_for_remote_code(tiny_encoder, setting):
+    """initialize loads the encoder with trust_remote_code=False; a config that
+    sets it is refused by name rather than passed on (or clashing)."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("ita_ner", config={"model": {
+        "@architectures": "spacy-ita.ItaTagger.v2", "name": tiny_encoder,
+        setting: {"trust_remote_code": True}}})
+    with pytest.raises(ValueError, match=f"{setting}.*trust_remote_code"):
+        ner.initialize(lambda: [], labels=["PER"])
+    assert not ner.model.is_initialized
 
 
 def test_a_config_that_names_the_mpnet_encoder_loads_without_assembling_it(sandbox):
@@ -194,7 +206,7 @@ def test_an_untrained_ita_ner_saves_loads_and_can_then_be_trained(tiny_encoder, 
     nlp.to_disk(tmp_path / "untrained")
     loaded = spacy.load(tmp_path / "untrained")
     ner = loaded.get_pipe("ita_ner")
-    assert not is_initialized(ner.model)
+    assert not ner.model.is_initialized
     assert ner.labels == ("PER",)
     with pytest.raises(ValueError, match="not initialised"):
         loaded("Messi joins Miami")
@@ -208,7 +220,7 @@ def test_an_untrained_ita_ner_saves_loads_and_can_then_be_trained(tiny_encoder, 
 def test_an_untrained_ita_ner_round_trips_through_bytes(tiny_encoder):
     ner = make_nlp(tiny_encoder).get_pipe("ita_ner")
     copy = make_nlp(tiny_encoder).get_pipe("ita_ner").from_bytes(ner.to_bytes())
-    assert not is_initialized(copy.model)
+    assert not copy.model.is_initialized
     assert copy.model.attrs["name"] == tiny_encoder
 
 
@@ -232,7 +244,7 @@ def test_the_fixed_file_names_cover_common_tokenizers(name):
 
 def test_a_tokenizer_that_saves_other_files_fails_when_saved_not_when_loaded(saved, tmp_path):
     nlp = spacy.load(saved)
-    tokenizer = nlp.get_pipe("ita_ner").model.layers[0].shims[0]._model.tokenizer
+    tokenizer = nlp.get_pipe("ita_ner").model.module.tokenizer
     save_pretrained = tokenizer.save_pretrained
 
     def save_with_extra_file(folder, **kwargs):

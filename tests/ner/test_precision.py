@@ -9,7 +9,6 @@ import torch
 from helpers import entities, make_examples, make_nlp, train
 from spacy_ita.ner import precision as precision_module
 from spacy_ita.ner.crf import LinearChainCRF
-from spacy_ita.ner.model import get_module
 from spacy_ita.ner.precision import effective_precision, native_bf16
 
 
@@ -64,7 +63,7 @@ def test_auto_uses_bf16_only_where_it_is_native(trained_tiny, bf16_native, nativ
     bf16_native(native)
     ner = nlp.get_pipe("ita_ner")
     ner.precision = "auto"
-    seen, hooks = record_dtypes(get_module(ner.model))
+    seen, hooks = record_dtypes(ner.model.module)
     try:
         assert ner.precision_in_effect == expected
         list(nlp.pipe(fresh_docs(examples)))
@@ -108,7 +107,7 @@ def test_bf16_update_keeps_crf_losses_and_weights_fp32(tiny_encoder, monkeypatch
         return original(self, emissions, mask)
 
     monkeypatch.setattr(LinearChainCRF, "_forward_alphas", recording)
-    module = get_module(nlp.get_pipe("ita_ner").model)
+    module = nlp.get_pipe("ita_ner").model.module
     seen, hooks = record_dtypes(module)
     losses = nlp.update(examples)
     for hook in hooks:
@@ -145,7 +144,7 @@ def test_saved_pipeline_loads_and_runs_in_both_precisions(trained_tiny, tmp_path
     for precision in ("fp32", "bf16"):
         loaded = spacy.load(tmp_path / "pipeline",
                             config={"components": {"ita_ner": {"precision": precision}}})
-        module = get_module(loaded.get_pipe("ita_ner").model)
+        module = loaded.get_pipe("ita_ner").model.module
         assert {p.dtype for p in module.parameters()} == {torch.float32}
         assert entities(loaded.pipe(fresh_docs(examples))) == expected, precision
     config.write_text(config.read_text().replace('precision = "fp32"\n', ""))
