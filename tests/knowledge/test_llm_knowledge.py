@@ -582,14 +582,15 @@ def test_apply_runs_ita_knowledge_in_the_extract_stage(tmp_path):
     """`apply` counts ita_knowledge as a context component: it runs in the
     extract stage, gets apply's cache and error policy, and keeps a pipeline
     with it from getting a second, image-only ita_context."""
-    from spacy_ita.bulk.annotate import PipelineSpec
+    from spacy_ita.bulk.annotate import PipelineSettings, PipelineSpec
 
     with FakeLLM(first_word_is_a_person) as server:
         nlp = spacy.blank("en")
         nlp.add_pipe("sentencizer")
         nlp.add_pipe("ita_knowledge", first=True, config=knowledge_config(server.url))
         nlp.to_disk(tmp_path / "model")
-        spec = PipelineSpec(str(tmp_path / "model"), cache=str(tmp_path / "cache.sqlite"))
+        spec = PipelineSpec(str(tmp_path / "model"),
+                            PipelineSettings(cache=str(tmp_path / "cache.sqlite")))
         extract, tag, whole = spec.load("extract"), spec.load("tag"), spec.load("all")
         assert extract.pipe_names == ["ita_knowledge"] and tag.pipe_names == ["sentencizer"]
         assert whole.pipe_names == ["ita_knowledge", "sentencizer"]
