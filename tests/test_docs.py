@@ -1,5 +1,6 @@
-"""The configuration snippets of docs/context.md build the pipeline they
-describe: a slot or setting renamed in the code fails here, not for a reader."""
+"""The configuration snippets of docs/context.md and docs/knowledge.md build
+the pipeline they describe: a slot or setting renamed in the code fails here,
+not for a reader."""
 import re
 from pathlib import Path
 
@@ -7,13 +8,20 @@ import pytest
 import spacy
 from thinc.api import Config
 
-CONTEXT_DOC = Path(__file__).resolve().parents[1] / "docs" / "context.md"
-SNIPPETS = re.findall(r"```ini\n(.*?)```", CONTEXT_DOC.read_text(encoding="utf8"), re.S)
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def ini_snippets(doc: str):
+    return re.findall(r"```ini\n(.*?)```", (DOCS / doc).read_text(encoding="utf8"), re.S)
+
+
+SNIPPETS = ini_snippets("context.md")
+KNOWLEDGE_SNIPPETS = [s for s in ini_snippets("knowledge.md") if "[components.ita_knowledge]" in s]
 PIPELINE = '[nlp]\nlang = "en"\npipeline = ["ita_context"]\n\n[components]\n\n'
 
 
-def test_the_doc_has_its_snippets():
-    assert len(SNIPPETS) >= 2
+def test_the_docs_have_their_snippets():
+    assert len(SNIPPETS) >= 1 and len(KNOWLEDGE_SNIPPETS) >= 1
 
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.splitlines()[0])
@@ -26,3 +34,17 @@ def test_a_config_snippet_of_context_md_builds_its_ita_context(snippet):
     for slot, section in config["components"]["ita_context"].items():
         if isinstance(section, dict):
             assert extractors[slot].name == section["@spacy_ita_extractors"], slot
+
+
+@pytest.mark.parametrize("snippet", KNOWLEDGE_SNIPPETS, ids=lambda s: s.splitlines()[0])
+def test_a_config_snippet_of_knowledge_md_builds_its_ita_knowledge(snippet):
+    if "[components]\n" not in snippet:
+        snippet = "[components]\n\n" + snippet
+    config = Config().from_str(snippet, interpolate=False)
+    sections = {"components": {"ita_knowledge": config["components"]["ita_knowledge"]},
+                "nlp": {"lang": "en", "pipeline": ["ita_knowledge"]}}
+    nlp = spacy.util.load_model_from_config(Config(sections), auto_fill=True, validate=True)
+    knowledge = nlp.get_pipe("ita_knowledge")
+    section = config["components"]["ita_knowledge"]
+    assert knowledge.model.name == section["model"]["@misc"]
+    assert knowledge.on_error == section["on_error"]
