@@ -21,7 +21,6 @@ from spacy.util import minibatch
 from ..visual_context import FIELDS, VisualContext, get_visual_context
 # Imported to register the extractors they define.
 from . import captions as _captions, ocr as _ocr, tags as _tags  # noqa: F401
-from ..knowledge.legacy import moved_message
 from .cache import ContextCache
 from .images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
                      ImageSource, decode_image, read_image_source)
@@ -289,6 +288,10 @@ def make_ita_context(
     configs saved before knowledge became `ita_knowledge`: null loads, a
     setting fails with the blocks that replace it."""
     if knowledge is not None:
+        # The one way from images to knowledge, and only for an old config's
+        # message: knowledge depends on context, not the reverse.
+        from ..knowledge.legacy import moved_message
+
         raise ValueError(moved_message(knowledge, name, {
             "on_error": on_error, "cache_path": cache_path, "max_side": max_side}))
     return ItaContext(
