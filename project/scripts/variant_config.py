@@ -1,7 +1,8 @@
 """Write the training config of one ITA ablation variant with one encoder, on
 one dataset's schedule.
 
-    python scripts/variant_config.py configs/ita.cfg training/demo/ita/config.cfg --variant ita --dataset demo
+    python scripts/variant_config.py configs/ita.cfg training/demo/ita/config.cfg \\
+        --variant ita --dataset demo
 
 The variants are the ITA paper's ablation (Wang et al. 2022) as overrides of
 one config; variables such as ${paths.train} are kept, so the result trains
