@@ -28,7 +28,7 @@ from wasabi import Printer
 from ..ner.component import ItaNer
 from .checkpoints import (Checkpoints, Progress, ResumePoint, fingerprint, random_states,
                           set_random_states)
-from .settings import Corpus, TrainingSettings
+from .settings import TrainingSettings
 
 # (epoch, batch index in the epoch, the epoch's example order, batch)
 Batch = Tuple[int, int, Optional[List[int]], List[Example]]
@@ -62,8 +62,7 @@ def train(
         return nlp, checkpoints.last
     if states is not None:
         set_random_states(states)
-    batches = _batches(nlp, settings.train_corpus, examples, settings.batcher,
-                       settings.max_epochs, progress)
+    batches = _batches(nlp, settings, examples, progress)
     _report_start(run, settings)
     steps = _Steps(run, settings, checkpoints,
                    create_evaluation_callback(nlp, settings.dev_corpus, settings.score_weights))
@@ -250,14 +249,8 @@ class _Steps:
             info["output_path"] = str(self.checkpoints.last)
 
 
-def _batches(
-    nlp: Language,
-    corpus: Corpus,
-    examples: Optional[List[Example]],
-    batcher: Callable,
-    max_epochs: int,
-    progress: Progress,
-) -> Iterator[Batch]:
+def _batches(nlp: Language, settings: TrainingSettings, examples: Optional[List[Example]],
+             progress: Progress) -> Iterator[Batch]:
     """Batches as spaCy's `create_train_batches` makes them: shuffling a list
     of indices draws the same permutations as shuffling the examples. A
     resumed run takes up its epoch's order and skips the batches already used."""
@@ -266,17 +259,17 @@ def _batches(
     resuming = progress.step >= 0
     if examples is not None and order is None:
         order = list(range(len(examples)))
-    while max_epochs < 1 or epoch != max_epochs:
+    while settings.max_epochs < 1 or epoch != settings.max_epochs:
         if examples is not None:
             if not resuming:
                 order = list(order)
                 random.shuffle(order)
             epoch_examples = [examples[i] for i in order]
         else:
-            epoch_examples = corpus(nlp)
+            epoch_examples = settings.train_corpus(nlp)
         skip = progress.batches_in_epoch if resuming else 0
         resuming = False
-        for index, batch in enumerate(batcher(epoch_examples)):
+        for index, batch in enumerate(settings.batcher(epoch_examples)):
             if index >= skip:
                 yield epoch, index, order, batch
         epoch += 1
