@@ -9,11 +9,11 @@ from typing import Optional
 
 import typer
 from spacy import util
-from spacy.cli._util import import_code, parse_config_overrides, setup_gpu, show_validation_error
 from spacy.training.initialize import init_nlp
 from wasabi import msg
 
 from . import app
+from .spacy_cli import import_code, parse_config_overrides, setup_gpu, show_validation_error
 
 
 @app.command("train",

@@ -18,6 +18,7 @@ from spacy.tokens import DocBin, Span
 from spacy.util import load_config
 from spacy.vocab import Vocab
 from typer.testing import CliRunner
+from weasel.util import load_project_config
 
 import ablation_table
 import demo_corpus
@@ -284,6 +285,46 @@ def test_entity_errors_and_comparison_table():
     assert lines[2] == "| text_only | 50.00 | 25.00 | 33.33 | 50.00 | 25.00 | 33.33 |"
     assert lines[3] == "| ita_cva | 50.00 | 25.00 | 33.33 | – | – | – |"
     assert "| ita_cva | cross-modal | 66.67 |" in table
+
+
+def train_schedule(project: Path, **var_overrides) -> tuple:
+    """The schedule `spacy project run train` writes into the run's config, for
+    the project's vars with `var_overrides`: (epochs, max_steps, eval_frequency,
+    warmup_steps, total_steps)."""
+    overrides = {f"vars.{name}": value for name, value in var_overrides.items()}
+    commands = load_project_config(project, overrides=overrides)["commands"]
+    script = next(command for command in commands if command["name"] == "train")["script"]
+    _, program, *args = script[0].split()
+    assert program == "scripts/variant_config.py"
+    result = run_script(variant_config.main, *args)
+    assert result.exit_code == 0, result.output
+    training = load_config(args[1], interpolate=False)["training"]
+    rate = training["optimizer"]["learn_rate"]
+    return (training["max_epochs"], training["max_steps"], training["eval_frequency"],
+            rate["warmup_steps"], rate["total_steps"])
+
+
+def test_each_dataset_trains_on_its_schedule_unless_a_var_sets_it(tmp_path, monkeypatch):
+    """A plain run on the demo takes its short run (51 updates on 36 posts, scored
+    at update 50), the Twitter datasets the CPU recipe; a schedule var replaces
+    its part for any dataset."""
+    project = copy_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    assert train_schedule(project) == (17, 250, 50, 25, 250)
+    assert train_schedule(project, dataset="twitter2015") == (100, 500, 100, 50, 500)
+    assert train_schedule(project, dataset="twitter2017", max_steps=1000, epochs=0) == \
+        (0, 1000, 100, 50, 1000)
+    assert train_schedule(project, warmup_steps=5) == (17, 250, 50, 5, 250)
+    result = run_script(variant_config.main, "configs/ita.cfg", "out.cfg", "--dataset", "demo",
+                        "--eval-frequency", "often")
+    assert result.exit_code == 1
+    assert "--eval-frequency 'often': expected a whole number or 'auto'" in \
+        " ".join(result.output.split())  # wasabi wraps long lines
+    result = run_script(variant_config.main, "configs/ita.cfg", "out.cfg", "--dataset", "mnist")
+    assert result.exit_code == 1
+    assert "Unknown dataset 'mnist'; choose from demo, twitter2015, twitter2017" in \
+        " ".join(result.output.split())
+    assert not (project / "out.cfg").exists()
 
 
 def test_variant_configs_differ_only_in_the_variant(tmp_path):

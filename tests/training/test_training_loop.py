@@ -98,7 +98,7 @@ def run(setup, output, *, resume=False, steps_seen=None, states=None, fail=None,
         finish_update(sgd)
 
     ner.finish_update = failing_finish_update
-    resolve = training.registry.resolve
+    resolve = util.registry.resolve
 
     def resolve_with_hook(config, **kwargs):
         resolved = resolve(config, **kwargs)
@@ -108,11 +108,11 @@ def run(setup, output, *, resume=False, steps_seen=None, states=None, fail=None,
         return resolved
 
     log = io.StringIO()
-    training.registry.resolve = resolve_with_hook
+    util.registry.resolve = resolve_with_hook
     try:
         training.train(nlp, output, resume=resume, stdout=log)
     finally:
-        training.registry.resolve = resolve
+        util.registry.resolve = resolve
     return " ".join(log.getvalue().split())  # wasabi wraps long lines
 
 
