@@ -94,9 +94,8 @@ class PipelineSpec:
                          **({"before": before[0]} if before else {"first": True}))
             contexts = context_components(nlp)
         if settings.precision is not None:
-            for name in nlp.pipe_names:
-                if nlp.get_pipe_meta(name).factory == "ita_ner":
-                    nlp.get_pipe(name).precision = settings.precision
+            for name in ner_components(nlp):
+                nlp.get_pipe(name).precision = settings.precision
         for name in contexts:
             component = nlp.get_pipe(name)
             component.on_error = "ignore"  # errors go into the output rows
@@ -180,6 +179,10 @@ def context_components(nlp: Language) -> List[str]:
             if nlp.get_pipe_meta(name).factory in CONTEXT_FACTORIES]
 
 
+def ner_components(nlp: Language) -> List[str]:
+    return [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == "ita_ner"]
+
+
 def tagging_components(nlp: Language) -> List[str]:
     return [name for name in nlp.pipe_names
             if nlp.get_pipe_meta(name).factory not in CONTEXT_FACTORIES]
@@ -193,8 +196,7 @@ class Annotator:
         self.stage = stage
         self.nlp = spec.load(stage)
         self.fetcher = fetcher or Fetcher()
-        self.ner = next((self.nlp.get_pipe(name) for name in self.nlp.pipe_names
-                         if self.nlp.get_pipe_meta(name).factory == "ita_ner"), None)
+        self.ner = next(map(self.nlp.get_pipe, ner_components(self.nlp)), None)
 
     def __call__(self, posts: List[Post]) -> List[Post]:
         if self.stage != "tag":

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from ..bulk.annotate import context_components
+from ..bulk.annotate import context_components, ner_components
 from ..bulk.inputs import Post
 from ..visual_context import VisualContext, get_visual_context
 
@@ -130,9 +130,9 @@ def _settle(future: asyncio.Future, outcome: Any) -> None:
 
 def ita_ner_component(nlp: Language):
     """The pipeline's ita_ner component; ValueError when it has none."""
-    for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == "ita_ner":
-            return nlp.get_pipe(name)
+    names = ner_components(nlp)
+    if names:
+        return nlp.get_pipe(names[0])
     raise ValueError(f"the pipeline has no ita_ner component (its components: "
                      f"{', '.join(nlp.pipe_names) or 'none'})")
 
