@@ -21,7 +21,7 @@ from spacy.util import minibatch
 from ..context.cache import ContextCache
 from ..context.component import ON_ERROR_CHOICES, report_failure
 from ..context.images import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageError,
-                              decode_image, read_image_source)
+                              ImageSource, decode_image, read_image_source)
 from ..visual_context import VisualContext, get_visual_context
 from .client import CallFailure, OpenAICompatible
 from .task import AnswerError, MentionsTask
@@ -135,28 +135,53 @@ class ItaKnowledge(Pipe):
 
     def _question(self, doc: Doc) -> _Question:
         """The doc's cache key (a hash of the image it sends, its text and what
-        the image gave) with the cached answer, or the image to send."""
-        image_hash, image = self._image(doc) if self.task.send_image else (None, None)
+        the image gave) with the cached answer, or the image to send. The image
+        is decoded only when no answer is cached under its hash."""
         found = self._found(doc)
+        source = self._source(doc) if self.task.send_image else None
+        if source is not None:
+            question = self._cached(doc, found, source.content_hash)
+            if question.knowledge is not None:
+                return question
+            question.image = self._decode(doc, source)
+            if question.image is not None:
+                return question
+        return self._cached(doc, found, None)  # asked as text
+
+    def _cached(self, doc: Doc, found: Dict[str, List[str]],
+                image_hash: Optional[str]) -> _Question:
+        """The question keyed by the image's hash, the text and what the image
+        gave, with the answer the cache holds under that key (if any)."""
         key = json.dumps([image_hash, doc.text, found], sort_keys=True, ensure_ascii=False)
-        question = _Question(doc, found, hashlib.sha256(key.encode("utf-8")).hexdigest(), image)
+        question = _Question(doc, found, hashlib.sha256(key.encode("utf-8")).hexdigest())
         cached = None if self.cache is None else self.cache.get(question.key, self.cache_key)
         if cached is not None:
-            question.knowledge, question.image = cached.get("knowledge", []), None
+            question.knowledge = cached.get("knowledge", [])
         return question
 
-    def _image(self, doc: Doc) -> Tuple[Optional[str], Any]:
-        """The content hash and decoded image of `Doc._.image` (None, None when
-        there is none or it cannot be read: the post is then asked as text)."""
+    def _source(self, doc: Doc) -> Optional[ImageSource]:
+        """The bytes of `Doc._.image` and their hash (None when there is none
+        or it cannot be read: the post is then asked as text)."""
         if doc._.image is None:
-            return None, None
+            return None
         try:
-            source = read_image_source(doc._.image, self.max_bytes)
-            return source.content_hash, decode_image(source, self.max_pixels, self.max_side)
+            return read_image_source(doc._.image, self.max_bytes)
         except ImageError as err:
-            if doc._.image_error is None:
-                doc._.image_error = str(err)
-            return None, None
+            self._image_failed(doc, err)
+            return None
+
+    def _decode(self, doc: Doc, source: ImageSource) -> Any:
+        """The decoded image, or None (the post is asked as text) when it cannot be."""
+        try:
+            return decode_image(source, self.max_pixels, self.max_side)
+        except ImageError as err:
+            self._image_failed(doc, err)
+            return None
+
+    @staticmethod
+    def _image_failed(doc: Doc, err: ImageError) -> None:
+        if doc._.image_error is None:
+            doc._.image_error = str(err)
 
     def _take(self, question: _Question, answer: Any) -> None:
         """The knowledge in one answer, or the reason (key-free) why there is none."""

@@ -133,6 +133,28 @@ def test_send_image_sends_a_data_url_and_text_only_posts_stay_text(tmp_path):
     assert "- PER: someone\n- TEAM\n" in with_image["messages"][0]["content"]
 
 
+def test_an_answer_cached_for_an_image_needs_no_call_and_no_decoding(tmp_path, monkeypatch):
+    """The cache key holds the image's hash, so a second run asks nothing and
+    decodes no image; an image that cannot be decoded is asked as text."""
+    from spacy_ita.knowledge import component as knowledge_component
+
+    cache = tmp_path / "cache.sqlite"
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    with FakeLLM(first_word_is_a_person) as server:
+        first = run_posts(llm_nlp(server, send_image=True, cache_path=cache), ["Red square"], [image])
+        decoded = []
+        real_decode = knowledge_component.decode_image
+        monkeypatch.setattr(knowledge_component, "decode_image",
+                            lambda *args: decoded.append(1) or real_decode(*args))
+        again = run_posts(llm_nlp(server, send_image=True, cache_path=cache), ["Red square"], [image])
+        broken = run_posts(llm_nlp(server, send_image=True, cache_path=cache), ["Red square"],
+                           [b"not an image"])
+    assert again[0]._.visual_context.knowledge == first[0]._.visual_context.knowledge == ["Red (PER)"]
+    assert len(server.requests) == 2 and decoded == [1]
+    assert isinstance(server.requests[1]["messages"][-1]["content"], str)  # asked as text
+    assert broken[0]._.image_error is not None
+
+
 def test_few_shot_examples_come_from_a_training_file(tmp_path):
     vocab = spacy.blank("en").vocab
     docs = []
