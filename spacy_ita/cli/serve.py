@@ -39,6 +39,8 @@ def serve_cli(
                                        help="Larger request bodies get 413."),
     max_posts: int = typer.Option(256, "--max-posts", min=1, metavar="N",
                                   help="Posts per request at most."),
+    max_text_chars: int = typer.Option(10_000, "--max-text-chars", min=1, metavar="N",
+                                       help="Longer post texts are refused (422)."),
     max_image_bytes: int = typer.Option(
         10 * MIB, "--max-image-bytes", min=1, metavar="N",
         help="Larger images (data: URLs or downloads) are refused."),
@@ -85,7 +87,7 @@ def serve_cli(
         nlp = spec.load()
         settings = ServeSettings(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
-            max_posts=max_posts, max_image_bytes=max_image_bytes,
+            max_posts=max_posts, max_text_chars=max_text_chars, max_image_bytes=max_image_bytes,
             fetch_timeout=fetch_timeout, allow_private_urls=allow_private_urls,
             batch_size=batch_size, batch_wait=batch_wait_ms / 1000, queue_size=queue_size,
             **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}))

@@ -38,6 +38,7 @@ class ServeSettings:
     model_name: Optional[str] = None  # shown by /health; None: the pipeline's meta name
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_posts: int = 256  # per request
+    max_text_chars: int = 10_000  # per post (a tweet has 280)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     fetch_timeout: float = 10.0  # seconds for the whole download of one image URL
@@ -81,7 +82,7 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
     @app.post("/annotate", dependencies=needs_key)
     async def annotate(request: Request) -> Dict[str, Any]:
         body = await read_body(request, settings.max_body_bytes)
-        parsed = parse_request(body, settings.max_posts)
+        parsed = parse_request(body, settings.max_posts, settings.max_text_chars)
         if any(post.image is not None for post in parsed.posts):
             await run_in_threadpool(fetcher.fetch_posts, parsed.posts)
         results = await batcher.submit(parsed.posts, parsed.text_view)

@@ -68,8 +68,10 @@ class AnnotateRequest:
     text_view: bool
 
 
-def parse_request(body: bytes, max_posts: int) -> AnnotateRequest:
-    """The posts of a request body; RequestError (400 or 422) naming what is wrong."""
+def parse_request(body: bytes, max_posts: int, max_text_chars: int) -> AnnotateRequest:
+    """The posts of a request body; RequestError (400 or 422) naming what is wrong.
+    A post's text is at most `max_text_chars` long: one long text would hold
+    the single batching worker, and every other client, for minutes."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -85,17 +87,22 @@ def parse_request(body: bytes, max_posts: int) -> AnnotateRequest:
     except ValidationError as err:
         raise RequestError(422, _describe(err)) from None
     if not batch:
-        return AnnotateRequest([_to_post(parsed, 0, "post", "")], False, parsed.text_view)
-    posts = [_to_post(post, i, f"posts[{i}]", f"posts[{i}].")
+        return AnnotateRequest([_to_post(parsed, 0, "post", "", max_text_chars)], False,
+                               parsed.text_view)
+    posts = [_to_post(post, i, f"posts[{i}]", f"posts[{i}].", max_text_chars)
              for i, post in enumerate(parsed.posts)]
     return AnnotateRequest(posts, True, parsed.text_view)
 
 
-def _to_post(post: PostIn, index: int, where: str, field_prefix: str) -> Post:
+def _to_post(post: PostIn, index: int, where: str, field_prefix: str,
+             max_text_chars: int) -> Post:
     """A validated post as `apply`'s Post, the image as a URL or the bytes of
     its data: URL. `where` starts the post's errors in its result;
     `field_prefix` names its fields in a refusal."""
     _check_text(post.text, f"{field_prefix}text")
+    if len(post.text) > max_text_chars:
+        raise RequestError(422, f"{field_prefix}text: {len(post.text):,} characters, over the "
+                                f"limit of {max_text_chars:,} (--max-text-chars)")
     context = post.context.model_dump() if post.context is not None else None
     for name, items in (context or {}).items():
         for i, item in enumerate(items):

@@ -132,6 +132,15 @@ def test_limits_on_the_body_and_the_posts(nlp):
     assert "posts: 3 posts, over the limit of 2 per request" in many.json()["detail"]
 
 
+def test_a_post_text_over_the_limit_is_refused_naming_the_post(nlp):
+    with client(nlp, max_text_chars=50) as api:
+        long_text = api.post("/annotate", json={"posts": [{"text": "a"}, {"text": "x " * 40}]})
+        fits = api.post("/annotate", json={"text": "x " * 25})
+    assert long_text.status_code == 422
+    assert "posts[1].text: 80 characters, over the limit of 50" in long_text.json()["detail"]
+    assert fits.status_code == 200
+
+
 def test_images_over_the_byte_or_pixel_limit_are_errors_of_their_post(nlp):
     from PIL import Image
 
