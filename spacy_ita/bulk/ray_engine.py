@@ -1,9 +1,9 @@
 """The Ray Data engine of `apply` (`--engine ray`, extra `spacy-ita[ray]`).
 
 The job: one read task per input file on the driver's node (skipping rows
-already written) that cuts a block per post, so that every actor gets its
-share, then `map_batches` over a pool of actors that each load the pipeline
-once and take `batch_size` posts a call, and the
+already written) that cuts a block per batch of `batch_size` posts, so that
+every actor gets its share, then `map_batches` over a pool of actors that each
+load the pipeline once and annotate one batch a call, and the
 annotated rows stream back to the driver, whose writer makes the run
 resumable exactly as in-process. With `extract_workers`, image extraction and
 tagging are two actor pools with their own resources (OCR on CPU workers, the
@@ -83,24 +83,26 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
         # posts/s against 7.8 for one 1-CPU worker (docs/benchmarks.md).
         pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         dataset = dataset.map_batches(
-            _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=batch_size,
+            _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=1,
             compute=pool, num_cpus=cpus, num_gpus=gpus or None)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        yield list(batch["post"])
+    for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        yield from (list(posts) for posts in block["posts"])
     if logger.isEnabledFor(logging.DEBUG):  # where the time went, by Ray Data's count
         logger.debug("Ray Data's stats of the apply job:\n%s", dataset.stats())
 
 
 def read_dataset(ray, inputs: Sequence[InputFile], columns: Columns, done: DoneRows,
                  batch_size: int):
-    """The posts still to do, one post per block: Ray Data would else gather a
-    whole file into one block (up to 128 MiB), which one actor takes whole
-    while the others idle, and whose rows reach the writer only at its end.
-    An actor still gets `batch_size` posts a call: its bundles gather blocks."""
+    """The posts still to do, one batch of posts per row and per block: Ray
+    Data would else gather a whole file into one block (up to 128 MiB), which
+    one actor takes whole while the others idle, and whose rows reach the
+    writer only at its end. A block per post instead costs Ray Data so much per
+    block that it fed two actors that sleep 0.12 s a post 9 posts/s, not 16.7
+    (14.3 with a block per batch of 32)."""
     units = [{"unit": _ReadUnit(item, columns, done.bitmaps.get(item.name), batch_size)}
              for item in inputs]
     dataset = ray.data.from_items(units, override_num_blocks=len(units))
-    dataset.context.target_max_block_size = 1  # byte: cut after every post; this job only
+    dataset.context.target_max_block_size = 1  # byte: cut after every row; this job only
     # Reading takes no reserved CPU (actors holding every CPU must not starve
     # it) and runs on the driver's node, where INPUT is.
     return dataset.map_batches(_read_unit, batch_size=1, num_cpus=0,
@@ -129,12 +131,15 @@ class _ReadUnit:
     batch_size: int
 
 
-def _posts_batch(posts: List[Post]) -> Dict[str, Any]:
+def _batches_block(batches: List[List[Post]]) -> Dict[str, Any]:
+    """A block whose rows are batches of posts (Ray Data carries Python
+    objects in object columns)."""
     import numpy
 
-    column = numpy.empty(len(posts), dtype=object)
-    column[:] = posts  # Ray Data carries Python objects in object columns
-    return {"post": column}
+    column = numpy.empty(len(batches), dtype=object)
+    for row, posts in enumerate(batches):
+        column[row] = posts  # one by one: numpy would make a 2-D array of a list of lists
+    return {"posts": column}
 
 
 def _read_unit(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
@@ -142,7 +147,7 @@ def _read_unit(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     for data in batch["unit"]:
         for posts in minibatch(read_file_posts(data.item, data.columns, data.bitmap),
                                data.batch_size):
-            yield _posts_batch(posts)
+            yield _batches_block([posts])
 
 
 class _Stage:
@@ -151,6 +156,5 @@ class _Stage:
     def __init__(self, spec: PipelineSpec, stage: str, fetcher: Optional[Fetcher]):
         self.annotator = Annotator(spec, stage, fetcher)
 
-    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        posts = list(batch["post"])
-        return _posts_batch(self.annotator(posts))
+    def __call__(self, block: Dict[str, Any]) -> Dict[str, Any]:
+        return _batches_block([self.annotator(list(posts)) for posts in block["posts"]])

@@ -51,17 +51,19 @@ def keyed(rows):
     return sorted(rows, key=lambda row: (row["input_file"], row["input_row"]))
 
 
-def test_each_post_is_a_block_of_its_own(local_ray, ray_inputs):
+def test_each_batch_is_a_block_of_its_own(local_ray, ray_inputs):
     """A file read as one block went whole to one actor while the others
-    idled: the read now cuts a block per post, skipping rows already done."""
+    idled, and a block per post starved them: the read cuts a one-row block
+    per batch of posts, skipping rows already done."""
     folder, _ = ray_inputs
     done = DoneRows()
     done.add("a.jsonl", 0)
     dataset = read_dataset(ray, find_inputs(str(folder / "in")), Columns("text", "image", None),
                            done, batch_size=4)
-    blocks = [list(batch["post"]) for batch in dataset.iter_batches(batch_size=None)]
-    assert [len(block) for block in blocks] == [1] * 30
-    assert sorted((post.file, post.row) for [post] in blocks) == sorted(
+    blocks = [list(block["posts"]) for block in dataset.iter_batches(batch_size=None)]
+    assert [len(block) for block in blocks] == [1] * 9  # rows per block
+    assert sorted(len(posts) for [posts] in blocks) == [1, 1] + [4] * 7  # 17 and 13 posts in 4s
+    assert sorted((post.file, post.row) for [posts] in blocks for post in posts) == sorted(
         [("a.jsonl", row) for row in range(1, 18)] + [("b.jsonl", row) for row in range(13)])
 
 
