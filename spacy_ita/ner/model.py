@@ -318,6 +318,9 @@ def _forward(model: ItaTaggerModel, inputs: List[TaggerInput], is_train: bool):
             module.features.vocabulary,
             module.emission.weight.device,
         )
+    if not is_train:
+        scores = model.ops.unflatten(_predict(module, batch), model.ops.asarray1i(lengths))
+        return scores, lambda gradient: []
     flat_scores, backprop_flat = torch_layer(batch, is_train)
     scores = model.ops.unflatten(flat_scores, model.ops.asarray1i(lengths))
 
@@ -330,6 +333,16 @@ def _forward(model: ItaTaggerModel, inputs: List[TaggerInput], is_train: bool):
         return []
 
     return scores, backprop
+
+
+def _predict(module: ItaTaggerModule, batch: EncoderBatch) -> Floats2d:
+    """Inference scores, with the module held in eval mode until the next
+    update (thinc's shim puts every submodule into eval mode and back on each
+    call: 3 ms a batch here) and no autograd."""
+    if module.training:
+        module.eval()
+    with torch.no_grad():
+        return torch2xp(module(batch))
 
 
 def sequence_limit(module: ItaTaggerModule, max_length: int) -> int:

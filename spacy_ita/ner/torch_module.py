@@ -9,16 +9,17 @@ import json
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import srsly
 import torch
 from torch import nn
+from torch.func import functional_call
 from transformers import AutoConfig, AutoModel, AutoTokenizer, SpecialTokensMixin
 
 from .crf import LinearChainCRF
 from .inputs import EncoderBatch
-from .precision import encoder_autocast
+from .precision import Bf16LinearWeights, encoder_autocast, encoder_in_bf16
 from .token_features import TokenFeatureEmbedding
 
 
@@ -42,6 +43,7 @@ class ItaTaggerModule(nn.Module):
         width = encoder.config.hidden_size + (features.width if features is not None else 0)
         self.emission = nn.Linear(width, n_tags)
         self.crf = LinearChainCRF(n_tags, *(allowed_moves or ()))
+        self._bf16_weights = Bf16LinearWeights(encoder)
 
     def forward(self, batch: EncoderBatch) -> torch.Tensor:
         """Emissions `(n_tokens, n_tags)`, fp32, for all spaCy tokens of the batch.
@@ -53,6 +55,7 @@ class ItaTaggerModule(nn.Module):
         """
         added = self._encoder_input_additions(batch)
         outputs = []
+        encoder = self._encoder_call()
         # One autocast for all chunks: it casts each weight to bf16 once per batch.
         with encoder_autocast(self.emission.weight.device):
             for i, ids in enumerate(batch.input_ids):
@@ -63,7 +66,7 @@ class ItaTaggerModule(nn.Module):
                 else:
                     embeddings = self.encoder.get_input_embeddings()(ids)
                     extra["inputs_embeds"] = embeddings + added[i].view_as(embeddings)
-                hidden = self.encoder(attention_mask=batch.attention_mask[i], **extra)
+                hidden = encoder(attention_mask=batch.attention_mask[i], **extra)
                 hidden = hidden.last_hidden_state
                 outputs.append(hidden.reshape(-1, hidden.shape[-1]))
         # Back to fp32 after a bf16 encoder: the head, the CRF and the losses stay fp32.
@@ -75,6 +78,14 @@ class ItaTaggerModule(nn.Module):
         if self.features is not None and self.features.width:
             tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
+
+    def _encoder_call(self) -> Callable[..., Any]:
+        """The encoder; in bf16 inference, the encoder run with its linear
+        weights' kept bf16 copies (see `Bf16LinearWeights`)."""
+        if torch.is_grad_enabled() or not encoder_in_bf16(self.emission.weight.device):
+            return self.encoder
+        weights = self._bf16_weights.current()
+        return lambda **kwargs: functional_call(self.encoder, weights, (), kwargs, strict=False)
 
     def _encoder_input_additions(self, batch: EncoderBatch) -> Optional[List[torch.Tensor]]:
         """Per chunk, what to add to the encoder's input embeddings: each token's

@@ -133,6 +133,65 @@ def test_fp32_and_bf16_find_the_same_entities(trained_tiny):
     assert found["bf16"] == found["fp32"]
 
 
+def emissions_two_ways(ner, docs):
+    """The module's emissions for `docs` in bf16 by inference (kept bf16
+    copies of the linear weights) and with autograd on (autocast's own casts)."""
+    from spacy_ita.ner.model import encode, sequence_limit
+    from spacy_ita.ner.token_features import featurize
+
+    model, inputs = ner.model, ner.inputs(docs)
+    module = model.module
+    batch = encode(module.tokenizer, inputs, sequence_limit(module, model.attrs["max_length"]),
+                   model.attrs["window_overlap"], model.attrs["pooling"],
+                   module.emission.weight.device)
+    if module.features is not None:
+        batch.features = featurize([(item.doc, item.mentions) for item in inputs],
+                                   module.features.vocabulary, module.emission.weight.device)
+    module.eval()
+    with precision_module.encoder_precision("bf16"):
+        with torch.no_grad():
+            inferred = module(batch)
+        autocast = module(batch).detach()
+    return inferred, autocast
+
+
+def test_bf16_inference_with_kept_weights_is_autocast_exactly(trained_tiny):
+    """Inference keeps bf16 copies of the encoder's linear weights instead of
+    casting them on every batch: the same emissions to the bit, made again once
+    a weight changes."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    docs = fresh_docs(examples)
+    inferred, autocast = emissions_two_ways(ner, docs)
+    assert torch.equal(inferred, autocast)
+    linear = ner.model.module.encoder.encoder.layer[0].intermediate.dense
+    original = linear.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            linear.weight.mul_(1.5)  # in place, as an optimizer step changes it
+        changed, autocast = emissions_two_ways(ner, docs)
+        assert torch.equal(changed, autocast)
+        assert not torch.equal(changed, inferred)
+    finally:
+        with torch.no_grad():
+            linear.weight.copy_(original)
+
+
+def test_prediction_leaves_eval_mode_to_the_next_update(tiny_encoder):
+    """Tagging holds the module in eval mode (no dropout) between batches
+    instead of switching every submodule back and forth; an update trains
+    with dropout again."""
+    nlp = make_nlp(tiny_encoder, precision="fp32")
+    examples = make_examples(nlp)
+    train(nlp, examples, 0)
+    module = nlp.get_pipe("ita_ner").model.module
+    first = entities(nlp.pipe(fresh_docs(examples)))
+    assert not module.training
+    assert entities(nlp.pipe(fresh_docs(examples))) == first
+    nlp.update(examples)
+    assert module.training
+
+
 def test_saved_pipeline_loads_and_runs_in_both_precisions(trained_tiny, tmp_path):
     """Weights are saved in fp32 whatever the precision, and a pipeline saved
     before `precision` existed (no such setting in its config) loads as auto."""
