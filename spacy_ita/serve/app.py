@@ -45,6 +45,7 @@ class ServeSettings:
     allow_private_urls: bool = False
     batch_size: int = 32  # posts per pipeline call at most
     batch_wait: float = 0.005  # seconds a batch waits for more posts once it has one
+    batch_gap: float = 0.001  # seconds it waits for the next request at most
     queue_size: int = 256  # requests waiting at most; more get 503
 
 
@@ -52,7 +53,8 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
     """The app serving `nlp` (which must have an ita_ner component)."""
     settings = settings or ServeSettings()
     tagger = PostTagger(nlp, settings.max_image_pixels)
-    batcher = Batcher(tagger, settings.batch_size, settings.batch_wait, settings.queue_size)
+    batcher = Batcher(tagger, settings.batch_size, settings.batch_wait, settings.queue_size,
+                      settings.batch_gap)
     fetcher = Fetcher(max_bytes=settings.max_image_bytes, timeout=settings.fetch_timeout,
                       allow_private_urls=settings.allow_private_urls)
     status = health_status(nlp, tagger, settings)
@@ -80,13 +82,14 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
         return status
 
     @app.post("/annotate", dependencies=needs_key)
-    async def annotate(request: Request) -> Dict[str, Any]:
+    async def annotate(request: Request) -> JSONResponse:
         body = await read_body(request, settings.max_body_bytes)
         parsed = parse_request(body, settings.max_posts, settings.max_text_chars)
         if any(post.image is not None for post in parsed.posts):
             await run_in_threadpool(fetcher.fetch_posts, parsed.posts)
         results = await batcher.submit(parsed.posts, parsed.text_view)
-        return {"results": results} if parsed.batch else results[0]
+        # Results are plain JSON already: FastAPI's encoder would walk them again.
+        return JSONResponse({"results": results} if parsed.batch else results[0])
 
     @app.exception_handler(RequestError)
     def refuse(_request: Request, err: RequestError) -> JSONResponse:

@@ -1,8 +1,10 @@
 """Concurrent requests batched into `nlp.pipe` calls.
 
 A single worker thread runs the pipeline: it takes the requests waiting in a
-bounded queue, up to `max_posts` posts, waits at most `max_wait` seconds for
-more once it holds one, and tags them as one batch. Under load, requests
+bounded queue, up to `max_posts` posts, waits for more once it holds one (at
+most `max_wait` seconds in all, and no longer than `max_gap` for the next:
+clients that answered together arrive together, and waiting for those that
+do not come left the pipeline idle), and tags them as one batch. Under load, requests
 queue up while a batch runs and the next batch takes them all, so the server
 tags in batches as `nlp.pipe` does in-process. One thread also means that
 ita_ner's view can be switched for the text-only view without a lock.
@@ -43,13 +45,15 @@ class Batcher:
     """Runs `run` over batches of the posts that `submit` hands it, in one worker thread."""
 
     def __init__(self, run: RunBatch, max_posts: int = 32, max_wait: float = 0.005,
-                 queue_size: int = 256):
-        if max_posts < 1 or queue_size < 1 or max_wait < 0:
-            raise ValueError(f"max_posts and queue_size must be at least 1 and max_wait at "
-                             f"least 0, got {max_posts}, {queue_size} and {max_wait}")
+                 queue_size: int = 256, max_gap: float = 0.001):
+        if max_posts < 1 or queue_size < 1 or max_wait < 0 or max_gap < 0:
+            raise ValueError(f"max_posts and queue_size must be at least 1, max_wait and "
+                             f"max_gap at least 0, got {max_posts}, {queue_size}, {max_wait} "
+                             f"and {max_gap}")
         self.run = run
         self.max_posts = max_posts
         self.max_wait = max_wait
+        self.max_gap = max_gap
         self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
         self._thread: Optional[threading.Thread] = None
 
@@ -92,7 +96,8 @@ class Batcher:
         deadline = time.monotonic() + self.max_wait
         while n_posts < self.max_posts:
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self._queue.get(
+                    timeout=max(0.0, min(self.max_gap, deadline - time.monotonic())))
             except queue.Empty:
                 break
             if job is _STOP:

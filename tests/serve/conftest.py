@@ -78,7 +78,7 @@ def server(model_dir, tmp_path_factory):
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "spacy_ita", "serve", str(model_dir), "--port", str(port),
-               "--api-key-env", API_KEY_ENV, "--allow-private-urls",
+               "--api-key-env", API_KEY_ENV, "--allow-private-urls", "--access-log",
                "--code", str(APPLY_CODE)]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)

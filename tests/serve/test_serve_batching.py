@@ -77,6 +77,31 @@ def test_a_full_queue_is_refused_and_a_failing_batch_fails_its_own_requests():
     assert all(isinstance(result, RuntimeError) for result in results[1:3])
 
 
+async def submit_spaced(batcher, seconds_apart):
+    first = asyncio.ensure_future(batcher.submit(posts("a"), False))
+    await asyncio.sleep(seconds_apart)
+    second = asyncio.ensure_future(batcher.submit(posts("b"), False))
+    return await asyncio.gather(first, second)
+
+
+@pytest.mark.parametrize("seconds_apart,max_gap,expected", [
+    (0.3, 0.02, [["a"], ["b"]]),  # nothing came within the gap: the batch ran alone
+    (0.05, 1.0, [["a", "b"]]),  # the next came within the gap and the wait
+])
+def test_a_quiet_queue_ends_the_wait_before_max_wait(seconds_apart, max_gap, expected):
+    recorder = Recorder()
+    recorder.release.set()
+    batcher = Batcher(recorder, max_posts=8, max_wait=2.0, max_gap=max_gap)
+    batcher.start()
+    try:
+        asyncio.run(submit_spaced(batcher, seconds_apart))
+    finally:
+        batcher.stop()
+    assert recorder.batches == expected
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_posts and queue_size must be at least 1"):
         Batcher(lambda posts, views: [], max_posts=0)
+    with pytest.raises(ValueError, match="max_wait and max_gap at least 0"):
+        Batcher(lambda posts, views: [], max_gap=-1)
