@@ -338,7 +338,7 @@ def _forward(model: ItaTaggerModel, inputs: List[TaggerInput], is_train: bool):
 def _predict(module: ItaTaggerModule, batch: EncoderBatch) -> Floats2d:
     """Inference scores, with the module held in eval mode until the next
     update (thinc's shim puts every submodule into eval mode and back on each
-    call: 3 ms a batch here) and no autograd."""
+    call) and no autograd."""
     if module.training:
         module.eval()
     with torch.no_grad():

@@ -7,14 +7,14 @@ the model without a network.
 """
 import json
 import tempfile
+from contextlib import nullcontext
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 import srsly
 import torch
 from torch import nn
-from torch.func import functional_call
 from transformers import AutoConfig, AutoModel, AutoTokenizer, SpecialTokensMixin
 
 from .crf import LinearChainCRF
@@ -55,9 +55,8 @@ class ItaTaggerModule(nn.Module):
         """
         added = self._encoder_input_additions(batch)
         outputs = []
-        encoder = self._encoder_call()
         # One autocast for all chunks: it casts each weight to bf16 once per batch.
-        with encoder_autocast(self.emission.weight.device):
+        with self._inference_weights(), encoder_autocast(self.emission.weight.device):
             for i, ids in enumerate(batch.input_ids):
                 extra = ({} if batch.token_type_ids is None
                          else {"token_type_ids": batch.token_type_ids[i]})
@@ -66,7 +65,7 @@ class ItaTaggerModule(nn.Module):
                 else:
                     embeddings = self.encoder.get_input_embeddings()(ids)
                     extra["inputs_embeds"] = embeddings + added[i].view_as(embeddings)
-                hidden = encoder(attention_mask=batch.attention_mask[i], **extra)
+                hidden = self.encoder(attention_mask=batch.attention_mask[i], **extra)
                 hidden = hidden.last_hidden_state
                 outputs.append(hidden.reshape(-1, hidden.shape[-1]))
         # Back to fp32 after a bf16 encoder: the head, the CRF and the losses stay fp32.
@@ -79,13 +78,12 @@ class ItaTaggerModule(nn.Module):
             tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
 
-    def _encoder_call(self) -> Callable[..., Any]:
-        """The encoder; in bf16 inference, the encoder run with its linear
-        weights' kept bf16 copies (see `Bf16LinearWeights`)."""
+    def _inference_weights(self) -> ContextManager:
+        """In bf16 inference, the encoder's linear layers with their kept bf16
+        copies (see `Bf16LinearWeights`); else a context that changes nothing."""
         if torch.is_grad_enabled() or not encoder_in_bf16(self.emission.weight.device):
-            return self.encoder
-        weights = self._bf16_weights.current()
-        return lambda **kwargs: functional_call(self.encoder, weights, (), kwargs, strict=False)
+            return nullcontext()
+        return self._bf16_weights.swapped_in()
 
     def _encoder_input_additions(self, batch: EncoderBatch) -> Optional[List[torch.Tensor]]:
         """Per chunk, what to add to the encoder's input embeddings: each token's

@@ -164,6 +164,9 @@ def test_bf16_inference_with_kept_weights_is_autocast_exactly(trained_tiny):
     docs = fresh_docs(examples)
     inferred, autocast = emissions_two_ways(ner, docs)
     assert torch.equal(inferred, autocast)
+    parameters = list(ner.model.module.parameters())  # the fp32 weights are back in place
+    assert {type(p) for p in parameters} == {torch.nn.Parameter}
+    assert {p.dtype for p in parameters} == {torch.float32}
     linear = ner.model.module.encoder.encoder.layer[0].intermediate.dense
     original = linear.weight.detach().clone()
     try:
