@@ -151,6 +151,6 @@ def install_extensions() -> None:
     srsly.msgpack_encoders.register("spacy_ita_visual_context", func=encode_visual_context)
     srsly.msgpack_decoders.register("spacy_ita_visual_context", func=decode_visual_context)
     for name in ("image", "image_id", "visual_context", "image_error", "knowledge_error",
-                 "context_retryable"):
+                 "context_retryable", "ita_view"):
         if not Doc.has_extension(name):
             Doc.set_extension(name, default=None)

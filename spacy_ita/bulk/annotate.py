@@ -196,7 +196,6 @@ class Annotator:
         self.stage = stage
         self.nlp = spec.load(stage)
         self.fetcher = fetcher or Fetcher()
-        self.ner = next(map(self.nlp.get_pipe, ner_components(self.nlp)), None)
 
     def __call__(self, posts: List[Post]) -> List[Post]:
         if self.stage != "tag":
@@ -219,9 +218,8 @@ class Annotator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # per-post errors go into rows
             docs = list(self.nlp.pipe(docs))
-            views = self.ner.views(docs) if self.ner is not None else [None] * len(docs)
-        for post, doc, view in zip(posts, docs, views):
-            self._record(post, doc, view)
+        for post, doc in zip(posts, docs):
+            self._record(post, doc, doc._.ita_view)
 
     def _doc(self, post: Post) -> Doc:
         doc = self.nlp.make_doc(post.text)

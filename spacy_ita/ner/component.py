@@ -374,23 +374,27 @@ class ItaNer(TrainablePipe):
     def views(self, docs: Sequence[Doc]) -> List[str]:
         """The view `predict` uses for each doc: "cross" when it reads the doc
         with context, else "text" (knowledge that names nothing in the post is
-        dropped, so such a doc is "text")."""
-        return ["text" if item.context is None else "cross" for item in self.inputs(docs)]
+        dropped, so such a doc is "text"). A tagged doc keeps its view in
+        `Doc._.ita_view`."""
+        return _views(self.inputs(docs))
 
-    def predict(self, docs: Iterable[Doc]) -> List[List[int]]:
-        """Tag indices per token, by constrained Viterbi over one view per doc."""
+    def predict(self, docs: Iterable[Doc]) -> "Tagging":
+        """Tag indices per token, by constrained Viterbi over one view per doc,
+        and the view of each doc."""
         docs = list(docs)
+        inputs = self.inputs(docs)
         if not any(len(doc) for doc in docs):
-            return [[] for _ in docs]
+            return Tagging([[] for _ in docs], _views(inputs))
         with encoder_precision(self.precision):
-            scores = self.model.predict(self.inputs(docs))
-        return self.model.decode(scores)
+            scores = self.model.predict(inputs)
+        return Tagging(self.model.decode(scores), _views(inputs))
 
-    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[List[int]]) -> None:
+    def set_annotations(self, docs: Iterable[Doc], tagging: "Tagging") -> None:
         tags = self.tags
-        for doc, ids in zip(docs, tag_ids):
+        for doc, ids, view in zip(docs, tagging.tag_ids, tagging.views):
             spans = tags_to_spans(doc, [tags[i] for i in ids], self.tag_scheme)
             doc.set_ents(spans, default="outside")
+            doc._.ita_view = view
 
     def plan_views(self, docs: Sequence[Doc]) -> ViewPlan:
         """The views a training batch encodes, text-only first (see ViewPlan).
@@ -464,3 +468,16 @@ class ItaNer(TrainablePipe):
                 )
             ids.append(-1 if tag is None else tag_index[tag])
         return numpy.array(ids, dtype=numpy.int64)
+
+
+@dataclass
+class Tagging:
+    """What `predict` found for a batch: tag indices per token, and the view
+    each doc was read with (set as `Doc._.ita_view`)."""
+
+    tag_ids: List[List[int]]
+    views: List[str]
+
+
+def _views(inputs: Sequence[TaggerInput]) -> List[str]:
+    return ["text" if item.context is None else "cross" for item in inputs]

@@ -2,9 +2,10 @@
 
 A single worker thread runs the pipeline: it takes the requests waiting in a
 bounded queue, up to `max_posts` posts, waits for more once it holds one (at
-most `max_wait` seconds in all, and no longer than `max_gap` for the next:
-clients that answered together arrive together, and waiting for those that
-do not come left the pipeline idle), and tags them as one batch. Under load, requests
+most `max_wait` seconds in all, no longer than `max_gap` for the next, and
+not at all once it holds as many posts as the last batch: clients answered
+together come back together, and waiting for those that do not come left
+the pipeline idle), and tags them as one batch. Under load, requests
 queue up while a batch runs and the next batch takes them all, so the server
 tags in batches as `nlp.pipe` does in-process. One thread also means that
 ita_ner's view can be switched for the text-only view without a lock.
@@ -54,6 +55,7 @@ class Batcher:
         self.max_posts = max_posts
         self.max_wait = max_wait
         self.max_gap = max_gap
+        self._last_posts = max_posts  # posts in the last batch
         self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
         self._thread: Optional[threading.Thread] = None
 
@@ -95,15 +97,19 @@ class Batcher:
         jobs, n_posts = [first], len(first.posts)
         deadline = time.monotonic() + self.max_wait
         while n_posts < self.max_posts:
+            # As many posts as the last batch had: the clients it answered are
+            # back, so take what is queued already and wait no longer.
+            wait = 0.0 if n_posts >= self._last_posts else min(
+                self.max_gap, deadline - time.monotonic())
             try:
-                job = self._queue.get(
-                    timeout=max(0.0, min(self.max_gap, deadline - time.monotonic())))
+                job = self._queue.get(timeout=max(0.0, wait))
             except queue.Empty:
                 break
             if job is _STOP:
                 return jobs, True
             jobs.append(job)
             n_posts += len(job.posts)
+        self._last_posts = n_posts
         return jobs, False
 
     def _run(self, jobs: List[_Job]) -> None:
@@ -173,11 +179,10 @@ class PostTagger:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # per-post errors go into results
             docs = list(self.nlp.pipe(docs, batch_size=len(docs)))
-            views = self.ner.views(docs)
             text_docs = iter(self._text_view([doc for doc, wanted in zip(docs, text_view)
                                               if wanted]))
-        return [self._result(post, doc, view, next(text_docs) if wanted else None)
-                for post, doc, view, wanted in zip(posts, docs, views, text_view)]
+        return [self._result(post, doc, next(text_docs) if wanted else None)
+                for post, doc, wanted in zip(posts, docs, text_view)]
 
     def _text_view(self, docs: Sequence[Doc]) -> List[Doc]:
         """Copies of `docs` tagged again by ita_ner in the text-only view."""
@@ -197,13 +202,13 @@ class PostTagger:
         doc._.image = post.image
         return doc
 
-    def _result(self, post: Post, doc: Doc, view: str, text_doc: Optional[Doc]) -> Result:
+    def _result(self, post: Post, doc: Doc, text_doc: Optional[Doc]) -> Result:
         errors = self._errors(post)
         for error in (doc._.image_error, doc._.knowledge_error):
             if error is not None:
                 errors.append(f"{post.where}: {error}")
         context = get_visual_context(doc)
-        result = {"entities": entity_list(doc), "view": view,
+        result = {"entities": entity_list(doc), "view": doc._.ita_view,
                   "context": None if context is None else context.to_dict(), "errors": errors}
         if text_doc is not None:
             result["text_view"] = {"entities": entity_list(text_doc)}

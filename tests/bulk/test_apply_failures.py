@@ -241,6 +241,7 @@ def test_the_view_is_what_ita_ner_read(model, posts, tmp_path):
     nlp = spacy.load(model)
     docs = list(nlp.pipe(TEXTS))
     assert nlp.get_pipe("ita_ner").views(docs) == [row["view"] for row in rows]
+    assert [doc._.ita_view for doc in docs] == [row["view"] for row in rows]  # as it tagged
     from spacy.training import Example
 
     examples = [Example(doc.copy(), doc) for doc in docs]
