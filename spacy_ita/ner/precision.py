@@ -110,13 +110,19 @@ class Bf16LinearWeights:
     inference under bf16 autocast: autocast casts every linear weight again on
     each forward (about 10 ms of a 47 ms batch of 8 posts on all-MiniLM-L6-v2
     here). The copies are exactly what autocast's casts give, so the outputs
-    are the same; they are made again once a weight changes (an optimizer
-    step, a load, a move to another device)."""
+    are the same; they are made again after `forget` (the module forgets them
+    whenever it enters training) or once torch sees a weight change (a load,
+    a move to another device)."""
 
     def __init__(self, module: nn.Module):
         self.layers = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
         self._key: Optional[Tuple] = None
         self._copies: List[Dict[str, torch.Tensor]] = []
+
+    def forget(self) -> None:
+        """Drop the copies: the next use makes them again."""
+        self._key = None
+        self._copies = []
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:

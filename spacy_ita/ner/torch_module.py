@@ -78,6 +78,13 @@ class ItaTaggerModule(nn.Module):
             tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
 
+    def train(self, mode: bool = True) -> "ItaTaggerModule":
+        """Also forgets the kept bf16 weights when training starts: an optimizer
+        may change weights in place unseen by torch (thinc's does, through numpy)."""
+        if mode:
+            self._bf16_weights.forget()
+        return super().train(mode)
+
     def _inference_weights(self) -> ContextManager:
         """In bf16 inference, the encoder's linear layers with their kept bf16
         copies (see `Bf16LinearWeights`); else a context that changes nothing."""

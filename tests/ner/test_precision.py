@@ -180,6 +180,25 @@ def test_bf16_inference_with_kept_weights_is_autocast_exactly(trained_tiny):
             linear.weight.copy_(original)
 
 
+def test_kept_bf16_weights_follow_training_updates(tiny_encoder):
+    """thinc's optimizer changes the weights in place through numpy, which
+    torch does not count as a change: tagging after an update must still use
+    the updated weights."""
+    nlp = make_nlp(tiny_encoder, precision="bf16")
+    examples = make_examples(nlp)
+    train(nlp, examples, 0)
+    ner = nlp.get_pipe("ita_ner")
+    docs = fresh_docs(examples)
+    before, _ = emissions_two_ways(ner, docs)
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        list(nlp.pipe(fresh_docs(examples)))  # the copies are made between updates
+        nlp.update(examples, sgd=optimizer)
+    after, autocast = emissions_two_ways(ner, docs)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, autocast)
+
+
 def test_prediction_leaves_eval_mode_to_the_next_update(tiny_encoder):
     """Tagging holds the module in eval mode (no dropout) between batches
     instead of switching every submodule back and forth; an update trains
