@@ -138,6 +138,9 @@ class ItaTaggerModel(Model):
             head = {(self._shim.id, name) for name in self.head_parameter_names}
             optimizer = _KeyScaledOptimizer(optimizer, head, head_lr_scale)
         super().finish_update(optimizer)
+        if self.is_initialized:
+            # thinc's shim steps through numpy, in place: torch sees no change.
+            self.module.forget_inference_weights()
 
     def _copy(self, seen=None) -> "ItaTaggerModel":
         """thinc's copy builds a plain Model; this class adds only methods (and

@@ -11,6 +11,7 @@ a context the component opens around its model calls: a model called outside
 it runs in fp32.
 """
 import logging
+import threading
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import lru_cache
@@ -111,35 +112,48 @@ class Bf16LinearWeights:
     each forward (about 10 ms of a 47 ms batch of 8 posts on all-MiniLM-L6-v2
     here). The copies are exactly what autocast's casts give, so the outputs
     are the same; they are made again after `forget` (the module forgets them
-    whenever it enters training) or once torch sees a weight change (a load,
-    a move to another device)."""
+    when it enters training and after each optimizer step) or once torch sees
+    a weight change (a load, a move to another device)."""
 
     def __init__(self, module: nn.Module):
         self.layers = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
         self._key: Optional[Tuple] = None
         self._copies: List[Dict[str, torch.Tensor]] = []
+        # One swap at a time: a second thread would take the first's copies
+        # for the weights to put back.
+        self._lock = threading.Lock()
 
     def forget(self) -> None:
         """Drop the copies: the next use makes them again."""
         self._key = None
         self._copies = []
 
+    def __getstate__(self) -> Dict:
+        """A copy or a pickle (thinc copies the module) keeps no copies nor the lock."""
+        return {"layers": self.layers}
+
+    def __setstate__(self, state: Dict) -> None:
+        self.layers = state["layers"]
+        self.forget()
+        self._lock = threading.Lock()
+
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Within this context the linear layers hold their bf16 copies; the
         fp32 parameters are back in place after it, whatever happens."""
-        originals = [dict(layer._parameters) for layer in self.layers]
-        key = tuple((id(tensor), tensor._version, tensor.data_ptr())
-                    for tensors in originals for tensor in tensors.values() if tensor is not None)
-        if key != self._key:
-            with torch.no_grad():
-                self._copies = [{name: tensor.to(torch.bfloat16) for name, tensor in
-                                 tensors.items() if tensor is not None} for tensors in originals]
-            self._key = key
-        try:
-            for layer, copies in zip(self.layers, self._copies):
-                layer._parameters.update(copies)  # a plain swap: functional_call took 2 ms a batch
-            yield
-        finally:
-            for layer, tensors in zip(self.layers, originals):
-                layer._parameters.update(tensors)
+        with self._lock:
+            originals = [dict(layer._parameters) for layer in self.layers]
+            key = tuple((id(tensor), tensor._version, tensor.data_ptr()) for tensors in originals
+                        for tensor in tensors.values() if tensor is not None)
+            if key != self._key:
+                with torch.no_grad():
+                    self._copies = [{name: tensor.to(torch.bfloat16) for name, tensor in
+                                     tensors.items() if tensor is not None} for tensors in originals]
+                self._key = key
+            try:
+                for layer, copies in zip(self.layers, self._copies):
+                    layer._parameters.update(copies)  # a plain swap: functional_call took 2 ms a batch
+                yield
+            finally:
+                for layer, tensors in zip(self.layers, originals):
+                    layer._parameters.update(tensors)

@@ -82,8 +82,13 @@ class ItaTaggerModule(nn.Module):
         """Also forgets the kept bf16 weights when training starts: an optimizer
         may change weights in place unseen by torch (thinc's does, through numpy)."""
         if mode:
-            self._bf16_weights.forget()
+            self.forget_inference_weights()
         return super().train(mode)
+
+    def forget_inference_weights(self) -> None:
+        """Drop the kept bf16 weights (after weights changed in a way torch
+        does not see); the next bf16 inference makes them again."""
+        self._bf16_weights.forget()
 
     def _inference_weights(self) -> ContextManager:
         """In bf16 inference, the encoder's linear layers with their kept bf16

@@ -3,7 +3,7 @@
 A single worker thread runs the pipeline: it takes the requests waiting in a
 bounded queue, up to `max_posts` posts, waits for more once it holds one (at
 most `max_wait` seconds in all, no longer than `max_gap` for the next, and
-not at all once it holds as many posts as the last batch: clients answered
+not at all once it holds as many posts as the recent batches: clients answered
 together come back together, and waiting for those that do not come left
 the pipeline idle), and tags them as one batch. Under load, requests
 queue up while a batch runs and the next batch takes them all, so the server
@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -55,7 +56,7 @@ class Batcher:
         self.max_posts = max_posts
         self.max_wait = max_wait
         self.max_gap = max_gap
-        self._last_posts = max_posts  # posts in the last batch
+        self._recent_posts: Deque[int] = deque([max_posts], maxlen=4)  # posts of the last batches
         self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
         self._thread: Optional[threading.Thread] = None
 
@@ -97,9 +98,11 @@ class Batcher:
         jobs, n_posts = [first], len(first.posts)
         deadline = time.monotonic() + self.max_wait
         while n_posts < self.max_posts:
-            # As many posts as the last batch had: the clients it answered are
-            # back, so take what is queued already and wait no longer.
-            wait = 0.0 if n_posts >= self._last_posts else min(
+            # As many posts as the recent batches had: the clients they answered
+            # are back, so take what is queued already and wait no longer (the
+            # largest of the last few, so that one lone request does not make
+            # every batch stop short).
+            wait = 0.0 if n_posts >= max(self._recent_posts) else min(
                 self.max_gap, deadline - time.monotonic())
             try:
                 job = self._queue.get(timeout=max(0.0, wait))
@@ -109,7 +112,7 @@ class Batcher:
                 return jobs, True
             jobs.append(job)
             n_posts += len(job.posts)
-        self._last_posts = n_posts
+        self._recent_posts.append(n_posts)
         return jobs, False
 
     def _run(self, jobs: List[_Job]) -> None:

@@ -199,6 +199,59 @@ def test_kept_bf16_weights_follow_training_updates(tiny_encoder):
     assert torch.equal(after, autocast)
 
 
+def test_tagging_between_a_gradient_and_the_step_sees_the_step(tiny_encoder):
+    """A component that annotates during training tags after its gradient but
+    before the optimizer step; the kept copies must not outlive that step."""
+    nlp = make_nlp(tiny_encoder, precision="bf16")
+    examples = make_examples(nlp)
+    train(nlp, examples, 0)
+    ner = nlp.get_pipe("ita_ner")
+    optimizer = nlp.resume_training()
+    nlp.update(examples, sgd=None)  # gradients, no step
+    list(nlp.pipe(fresh_docs(examples)))  # the copies are made from the weights before it
+    ner.finish_update(optimizer)
+    after, autocast = emissions_two_ways(ner, fresh_docs(examples))
+    assert torch.equal(after, autocast)
+
+
+def test_kept_bf16_weights_are_swapped_by_one_thread_at_a_time(trained_tiny):
+    """A second thread entering while the first holds the copies swapped in
+    would put the copies back as the weights: it waits instead."""
+    import threading
+
+    nlp, _ = trained_tiny
+    kept = nlp.get_pipe("ita_ner").model.module._bf16_weights
+    entered, go = threading.Event(), threading.Event()
+
+    def second():
+        with kept.swapped_in():
+            entered.set()
+            go.wait(5)
+
+    with kept.swapped_in():
+        thread = threading.Thread(target=second)
+        thread.start()
+        entered.wait(0.5)  # it cannot enter while this swap holds
+    go.set()
+    thread.join(5)
+    assert entered.is_set()
+    parameters = list(nlp.get_pipe("ita_ner").model.module.parameters())
+    assert {p.dtype for p in parameters} == {torch.float32}
+
+
+def test_a_copied_tagger_makes_its_own_bf16_weights(trained_tiny):
+    import copy
+
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    emissions_two_ways(ner, fresh_docs(examples))  # the original keeps copies
+    module = copy.deepcopy(ner.model.module)
+    assert module._bf16_weights._copies == []
+    assert all(a is b for a, b in zip(module._bf16_weights.layers,
+                                      [m for m in module.encoder.modules()
+                                       if isinstance(m, torch.nn.Linear)]))
+
+
 def test_prediction_leaves_eval_mode_to_the_next_update(tiny_encoder):
     """Tagging holds the module in eval mode (no dropout) between batches
     instead of switching every submodule back and forth; an update trains

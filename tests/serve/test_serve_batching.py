@@ -100,6 +100,29 @@ def test_a_quiet_queue_ends_the_wait_before_max_wait(seconds_apart, max_gap, exp
     assert recorder.batches == expected
 
 
+async def lone_then_two(batcher):
+    await asyncio.gather(*(batcher.submit(posts(text), False) for text in "abcd"))
+    await batcher.submit(posts("e"), False)  # alone
+    first = asyncio.ensure_future(batcher.submit(posts("f"), False))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, batcher.submit(posts("g"), False))
+
+
+def test_one_lone_request_does_not_make_the_next_batches_stop_short():
+    """The batch stops waiting once it holds as many posts as the recent
+    batches; after one lone request it still waits (within the gap) for the
+    clients of the larger batches before it."""
+    recorder = Recorder()
+    recorder.release.set()
+    batcher = Batcher(recorder, max_posts=8, max_wait=2.0, max_gap=0.3)
+    batcher.start()
+    try:
+        asyncio.run(lone_then_two(batcher))
+    finally:
+        batcher.stop()
+    assert recorder.batches == [["a", "b", "c", "d"], ["e"], ["f", "g"]]
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_posts and queue_size must be at least 1"):
         Batcher(lambda posts, views: [], max_posts=0)
