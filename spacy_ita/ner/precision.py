@@ -111,9 +111,10 @@ class Bf16LinearWeights:
     inference under bf16 autocast: autocast casts every linear weight again on
     each forward (about 10 ms of a 47 ms batch of 8 posts on all-MiniLM-L6-v2
     here). The copies are exactly what autocast's casts give, so the outputs
-    are the same; they are made again after `forget` (the module forgets them
-    when it enters training and after each optimizer step) or once torch sees
-    a weight change (a load, a move to another device)."""
+    are the same; they are made again after `forget` (the tagger calls it
+    after each optimizer step: thinc's steps change the weights in place
+    through numpy, unseen by torch) or once torch sees a weight change (an
+    in-place update of its own, a load, a move to another device)."""
 
     def __init__(self, module: nn.Module):
         self.layers = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]

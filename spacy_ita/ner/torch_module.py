@@ -78,13 +78,6 @@ class ItaTaggerModule(nn.Module):
             tokens = torch.cat([tokens, self.features(batch.features)], dim=-1)
         return self.emission(self.dropout(tokens))
 
-    def train(self, mode: bool = True) -> "ItaTaggerModule":
-        """Also forgets the kept bf16 weights when training starts: an optimizer
-        may change weights in place unseen by torch (thinc's does, through numpy)."""
-        if mode:
-            self.forget_inference_weights()
-        return super().train(mode)
-
     def forget_inference_weights(self) -> None:
         """Drop the kept bf16 weights (after weights changed in a way torch
         does not see); the next bf16 inference makes them again."""
