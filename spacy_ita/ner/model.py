@@ -9,8 +9,9 @@ the architecture returns, is the only way into that module: the component
 decodes, computes the loss, and scales the head's learning rate through it,
 and never touches torch.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from spacy.util import registry
@@ -141,6 +142,29 @@ class ItaTaggerModel(Model):
         if self.is_initialized:
             # thinc's shim steps through numpy, in place: torch sees no change.
             self.module.forget_inference_weights()
+
+    @contextmanager
+    def use_params(self, params: Dict[Tuple[int, str], FloatsXd]) -> Iterator[None]:
+        """The torch weights set to `params` (the optimizer's averages) for a while.
+
+        thinc's optimizer keys a torch weight `(shim id, name)`, but its torch
+        shim looks them up under other keys, so `use_averages` would evaluate
+        and save the raw weights: the averages are swapped in here.
+        """
+        shim_id = self._shim.id
+        named = dict(self.module.named_parameters()) if self.is_initialized else {}
+        swapped = {name: named[name] for name in named if (shim_id, name) in params}
+        backup = {name: weight.detach().clone() for name, weight in swapped.items()}
+        with torch.no_grad():  # in place: the kept bf16 weights see the change
+            for name, weight in swapped.items():
+                weight.copy_(xp2torch(params[(shim_id, name)]))
+        try:
+            with super().use_params(params):
+                yield
+        finally:
+            with torch.no_grad():
+                for name, weight in swapped.items():
+                    weight.copy_(backup[name])
 
     def _copy(self, seen=None) -> "ItaTaggerModel":
         """thinc's copy builds a plain Model; this class adds only methods (and

@@ -1,5 +1,7 @@
 """The ItaTagger architectures: v2's token features, and v1 pipelines loading unchanged."""
+import numpy
 import pytest
+import torch
 import spacy
 from spacy.training import Example
 from thinc.api import Adam
@@ -152,3 +154,26 @@ def test_a_copy_is_the_same_tagger_with_its_own_weights(tiny_encoder):
     before = model.module.emission.weight.detach().clone()
     copied.module.emission.weight.data.add_(1.0)
     assert (model.module.emission.weight == before).all()
+
+
+def test_the_optimizer_averages_are_used_and_then_put_back(tiny_encoder):
+    """With `use_averages`, evaluating and saving under `nlp.use_params` see the
+    averaged torch weights (thinc's torch shim alone never swaps them in); the
+    raw weights, and the scores they give, come back afterwards."""
+    nlp, examples = knowledge_pipeline(tiny_encoder)
+    optimizer = Adam(1e-3, use_averages=True)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    model = nlp.get_pipe("ita_ner").model
+    weight = model.module.emission.weight
+    raw = weight.detach().clone()
+    inputs = [TaggerInput(eg.predicted) for eg in examples]
+    raw_scores = model.predict(inputs)
+    with nlp.use_params(optimizer.averages):
+        average = optimizer.averages[(model._shim.id, "emission.weight")]
+        assert numpy.array_equal(weight.detach().numpy(), average)
+        assert not torch.equal(weight, raw)
+        averaged_scores = model.predict(inputs)
+    assert torch.equal(weight, raw)
+    assert not all(numpy.allclose(a, b) for a, b in zip(raw_scores, averaged_scores))
+    assert all(numpy.array_equal(a, b) for a, b in zip(model.predict(inputs), raw_scores))
