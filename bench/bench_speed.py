@@ -43,6 +43,7 @@ from spacy_ita.ner.precision import native_bf16  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "twitter2015"
 STOCK_CONFIG = REPO / "project" / "configs" / "stock_ner.cfg"
+ITA_CONFIG = REPO / "project" / "configs" / "ita.cfg"
 LABELS = ["LOC", "ORG", "OTHER", "PER"]
 PRECISIONS = ("fp32", "bf16")
 # The updates timed in each precision, and their ita_ner settings.
@@ -129,10 +130,20 @@ def bare_encoder(docs, batch_size):
     return run
 
 
+def project_optimizer(learn_rate):
+    """Adam as the project's training config sets it (weight decay, clipping,
+    weight averages or none), with `learn_rate` for its schedule: an update
+    timed here does the optimizer work a training update does."""
+    settings = dict(spacy.util.load_config(ITA_CONFIG)["training"]["optimizer"])
+    for key in ("@optimizers", "learn_rate"):
+        settings.pop(key)
+    return Adam(learn_rate, **settings)
+
+
 def update_speeds(pipelines, examples, batch_size, steps):
     """Posts per second per update for each pipeline: the pipelines take turns
     on the same batches, after one warm-up update each; medians over steps."""
-    optimizers = {name: Adam(1e-5) for name in pipelines}
+    optimizers = {name: project_optimizer(1e-5) for name in pipelines}
     times = {name: [] for name in pipelines}
     for step in range(steps + 1):
         batch = examples[(step * batch_size) % len(examples):][:batch_size]
@@ -312,8 +323,8 @@ def precision_agreement(args, docs):
     train_examples = [Example(doc.copy(), doc) for doc in train_docs]
     fix_random_seed(0)
     nlp = ita_pipeline(examples=train_examples)
-    optimizer = Adam(warmup_linear(2e-4, max(1, args.agreement_steps // 10), args.agreement_steps),
-                     grad_clip=1.0, L2=0.01, L2_is_weight_decay=True)
+    optimizer = project_optimizer(
+        warmup_linear(2e-4, max(1, args.agreement_steps // 10), args.agreement_steps))
     start = time.perf_counter()
     for step in range(args.agreement_steps):
         nlp.update(train_examples[16 * step : 16 * step + 16], drop=0.1, sgd=optimizer)
