@@ -169,10 +169,11 @@ def write_mner_sample(folder: Path) -> Tuple[Path, Path]:
 
 def cpu_config_with(encoder: str) -> str:
     """The project's CPU training config with `encoder` instead of the bundled one."""
-    return CPU_CONFIG.read_text(encoding="utf8").replace(
-        '[components.ita_ner.model.name]\n@misc = "spacy-ita.bundled_encoder.v1"\n', ""
-    ).replace('@architectures = "spacy-ita.ItaTagger.v1"\n',
-              f'@architectures = "spacy-ita.ItaTagger.v1"\nname = "{encoder}"\n')
+    from thinc.api import Config
+
+    config = Config().from_str(CPU_CONFIG.read_text(encoding="utf8"), interpolate=False)
+    config["components"]["ita_ner"]["model"]["name"] = encoder
+    return config.to_str()
 
 
 def training_setup(folder: Path, encoder: str) -> Dict[str, Path]:

@@ -29,6 +29,7 @@ def test_spacy_train_with_the_cpu_config(tmp_path, tiny_encoder):
         "--training.max_steps", "4", "--training.eval_frequency", "2")
     nlp = spacy.load(output / "model-best")
     assert nlp.pipe_names == ["ita_ner"]
+    assert nlp.config["components"]["ita_ner"]["model"]["name"] == tiny_encoder
     assert set(nlp.get_pipe("ita_ner").labels) == {"ORG", "LOC", "PER"}
     metrics = run("spacy_ita", "evaluate", str(output / "model-last"), str(corpus),
                   "--output", str(tmp_path / "metrics.json"))
