@@ -9,7 +9,9 @@ Systems (same encoder, epochs and learning-rate schedule for all):
   f  ITA with CVA, cross-modal view, each test post given another post's context
 Each is trained on `train`, selected on `valid` and scored on `test` for each
 seed, with the visual context of `--context` (as the project's `context` var):
-PGIM's knowledge (default), BLIP-2 captions, or both.
+PGIM's knowledge (default), BLIP-2 captions, or both; the training knowledge
+augmented or as released (`--train-knowledge`, as the project's
+`train_knowledge` var).
 
     python bench/bench_accuracy.py --quick                  # a smoke run: few steps, 1 seed
     python bench/bench_accuracy.py --seeds 0 1 2 --systems bd --output bench/results/accuracy_knowledge.json
@@ -35,6 +37,7 @@ DATA = REPO.parent / "shared" / "data" / "twitter2015"
 CONFIGS = REPO / "project" / "configs"
 VARIANT_CONFIG = REPO / "project" / "scripts" / "variant_config.py"
 TWITTER_CORPUS = REPO / "project" / "scripts" / "twitter_corpus.py"
+AUGMENT_KNOWLEDGE = REPO / "project" / "scripts" / "augment_knowledge.py"
 PUBLISHED = {
     "text-only BERT-base-CRF": 71.81,
     "UMT": 73.41,
@@ -59,11 +62,17 @@ def run(cmd, log):
     subprocess.run([str(c) for c in cmd], check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def convert(workdir: Path, context: str, log):
-    """train/dev/test.spacy with the chosen context, as the project builds them."""
-    corpus = workdir / f"corpus-{context}"
+def convert(workdir: Path, context: str, train_knowledge: str, log):
+    """train/dev/test.spacy with the chosen context and training knowledge, as
+    the project builds them."""
+    released = workdir / f"corpus-{context}"
+    if not (released / "test.spacy").exists():
+        run([sys.executable, TWITTER_CORPUS, DATA, released, "--context", context], log)
+    if train_knowledge == "released":
+        return released
+    corpus = workdir / f"corpus-{context}-{train_knowledge}"
     if not (corpus / "test.spacy").exists():
-        run([sys.executable, TWITTER_CORPUS, DATA, corpus, "--context", context], log)
+        run([sys.executable, AUGMENT_KNOWLEDGE, released, corpus, "--knowledge", train_knowledge], log)
     return corpus
 
 
@@ -153,6 +162,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smoke run: --max-steps 30, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--context", default="knowledge", choices=["captions", "knowledge", "all"])
+    parser.add_argument("--train-knowledge", default="augmented", choices=["augmented", "released"])
     parser.add_argument("--max-steps", type=int, default=500, help="updates of 16 posts")
     parser.add_argument("--learn-rate", type=float, default=2e-4)
     parser.add_argument("--warmup-steps", type=int, default=50)
@@ -166,8 +176,7 @@ def main():
     parser.add_argument("--project", type=Path,
                         help="the project folder: reuse its twitter2015 ablation for seed 0")
     parser.add_argument("--corpus", type=Path,
-                        help="a folder with train/dev/test.spacy to use instead of converting the data "
-                             "(e.g. bench/augment_knowledge.py's)")
+                        help="a folder with train/dev/test.spacy to use instead of converting the data")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "accuracy.json")
     args = parser.parse_args()
@@ -184,7 +193,7 @@ def main():
                 "--training.eval_frequency", args.eval_frequency]
     extra = args.extra.split()
     with open(args.workdir / "log.txt", "a") as log:
-        corpus = args.corpus or convert(args.workdir, args.context, log)
+        corpus = args.corpus or convert(args.workdir, args.context, args.train_knowledge, log)
         results = []
         for seed in args.seeds:
             seed_results = {}
@@ -206,6 +215,7 @@ def main():
             results.append(seed_results)
     summary = {
         "settings": {"seeds": args.seeds, "context": args.context,
+                     "train_knowledge": "" if args.corpus else args.train_knowledge,
                      "max_steps": args.max_steps, "learn_rate": args.learn_rate,
                      "warmup_steps": args.warmup_steps, "eval_frequency": args.eval_frequency,
                      "extra": args.extra, "project": str(args.project or ""),

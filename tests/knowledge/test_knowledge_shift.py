@@ -1,20 +1,13 @@
-"""The knowledge rewriting of bench/bench_knowledge_shift.py: types renamed to
-the label set, mentions dropped, spurious mentions that touch no gold entity."""
-import importlib.util
-from pathlib import Path
-
+"""spacy_ita.knowledge.shift: types renamed to the label set, mentions dropped,
+spurious mentions that touch no gold entity."""
 import pytest
 import spacy
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
+from spacy_ita.knowledge import shift
 from spacy_ita.knowledge.mentions import Mention, align_mentions, parse_mentions
 from spacy_ita.visual_context import VisualContext
-
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_knowledge_shift", Path(__file__).parents[2] / "bench" / "bench_knowledge_shift.py")
-shift = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(shift)
 
 PGIM = ("Named entities:1. Kawhi Leonard (person/player)2. Raptors (sports team)"
         "3. Toronto (city)4. NBA Finals (event)Reasoning:The post is about basketball.")

@@ -233,6 +233,51 @@ def test_assets_in_place_are_verified_not_downloaded(tmp_path):
     assert output.count("Skipping download with matching checksum") == 3
 
 
+def write_twitter_dataset(folder: Path, n_posts: int = 10) -> None:
+    """A twitter2017-like asset folder made here: UMT splits of `n_posts` posts,
+    their BLIP-2 captions and PGIM's knowledge keyed by image id."""
+    folder.mkdir(parents=True)
+    captions, knowledge = [], []
+    for digit, split in enumerate(("train", "valid", "test"), start=1):
+        posts = []
+        for i in range(n_posts):
+            image = f"{digit}{i:02d}"
+            posts.append(f"IMGID:{image}\nKawhi\tB-PER\nwins\tO\nin\tO\nOslo\tB-LOC\n"
+                         f"tonight\tO\n\n")
+            captions.append(f"{image}.jpg :a player on a court\n")
+            knowledge.append(f"{image}.jpg :Named entities:1. Kawhi (person/player)"
+                             f"2. Oslo (city)Reasoning:a game.\n")
+        (folder / f"{split}.txt").write_text("".join(posts), encoding="utf8")
+    (folder / "blip2_captions.txt").write_text("".join(captions), encoding="utf8")
+    (folder / "pgim_knowledge.txt").write_text("".join(knowledge), encoding="utf8")
+
+
+def test_twitter_corpus_augments_the_training_knowledge_only(tmp_path):
+    """`corpus` on a Twitter dataset converts the release, then varies the
+    training posts' knowledge (the recipe) or, with train_knowledge released,
+    copies it; dev and test are PGIM's either way."""
+    project = copy_project(tmp_path / "project")
+    write_twitter_dataset(project / "assets" / "twitter2017")
+    result = spacy_project(project, "run", "corpus", ".", "--vars.dataset", "twitter2017")
+    assert result.returncode == 0, result.stdout + result.stderr
+    corpus, released = project / "corpus" / "twitter2017", project / "corpus" / "twitter2017" / "released"
+    for split in ("dev", "test"):
+        assert (corpus / f"{split}.spacy").read_bytes() == (released / f"{split}.spacy").read_bytes()
+    vocab = Vocab()
+    augmented = list(DocBin().from_disk(corpus / "train.spacy").get_docs(vocab))
+    as_released = list(DocBin().from_disk(released / "train.spacy").get_docs(vocab))
+    assert [doc.text for doc in augmented] == [doc.text for doc in as_released]
+    changed = [a._.visual_context.knowledge != r._.visual_context.knowledge
+               for a, r in zip(augmented, as_released)]
+    assert 0 < sum(changed) < len(changed)  # a fifth of the posts keep PGIM's answer
+    assert srsly.read_json(corpus / "augmentation.json")["knowledge"] == "augmented"
+
+    result = spacy_project(project, "run", "corpus", ".", "--vars.dataset", "twitter2017",
+                           "--vars.train_knowledge", "released")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (corpus / "train.spacy").read_bytes() == (released / "train.spacy").read_bytes()
+
+
 def test_demo_images_are_deterministic_and_entities_resolve(tmp_path):
     recipes = tmp_path / "recipes"
     recipes.mkdir()

@@ -1,0 +1,56 @@
+"""The training corpus with its knowledge varied as other LMs would write it.
+
+    python scripts/augment_knowledge.py corpus/twitter2015/released corpus/twitter2015 --knowledge augmented
+
+`augmented` (the recipe): the training posts are split at random into five
+equal groups, one kept as PGIM wrote it, the others with types renamed to the
+label set, then 30 % of the mentions dropped, 30 % spurious mentions added, or
+both (spacy_ita.knowledge.shift). A model trained on it keeps more of its gain
+when a user's LM is not PGIM's ChatGPT (docs/benchmarks.md). `released` copies
+the training posts unchanged. Dev and test are always copied unchanged, so
+checkpoints are chosen and scored on PGIM's own knowledge.
+"""
+import shutil
+from pathlib import Path
+
+import typer
+from spacy.tokens import DocBin
+from spacy.vocab import Vocab
+from wasabi import msg
+
+from spacy_ita.files import replace_json
+from spacy_ita.knowledge.shift import augment
+
+KNOWLEDGE = ("augmented", "released")
+
+
+def main(
+    corpus: Path = typer.Argument(..., exists=True, file_okay=False,
+                                  help="Folder with train/dev/test.spacy as converted"),
+    output: Path = typer.Argument(..., help="Folder for train/dev/test.spacy and augmentation.json"),
+    knowledge: str = typer.Option("augmented", "--knowledge", "-k",
+                                  help=f"The training knowledge: {' or '.join(KNOWLEDGE)}"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the groups and the rewriting"),
+) -> None:
+    """Write CORPUS's splits to OUTPUT, the training knowledge as --knowledge says."""
+    if knowledge not in KNOWLEDGE:
+        raise typer.BadParameter(f"{knowledge!r}; choose from {', '.join(KNOWLEDGE)}",
+                                 param_hint="--knowledge")
+    output.mkdir(parents=True, exist_ok=True)
+    for split in ("dev", "test"):
+        shutil.copyfile(corpus / f"{split}.spacy", output / f"{split}.spacy")
+    if knowledge == "released":
+        shutil.copyfile(corpus / "train.spacy", output / "train.spacy")
+        replace_json(output / "augmentation.json", {"knowledge": knowledge})
+        msg.good(f"{output / 'train.spacy'}: the training knowledge as released")
+        return
+    docs = list(DocBin().from_disk(corpus / "train.spacy").get_docs(Vocab()))
+    augmented, counts = augment(docs, seed)
+    DocBin(docs=augmented, store_user_data=True).to_disk(output / "train.spacy")
+    replace_json(output / "augmentation.json", {"knowledge": knowledge, "seed": seed, "groups": counts})
+    msg.good(f"{output / 'train.spacy'}: {len(docs)} posts, their knowledge augmented",
+             ", ".join(f"{name}: {c['posts']}" for name, c in counts.items()))
+
+
+if __name__ == "__main__":
+    typer.run(main)
