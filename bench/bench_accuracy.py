@@ -76,13 +76,13 @@ def convert(workdir: Path, context: str, train_knowledge: str, log):
     return corpus
 
 
-def train(system, seed, corpus, output, schedule, extra, log):
+def train(system, seed, corpus, output, schedule, extra, encoder, log):
     if system == "a":
         config = CONFIGS / "stock_ner.cfg"
     else:
         config = output.parent / f"{system}.cfg"
         run([sys.executable, VARIANT_CONFIG, CONFIGS / "ita.cfg", config,
-             "--variant", ITA_VARIANTS[system]], log)
+             "--variant", ITA_VARIANTS[system], "--encoder", encoder], log)
     run([sys.executable, "-m", "spacy", "train", config, "--output", output,
          "--paths.train", corpus / "train.spacy", "--paths.dev", corpus / "dev.spacy",
          "--system.seed", seed, *schedule, *([] if system == "a" else extra)], log)
@@ -163,6 +163,10 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--context", default="knowledge", choices=["captions", "knowledge", "all"])
     parser.add_argument("--train-knowledge", default="augmented", choices=["augmented", "released"])
+    parser.add_argument("--encoder", default="bundled",
+                        help="the encoder of b to f, as the project's `encoder` var (a keeps "
+                             "stock_ner.cfg's MiniLM) "
+                             "(bundled: all-MiniLM-L6-v2; mpnet: all-mpnet-base-v2)")
     parser.add_argument("--max-steps", type=int, default=500, help="updates of 16 posts")
     parser.add_argument("--learn-rate", type=float, default=2e-4)
     parser.add_argument("--warmup-steps", type=int, default=50)
@@ -208,7 +212,7 @@ def main():
                     if not metrics.exists():  # untrained, or still training: never score a checkpoint mid-run
                         continue
                 elif not model.exists():
-                    train(system, seed, corpus, output, schedule, extra, log)
+                    train(system, seed, corpus, output, schedule, extra, args.encoder, log)
                 seed_results.update(score(system, model, corpus, metrics, log))
                 seed_results[f"{system}_dev_f1"] = dev_f1(model)
                 seed_results[f"{system}_seconds"] = time.time() - start
@@ -216,6 +220,7 @@ def main():
     summary = {
         "settings": {"seeds": args.seeds, "context": args.context,
                      "train_knowledge": "" if args.corpus else args.train_knowledge,
+                     "encoder": args.encoder,
                      "max_steps": args.max_steps, "learn_rate": args.learn_rate,
                      "warmup_steps": args.warmup_steps, "eval_frequency": args.eval_frequency,
                      "extra": args.extra, "project": str(args.project or ""),
