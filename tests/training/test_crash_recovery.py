@@ -94,14 +94,18 @@ def assert_loadable_checkpoints(output):
 
 # A resumed process may round differently from the run it continues (torch's
 # CPU kernels depend on memory alignment); tests/training/test_training_loop.py checks the
-# state at the resume point bit for bit. Measured over 120 steps: drift 0;
-# a resume without the optimizer state 1.6e-3, without the random states 3.6e-3.
+# state at the resume point bit for bit. Over 60 steps the drift is 0. Over 600
+# (bf16, the tiny encoder) any resume, after one kill or six, ends 5.3e-3 away:
+# the state is the same bit for bit for 187 steps after the resume point, then
+# the embeddings' Adam moments differ in the last bits. A resume without the
+# optimizer state ends 7.9e-2 away, one without the random states 1.1e-1.
 DRIFT = 1e-4
+LONG_RUN_DRIFT = 2e-2
 
 
-def assert_same_parameters(output_a, output_b):
+def assert_same_parameters(output_a, output_b, drift=DRIFT):
     for directory in ("model-last", "model-best"):
-        assert largest_difference(output_a / directory, output_b / directory) <= DRIFT, directory
+        assert largest_difference(output_a / directory, output_b / directory) <= drift, directory
 
 
 @pytest.fixture(scope="module")
@@ -193,4 +197,4 @@ def test_killed_training_at_random_moments(tmp_path, tiny_encoder):
     assert kills.count(True) >= 4, kills  # most runs were still training when killed
     done = resume_training(setup, every, steps)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert_same_parameters(setup["output"], reference["output"])
+    assert_same_parameters(setup["output"], reference["output"], LONG_RUN_DRIFT)
