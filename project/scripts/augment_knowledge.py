@@ -36,6 +36,10 @@ def main(
     if knowledge not in KNOWLEDGE:
         raise typer.BadParameter(f"{knowledge!r}; choose from {', '.join(KNOWLEDGE)}",
                                  param_hint="--knowledge")
+    for split in ("train", "dev", "test"):
+        if not (corpus / f"{split}.spacy").is_file():
+            raise typer.BadParameter(f"{corpus / f'{split}.spacy'} not found (run convert-twitter)",
+                                     param_hint="CORPUS")
     output.mkdir(parents=True, exist_ok=True)
     for split in ("dev", "test"):
         shutil.copyfile(corpus / f"{split}.spacy", output / f"{split}.spacy")

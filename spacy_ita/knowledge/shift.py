@@ -175,7 +175,7 @@ def augment(docs: Sequence[Doc], seed: int = 0) -> Tuple[List[Doc], Dict[str, Di
         counts[name] = {"posts": len(group)}
         if shift is None:
             continue
-        examples = [Example(docs[i].copy(), docs[i]) for i in group]
+        examples = [Example(docs[i], docs[i]) for i in group]  # rewrite_knowledge copies
         rewritten, shift_counts = rewrite_knowledge(examples, *shift, seed)
         counts[name].update(shift_counts)
         for i, example in zip(group, rewritten):

@@ -66,7 +66,7 @@ def test_augmented_training_knowledge_is_varied_and_the_rest_kept(tmp_path):
             for d in read_docs(tmp_path / "other" / "train.spacy")] != knowledge
 
 
-def test_released_knowledge_is_copied_and_an_unknown_choice_refused(tmp_path):
+def test_released_knowledge_is_copied_and_an_unknown_choice_or_missing_split_refused(tmp_path):
     corpus = write_corpus(tmp_path / "released")
     augment_knowledge.main(corpus, tmp_path / "out", knowledge="released", seed=0)
     for split in ("train", "dev", "test"):
@@ -74,3 +74,7 @@ def test_released_knowledge_is_copied_and_an_unknown_choice_refused(tmp_path):
             (corpus / f"{split}.spacy").read_bytes()
     with pytest.raises(typer.BadParameter, match="choose from augmented, released"):
         augment_knowledge.main(corpus, tmp_path / "bad", knowledge="chatgpt", seed=0)
+    (corpus / "dev.spacy").unlink()
+    with pytest.raises(typer.BadParameter, match="dev.spacy not found"):
+        augment_knowledge.main(corpus, tmp_path / "bad", knowledge="augmented", seed=0)
+    assert not (tmp_path / "bad").exists()
