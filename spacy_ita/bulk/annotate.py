@@ -110,10 +110,8 @@ class PipelineSpec:
         in this process: each context component's cache opens and takes
         writes, its LM key is set and its endpoint answers. Loads only the
         context components (no model weights), on the CPU."""
-        nlp = replace(self, settings=replace(self.settings, gpu_id=-1),
-                      threads=None).load("extract")
-        for name in context_components(nlp):
-            nlp.get_pipe(name).preflight()
+        preflight_components(replace(self, settings=replace(self.settings, gpu_id=-1),
+                                     threads=None).load("extract"))
 
     def _excluded(self, stage: str) -> List[str]:
         """The components a stage does without, read from the model's config so
@@ -172,6 +170,13 @@ def _config_path(model: str):
         path = spacy.util.get_package_path(model)
         path = next(p for p in path.iterdir() if (p / "config.cfg").exists())
     return path / "config.cfg"
+
+
+def preflight_components(nlp: Language) -> None:
+    """Run each context component's preflight: its cache opens and takes
+    writes, its LM key is set and its endpoint answers; raises with the reason."""
+    for name in context_components(nlp):
+        nlp.get_pipe(name).preflight()
 
 
 def context_components(nlp: Language) -> List[str]:

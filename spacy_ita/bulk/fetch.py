@@ -9,6 +9,7 @@ option would allow it.
 """
 import http.client
 import ipaddress
+import math
 import os
 import socket
 import threading
@@ -51,6 +52,9 @@ class Fetcher:
     allow_private_urls: bool = False  # also fetch from loopback, private, ... addresses
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"--fetch-timeout must be a positive number of seconds, got "
+                             f"{self.timeout}")
         if self.image_root is not None:  # resolved once, where the run starts
             self.image_root = os.path.realpath(self.image_root)
 
@@ -202,7 +206,8 @@ class Fetcher:
                 kind, address = non_public_kind(sockaddr[0]), sockaddr[0]
                 if kind:
                     name = address if host == address else f"{host} resolves to {address}"
-                    raise ImageError(f"{what}: {name}, a {kind} address: refused "
+                    article = "an" if kind[0] in "aeiou" else "a"
+                    raise ImageError(f"{what}: {name}, {article} {kind} address: refused "
                                      "(--allow-private-urls allows it)")
         return addresses
 

@@ -6,6 +6,7 @@ app = typer.Typer(
     help="spacy-ita: multimodal NER with Image-Text Alignments",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback must not print an API key held in a local
 )
 
 

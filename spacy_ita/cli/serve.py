@@ -14,14 +14,17 @@ MIB = 2**20
 
 def read_api_key(env_name: Optional[str]) -> Optional[str]:
     """The API key from the environment variable `env_name` (None: no key);
-    ValueError when that variable is unset or empty. The key itself is never
-    printed."""
+    ValueError when that variable is unset, empty or not printable ASCII (an
+    HTTP header carries no other key reliably). The key itself is never printed."""
     if env_name is None:
         return None
     key = os.environ.get(env_name, "").strip()
     if not key:
         raise ValueError(f"--api-key-env {env_name}: the environment variable {env_name} "
                          "is unset or empty; set it to the API key clients must send")
+    if not (key.isascii() and key.isprintable()):
+        raise ValueError(f"--api-key-env {env_name}: the key must be printable ASCII "
+                         "characters (clients send it in an HTTP header)")
     return key
 
 
@@ -41,6 +44,9 @@ def serve_cli(
                                   help="Posts per request at most."),
     max_text_chars: int = typer.Option(10_000, "--max-text-chars", min=1, metavar="N",
                                        help="Longer post texts are refused (422)."),
+    max_context_chars: int = typer.Option(
+        20_000, "--max-context-chars", min=0, metavar="N",
+        help="Posts whose context items have more characters in all are refused (422)."),
     max_image_bytes: int = typer.Option(
         10 * MIB, "--max-image-bytes", min=1, metavar="N",
         help="Larger images (data: URLs or downloads) are refused."),
@@ -50,7 +56,8 @@ def serve_cli(
     fetch_timeout: float = typer.Option(10.0, "--fetch-timeout", metavar="SECONDS",
                                         help="Seconds to download one image URL."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N",
-                                   help="Posts per pipeline call at most."),
+                                   help="A batch takes waiting requests until it holds N "
+                                   "posts (a request with more runs whole)."),
     batch_wait_ms: float = typer.Option(
         5.0, "--batch-wait-ms", min=0, metavar="MS",
         help="Milliseconds a batch waits for more requests once it has one."),
@@ -82,7 +89,7 @@ def serve_cli(
         typer.echo(f"Error: serving needs the serve extra ({err}): "
                    "pip install 'spacy-ita[serve]'", err=True)
         raise typer.Exit(code=1) from None
-    from ..bulk.annotate import PipelineSpec
+    from ..bulk.annotate import ENVIRONMENT_ERRORS, PipelineSpec, preflight_components
 
     try:
         if not 0 <= port <= 65535:
@@ -91,15 +98,17 @@ def serve_cli(
         spec = PipelineSpec(model, pipeline_settings(add_context, ocr, tags, cache, gpu_id,
                                                      precision, code))
         nlp = spec.load()
+        preflight_components(nlp)  # an LM endpoint that is down fails here, not every post
         settings = ServeSettings(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
-            max_posts=max_posts, max_text_chars=max_text_chars, max_image_bytes=max_image_bytes,
+            max_posts=max_posts, max_text_chars=max_text_chars,
+            max_context_chars=max_context_chars, max_image_bytes=max_image_bytes,
             fetch_timeout=fetch_timeout, allow_private_urls=allow_private_urls,
             batch_size=batch_size, batch_wait=batch_wait_ms / 1000, batch_gap=batch_gap_ms / 1000,
             queue_size=queue_size,
             **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}))
         server_app = create_app(nlp, settings)
-    except (ValueError, OSError) as err:
+    except (ValueError, *ENVIRONMENT_ERRORS) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
     uvicorn.run(server_app, host=host, port=port, log_level="info", access_log=access_log)

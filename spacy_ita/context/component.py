@@ -232,11 +232,11 @@ class ItaContext:
         merging = existing is not None and self.existing_context == "merge"
         sources = [existing.to_dict()] if merging else []
         sources += [parts[slot] for slot in SLOTS if slot in parts]
-        merged: Dict[str, List[str]] = {name: [] for name in FIELDS}
+        merged: Dict[str, Dict[str, None]] = {name: {} for name in FIELDS}  # ordered sets
         for part in sources:
             for name, texts in part.items():
-                merged[name].extend(text for text in texts if text not in merged[name])
-        return VisualContext(**merged)
+                merged[name].update(dict.fromkeys(texts))
+        return VisualContext(**{name: list(texts) for name, texts in merged.items()})
 
     def _report(self, post: _Post) -> None:
         report_failure(f"{self.name}: no visual context from the image of", post.doc,

@@ -22,10 +22,10 @@ from spacy.language import Language
 from ..bulk.fetch import Fetcher
 from ..context.images import DEFAULT_MAX_PIXELS
 from .batching import Batcher, PostTagger, QueueFull
-from .schema import RequestError, parse_request
+from .schema import PostLimits, RequestError, parse_request
 
 STATIC = Path(__file__).with_name("static")
-SERVED_VIEWS = ("cross", "text")  # `entities` as the pipeline reads the post; `text_view`
+SERVED_VIEWS = ("cross", "text")  # `entities` as the pipeline reads the post; `text_view`: text only
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20  # room for a data: URL of a 10 MiB photo (base64: 4/3)
 DEFAULT_MAX_IMAGE_BYTES = 10 * 2**20
 
@@ -39,6 +39,7 @@ class ServeSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_posts: int = 256  # per request
     max_text_chars: int = 10_000  # per post (a tweet has 280)
+    max_context_chars: int = 20_000  # per post, its context items together
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     fetch_timeout: float = 10.0  # seconds for the whole download of one image URL
@@ -58,6 +59,7 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
     fetcher = Fetcher(max_bytes=settings.max_image_bytes, timeout=settings.fetch_timeout,
                       allow_private_urls=settings.allow_private_urls)
     status = health_status(nlp, tagger, settings)
+    limits = PostLimits(settings.max_text_chars, settings.max_context_chars)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -84,7 +86,7 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
     @app.post("/annotate", dependencies=needs_key)
     async def annotate(request: Request) -> JSONResponse:
         body = await read_body(request, settings.max_body_bytes)
-        parsed = parse_request(body, settings.max_posts, settings.max_text_chars)
+        parsed = parse_request(body, settings.max_posts, limits)
         if any(post.image is not None for post in parsed.posts):
             await run_in_threadpool(fetcher.fetch_posts, parsed.posts)
         results = await batcher.submit(parsed.posts, parsed.text_view)

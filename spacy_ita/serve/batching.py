@@ -1,7 +1,8 @@
 """Concurrent requests batched into `nlp.pipe` calls.
 
 A single worker thread runs the pipeline: it takes the requests waiting in a
-bounded queue, up to `max_posts` posts, waits for more once it holds one (at
+bounded queue until it holds `max_posts` posts (a request is never split, so
+one with more runs whole), waits for more once it holds one (at
 most `max_wait` seconds in all, no longer than `max_gap` for the next, and
 not at all once it holds as many posts as the recent batches: clients answered
 together come back together, and waiting for those that do not come left
@@ -14,7 +15,6 @@ import asyncio
 import queue
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
@@ -59,21 +59,29 @@ class Batcher:
         self._recent_posts: Deque[int] = deque([max_posts], maxlen=4)  # posts of the last batches
         self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
         self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="spacy-ita-batcher", daemon=True)
-        self._thread.start()
+        """Start the worker, unless it runs already."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="spacy-ita-batcher",
+                                                daemon=True)
+                self._thread.start()
 
     def stop(self) -> None:
         """Finish the batch in hand, then end the worker."""
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(_STOP)
+                self._thread.join()
+                self._thread = None
 
     async def submit(self, posts: List[Post], text_view: bool) -> List[Result]:
         """The results of `posts`, in order, once a batch has run them; QueueFull
         when the queue has no room."""
+        if self._thread is None:  # no lifespan started it: an app mounted inside another
+            self.start()
         loop = asyncio.get_running_loop()
         job = _Job(posts, text_view, loop, loop.create_future())
         try:
@@ -164,26 +172,23 @@ class PostTagger:
         for name in self.context_names:
             component = nlp.get_pipe(name)
             component.on_error = "ignore"  # errors go into the results
-            component.existing_context = "merge"  # the caller's context and the image's
             if max_pixels is not None:
                 component.max_pixels = max_pixels
+            if nlp.get_pipe_meta(name).factory == "ita_context":
+                component.existing_context = "merge"  # the caller's context and the image's
 
     def __call__(self, posts: List[Post], text_view: List[bool]) -> List[Result]:
         try:
             return self._tag(posts, text_view)
         except Exception as err:
             if len(posts) == 1:
-                return [self._failure(posts[0], err)]
+                return [self._failure(posts[0], err, text_view[0])]
         return [result for post, wanted in zip(posts, text_view)
                 for result in self([post], [wanted])]
 
     def _tag(self, posts: List[Post], text_view: List[bool]) -> List[Result]:
-        docs = [self._doc(post) for post in posts]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # per-post errors go into results
-            docs = list(self.nlp.pipe(docs, batch_size=len(docs)))
-            text_docs = iter(self._text_view([doc for doc, wanted in zip(docs, text_view)
-                                              if wanted]))
+        docs = list(self.nlp.pipe([self._doc(post) for post in posts], batch_size=len(posts)))
+        text_docs = iter(self._text_view([doc for doc, wanted in zip(docs, text_view) if wanted]))
         return [self._result(post, doc, next(text_docs) if wanted else None)
                 for post, doc, wanted in zip(posts, docs, text_view)]
 
@@ -217,11 +222,14 @@ class PostTagger:
             result["text_view"] = {"entities": entity_list(text_doc)}
         return result
 
-    def _failure(self, post: Post, err: Exception) -> Result:
+    def _failure(self, post: Post, err: Exception, text_view: bool) -> Result:
         errors = self._errors(post)
         errors.append(f"{post.where}: the pipeline failed on this post: "
                       f"{type(err).__name__}: {err}")
-        return {"entities": [], "view": None, "context": None, "errors": errors}
+        result = {"entities": [], "view": None, "context": None, "errors": errors}
+        if text_view:
+            result["text_view"] = {"entities": []}
+        return result
 
     def _errors(self, post: Post) -> List[str]:
         """What went wrong before the pipeline: the image's fetch, or an image

@@ -68,14 +68,23 @@ class AnnotateRequest:
     text_view: bool
 
 
-def parse_request(body: bytes, max_posts: int, max_text_chars: int) -> AnnotateRequest:
-    """The posts of a request body; RequestError (400 or 422) naming what is wrong.
-    A post's text is at most `max_text_chars` long: one long text would hold
-    the single batching worker, and every other client, for minutes."""
+@dataclass
+class PostLimits:
+    """How much text a post may bring: one long text or context would hold the
+    single batching worker, and every other client, for minutes."""
+
+    text_chars: int  # the post's text
+    context_chars: int  # all the items of its context together
+
+
+def parse_request(body: bytes, max_posts: int, limits: PostLimits) -> AnnotateRequest:
+    """The posts of a request body; RequestError (400 or 422) naming what is wrong."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RequestError(400, f"the body is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # an integer of thousands of digits, deep nesting
+        raise RequestError(400, f"the body is not JSON the server reads: {err}") from None
     if not isinstance(data, dict):
         raise RequestError(422, f"the body must be a JSON object, got {_json_type(data)}")
     batch = "posts" in data
@@ -87,26 +96,31 @@ def parse_request(body: bytes, max_posts: int, max_text_chars: int) -> AnnotateR
     except ValidationError as err:
         raise RequestError(422, _describe(err)) from None
     if not batch:
-        return AnnotateRequest([_to_post(parsed, 0, "post", "", max_text_chars)], False,
+        return AnnotateRequest([_to_post(parsed, 0, "post", "", limits)], False,
                                parsed.text_view)
-    posts = [_to_post(post, i, f"posts[{i}]", f"posts[{i}].", max_text_chars)
+    posts = [_to_post(post, i, f"posts[{i}]", f"posts[{i}].", limits)
              for i, post in enumerate(parsed.posts)]
     return AnnotateRequest(posts, True, parsed.text_view)
 
 
 def _to_post(post: PostIn, index: int, where: str, field_prefix: str,
-             max_text_chars: int) -> Post:
+             limits: PostLimits) -> Post:
     """A validated post as `apply`'s Post, the image as a URL or the bytes of
     its data: URL. `where` starts the post's errors in its result;
     `field_prefix` names its fields in a refusal."""
     _check_text(post.text, f"{field_prefix}text")
-    if len(post.text) > max_text_chars:
+    if len(post.text) > limits.text_chars:
         raise RequestError(422, f"{field_prefix}text: {len(post.text):,} characters, over the "
-                                f"limit of {max_text_chars:,} (--max-text-chars)")
+                                f"limit of {limits.text_chars:,} (--max-text-chars)")
     context = post.context.model_dump() if post.context is not None else None
     for name, items in (context or {}).items():
         for i, item in enumerate(items):
             _check_text(item, f"{field_prefix}context.{name}[{i}]")
+    context_chars = sum(len(item) for items in (context or {}).values() for item in items)
+    if context_chars > limits.context_chars:
+        raise RequestError(422, f"{field_prefix}context: {context_chars:,} characters in all, "
+                                f"over the limit of {limits.context_chars:,} "
+                                "(--max-context-chars)")
     image = None if post.image is None else image_input(post.image, f"{field_prefix}image")
     return Post(file="request", row=index, where=where, text=post.text, image=image,
                 visual_context=context)
@@ -149,9 +163,14 @@ def _describe(err: ValidationError) -> str:
 
 
 def _path(loc: Tuple[Any, ...]) -> str:
+    """The field's path; a key is cut to 60 characters (an unknown key comes from the client)."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        name = str(part) if len(str(part)) <= 60 else f"{str(part)[:60]}..."
+        path += f".{name}" if path else name
     return path
 
 

@@ -246,6 +246,13 @@ def test_the_checked_address_is_the_one_connected_to(server, loopback_is_public,
         fetcher.fetch(f"http://mixed.test:{server}/host")
 
 
+def test_a_refusal_names_the_kind_of_address():
+    with pytest.raises(fetch.ImageError, match="0.0.0.0, an unspecified address: refused"):
+        Fetcher(retries=0, timeout=5).fetch("http://0.0.0.0:9/x.png")
+    with pytest.raises(ValueError, match="--fetch-timeout must be a positive number of seconds"):
+        Fetcher(timeout=float("nan"))
+
+
 @pytest.mark.parametrize("path", ["/drip-headers", "/drip-body"])
 def test_the_timeout_bounds_the_whole_download(server, path):
     """The server sends a byte every 0.1 s for 3 s: each read is quick, the

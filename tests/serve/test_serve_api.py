@@ -114,6 +114,10 @@ def test_a_batch_keeps_its_order_and_merges_the_callers_context(nlp, model_dir):
     (b'{"text": "ok \\ud83d"}', 422, "text: contains a lone surrogate at character 3"),
     (b'{"posts": [{"text": "a", "context": {"knowledge": ["\\udc00"]}}]}', 422,
      "posts[0].context.knowledge[0]: contains a lone surrogate"),
+
+    (b'{"text": ' + b"1" * 5_000 + b"}", 400, "the body is not JSON the server reads"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "the body is not JSON the server reads"),
+    (b'{"text": "a", "' + b"k" * 10_000 + b'": 1}', 422, "k" * 60 + "...: Extra inputs"),
 ])
 def test_a_bad_request_is_refused_naming_the_field(shared_api, body, status, message):
     answer = shared_api.post("/annotate", content=body,
@@ -139,6 +143,21 @@ def test_a_post_text_over_the_limit_is_refused_naming_the_post(nlp):
     assert long_text.status_code == 422
     assert "posts[1].text: 80 characters, over the limit of 50" in long_text.json()["detail"]
     assert fits.status_code == 200
+
+
+def test_a_post_context_over_the_limit_is_refused_naming_the_post(nlp):
+    """Its items together: many short ones cost the worker as much as one long."""
+    with client(nlp, max_context_chars=100) as api:
+        many = api.post("/annotate", json={"posts": [{"text": "a"}, {"text": "b", "context": {
+            "captions": ["a dog"] * 15, "knowledge": ["Rex (PER)"] * 4}}]})
+        fits = api.post("/annotate", json={"text": "b", "image": data_url(RED),
+                                           "context": {"captions": ["a dog"] * 20}})
+    assert many.status_code == 422
+    assert ("posts[1].context: 111 characters in all, over the limit of 100 "
+            "(--max-context-chars)") in many.json()["detail"]
+    assert fits.status_code == 200  # merged with the photo's context, repeats dropped
+    assert fits.json()["context"] == {"captions": ["a dog"], "object_tags": ["red"],
+                                      "ocr_text": [], "knowledge": []}
 
 
 def test_images_over_the_byte_or_pixel_limit_are_errors_of_their_post(nlp):
@@ -184,11 +203,13 @@ def test_a_post_the_pipeline_fails_on_costs_only_its_result(nlp):
     nlp.max_length = 40  # spaCy refuses longer texts in make_doc
     with client(nlp) as api:
         answer = api.post("/annotate", json={"posts": [{"text": "Rain again in London"},
-                                                       {"text": "word " * 20}]})
+                                                       {"text": "word " * 20}],
+                                             "text_view": True})
     assert answer.status_code == 200
     good, bad = answer.json()["results"]
     assert good["errors"] == [] and good["entities"] == in_process(nlp, "Rain again in London")[0]
     assert bad["entities"] == [] and bad["view"] is None
+    assert bad["text_view"] == {"entities": []}  # the same shape as every result
     assert bad["errors"][0].startswith("posts[1]: the pipeline failed on this post: ValueError:")
 
 
@@ -196,7 +217,8 @@ def test_an_image_without_ita_context_is_reported(nlp):
     nlp.remove_pipe("ita_context")
     with client(nlp) as api:
         assert api.get("/health").json()["reads_images"] is False
-        result = api.post("/annotate", json={"text": "Rain", "image": data_url(RED)}).json()
+        with pytest.warns(UserWarning, match="ita_ner ignores the image"):  # once, in the log
+            result = api.post("/annotate", json={"text": "Rain", "image": data_url(RED)}).json()
     assert result["errors"] == ["post: the image was not read: the pipeline has no "
                                 "ita_context component (the server runs with --no-context)"]
 

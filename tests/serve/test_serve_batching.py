@@ -123,6 +123,27 @@ def test_one_lone_request_does_not_make_the_next_batches_stop_short():
     assert recorder.batches == [["a", "b", "c", "d"], ["e"], ["f", "g"]]
 
 
+async def submit_with_deadline(batcher, text):
+    return await asyncio.wait_for(batcher.submit(posts(text), False), 10)
+
+
+def test_a_batcher_nobody_started_starts_at_the_first_request():
+    """As in an app mounted inside another, whose lifespan never runs; and
+    again after a stop."""
+    recorder = Recorder()
+    recorder.release.set()
+    batcher = Batcher(recorder, max_wait=0.0)
+    try:
+        assert asyncio.run(submit_with_deadline(batcher, "a")) == [
+            {"text": "A", "text_view": False}]
+        batcher.stop()
+        assert asyncio.run(submit_with_deadline(batcher, "b")) == [
+            {"text": "B", "text_view": False}]
+    finally:
+        batcher.stop()
+    assert recorder.batches == [["a"], ["b"]]
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_posts and queue_size must be at least 1"):
         Batcher(lambda posts, views: [], max_posts=0)

@@ -12,7 +12,8 @@ from serve_helpers import API_KEY, data_url, png_bytes
 pytest.importorskip("websockets")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
-TEXT = "Phoenix beat Denver tonight"
+# The emoji: the server counts characters in code points, the page's JavaScript in UTF-16 units.
+TEXT = "\N{FIRE} Phoenix beat Denver tonight"
 MARKS = """JSON.stringify([...document.querySelectorAll("#%s mark.entity")]
     .map((mark) => [mark.firstChild.textContent, mark.dataset.label]))"""
 # The text shown in a view without the labels inside the marks.

@@ -1,6 +1,7 @@
 """`python -m spacy_ita serve` as a real uvicorn server on 127.0.0.1: the
 API key, concurrent clients each getting their own answers, image URLs, a
 key that never reaches the log; and the command's refusals before serving."""
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -71,3 +72,34 @@ def test_the_command_refuses_a_missing_key_a_bad_port_or_a_model_without_ita_ner
     result = runner.invoke(app, ["serve", str(tmp_path / "blank"), "--no-context"])
     assert result.exit_code == 1
     assert "the pipeline has no ita_ner component (its components: none)" in result.output
+
+
+def test_the_command_checks_its_setup_before_serving(model_dir, tmp_path, monkeypatch):
+    """A language model that cannot be reached, a key that is not ASCII, a
+    fetch timeout of 0: refused at the start, not in every post's errors."""
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append(args))
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    runner = CliRunner()
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        nlp = spacy.load(model_dir)
+        nlp.add_pipe("ita_knowledge", after="ita_context", config={"model": {
+            "@misc": "spacy-ita.openai_compatible.v1", "model": "m", "json_mode": False,
+            "base_url": f"http://127.0.0.1:{closed.getsockname()[1]}/v1",
+            "api_key_env": API_KEY_ENV, "timeout": 2.0, "max_retries": 0}})
+        nlp.to_disk(tmp_path / "with_lm")
+        result = runner.invoke(app, ["serve", str(tmp_path / "with_lm")])
+    assert result.exit_code == 1 and "cannot be reached" in result.output
+    assert API_KEY not in result.output
+    result = runner.invoke(app, ["serve", str(model_dir), "--fetch-timeout", "0"])
+    assert result.exit_code == 1
+    assert "--fetch-timeout must be a positive number of seconds, got 0" in result.output
+    monkeypatch.setenv(API_KEY_ENV, "clé")
+    result = runner.invoke(app, ["serve", str(model_dir), "--api-key-env", API_KEY_ENV])
+    assert result.exit_code == 1 and "the key must be printable ASCII" in result.output
+    assert served == []
+    result = runner.invoke(app, ["serve", str(model_dir)])
+    assert result.exit_code == 0 and len(served) == 1  # the same command, set up right

@@ -66,17 +66,21 @@ function clearImage() {
 function drawEntities(view, text, entities, note) {
   const box = byId(view).querySelector(".entities");
   box.replaceChildren();
+  // The server counts characters as Python does (code points), JavaScript's
+  // strings count UTF-16 units: an emoji is one of the first and two of the second.
+  const chars = Array.from(text);
+  const part = (start, end) => chars.slice(start, end).join("");
   let offset = 0;
   for (const entity of entities) {
-    box.append(text.slice(offset, entity.start));
-    const mark = element("mark", text.slice(entity.start, entity.end), "entity");
+    box.append(part(offset, entity.start));
+    const mark = element("mark", part(entity.start, entity.end), "entity");
     mark.dataset.label = entity.label;
     mark.style.background = COLOURS[entity.label] || "#ddd";
     mark.append(element("span", entity.label));
     box.append(mark);
     offset = entity.end;
   }
-  box.append(text.slice(offset));
+  box.append(part(offset));
   byId(view).querySelector(".note").textContent =
     note || `${entities.length} ${entities.length === 1 ? "entity" : "entities"}`;
 }
