@@ -12,11 +12,11 @@ it runs in fp32.
 """
 import logging
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import ContextManager, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -93,17 +93,28 @@ def encoder_precision(precision: str) -> Iterator[None]:
         _precision.reset(token)
 
 
-def encoder_autocast(device: torch.device) -> ContextManager:
-    """The autocast for an encoder forward on the device, as the current
-    `encoder_precision` says: bf16 autocast, or a context that changes nothing."""
-    if not encoder_in_bf16(device):
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def encoder_in_bf16(device: torch.device) -> bool:
     """Whether the current `encoder_precision` runs the encoder in bf16 on the device."""
     return effective_precision(_precision.get(), device) == "bf16"
+
+
+# The kept bf16 weights the encoder's linear layers use in this thread's (or
+# task's) current forward, by id(layer); None: their own fp32 weights.
+_kept_copies: ContextVar[Optional[Dict[int, Tuple[torch.Tensor, ...]]]] = ContextVar(
+    "ita_kept_bf16_weights", default=None)
+
+
+class KeptWeightsLinear(nn.Linear):
+    """An nn.Linear (same parameters, same state dict) that multiplies by its
+    kept bf16 copies inside `Bf16LinearWeights.used`, and only in the thread
+    that entered it: other threads, training and saving see the fp32 weights."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        kept = _kept_copies.get()
+        copies = None if kept is None else kept.get(id(self))
+        if copies is None:
+            return super().forward(input)
+        return nn.functional.linear(input, *copies)
 
 
 class Bf16LinearWeights:
@@ -117,17 +128,16 @@ class Bf16LinearWeights:
     in-place update of its own, a load, a move to another device)."""
 
     def __init__(self, module: nn.Module):
-        self.layers = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
-        self._key: Optional[Tuple] = None
-        self._copies: List[Dict[str, torch.Tensor]] = []
-        # One swap at a time: a second thread would take the first's copies
-        # for the weights to put back.
-        self._lock = threading.Lock()
+        self.layers = [layer for layer in module.modules() if type(layer) is nn.Linear]
+        for layer in self.layers:
+            layer.__class__ = KeptWeightsLinear
+        self.forget()
+        self._lock = threading.Lock()  # one thread makes the copies, the others wait for them
 
     def forget(self) -> None:
         """Drop the copies: the next use makes them again."""
-        self._key = None
-        self._copies = []
+        self._key: Optional[Tuple] = None
+        self._copies: Optional[Dict[int, Tuple[torch.Tensor, ...]]] = None
 
     def __getstate__(self) -> Dict:
         """A copy or a pickle (thinc copies the module) keeps no copies nor the lock."""
@@ -139,22 +149,28 @@ class Bf16LinearWeights:
         self._lock = threading.Lock()
 
     @contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """Within this context the linear layers hold their bf16 copies; the
-        fp32 parameters are back in place after it, whatever happens."""
+    def used(self) -> Iterator[None]:
+        """Within this context, in this thread, the linear layers multiply by
+        their bf16 copies (made first if a weight changed since the last)."""
+        token = _kept_copies.set(self._current_copies())
+        try:
+            yield
+        finally:
+            _kept_copies.reset(token)
+
+    def _current_copies(self) -> Optional[Dict[int, Tuple[torch.Tensor, ...]]]:
+        """The copies of the weights as they are now; None for weights made
+        under `torch.inference_mode`, which have no version to tell a change by
+        (autocast then casts them on each forward)."""
+        tensors = [(layer, [t for t in (layer.weight, layer.bias) if t is not None])
+                   for layer in self.layers]
+        if any(t.is_inference() for _, ts in tensors for t in ts):
+            return None
+        key = tuple((id(t), t._version, t.data_ptr()) for _, ts in tensors for t in ts)
         with self._lock:
-            originals = [dict(layer._parameters) for layer in self.layers]
-            key = tuple((id(tensor), tensor._version, tensor.data_ptr()) for tensors in originals
-                        for tensor in tensors.values() if tensor is not None)
             if key != self._key:
                 with torch.no_grad():
-                    self._copies = [{name: tensor.to(torch.bfloat16) for name, tensor in
-                                     tensors.items() if tensor is not None} for tensors in originals]
+                    self._copies = {id(layer): tuple(t.to(torch.bfloat16) for t in ts)
+                                    for layer, ts in tensors}
                 self._key = key
-            try:
-                for layer, copies in zip(self.layers, self._copies):
-                    layer._parameters.update(copies)  # a plain swap: functional_call took 2 ms a batch
-                yield
-            finally:
-                for layer, tensors in zip(self.layers, originals):
-                    layer._parameters.update(tensors)
+            return self._copies

@@ -7,10 +7,10 @@ the model without a network.
 """
 import json
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from io import BytesIO
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import srsly
 import torch
@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, SpecialTokensMixi
 
 from .crf import LinearChainCRF
 from .inputs import EncoderBatch
-from .precision import Bf16LinearWeights, encoder_autocast, encoder_in_bf16
+from .precision import Bf16LinearWeights, encoder_in_bf16
 from .token_features import TokenFeatureEmbedding
 
 
@@ -55,8 +55,7 @@ class ItaTaggerModule(nn.Module):
         """
         added = self._encoder_input_additions(batch)
         outputs = []
-        # One autocast for all chunks: it casts each weight to bf16 once per batch.
-        with self._inference_weights(), encoder_autocast(self.emission.weight.device):
+        with self._encoder_precision():
             for i, ids in enumerate(batch.input_ids):
                 extra = ({} if batch.token_type_ids is None
                          else {"token_type_ids": batch.token_type_ids[i]})
@@ -83,12 +82,20 @@ class ItaTaggerModule(nn.Module):
         does not see); the next bf16 inference makes them again."""
         self._bf16_weights.forget()
 
-    def _inference_weights(self) -> ContextManager:
-        """In bf16 inference, the encoder's linear layers with their kept bf16
-        copies (see `Bf16LinearWeights`); else a context that changes nothing."""
-        if torch.is_grad_enabled() or not encoder_in_bf16(self.emission.weight.device):
-            return nullcontext()
-        return self._bf16_weights.swapped_in()
+    @contextmanager
+    def _encoder_precision(self) -> Iterator[None]:
+        """The encoder's precision for this forward: fp32, or bf16 autocast, in
+        inference with the kept bf16 copies of the linear weights (see
+        `Bf16LinearWeights`). The copies are dropped where they cannot serve
+        (fp32, training), so that they take no memory meanwhile."""
+        device = self.emission.weight.device
+        bf16 = encoder_in_bf16(device)
+        keep = bf16 and not torch.is_grad_enabled()
+        if not keep:
+            self._bf16_weights.forget()
+        with (self._bf16_weights.used() if keep else nullcontext()), \
+                (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()):
+            yield
 
     def _encoder_input_additions(self, batch: EncoderBatch) -> Optional[List[torch.Tensor]]:
         """Per chunk, what to add to the encoder's input embeddings: each token's

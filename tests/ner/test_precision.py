@@ -109,7 +109,7 @@ def test_bf16_update_keeps_crf_losses_and_weights_fp32(tiny_encoder, monkeypatch
     monkeypatch.setattr(LinearChainCRF, "_forward_alphas", recording)
     module = nlp.get_pipe("ita_ner").model.module
     seen, hooks = record_dtypes(module)
-    losses = nlp.update(examples)
+    losses = nlp.update(examples, sgd=False)  # gradients kept, no step to zero them
     for hook in hooks:
         hook.remove()
     assert set(seen["encoder"]) == {torch.bfloat16}
@@ -118,7 +118,8 @@ def test_bf16_update_keeps_crf_losses_and_weights_fp32(tiny_encoder, monkeypatch
     parameters = list(module.named_parameters())
     assert {p.dtype for _, p in parameters} == {torch.float32}
     grads = {name: p.grad for name, p in parameters if p.grad is not None}
-    assert any(name.startswith("encoder.") for name in grads)
+    assert any(name.startswith("encoder.") and grad.abs().sum() > 0
+               for name, grad in grads.items())
     assert {grad.dtype for grad in grads.values()} == {torch.float32}
 
 
@@ -207,36 +208,91 @@ def test_tagging_between_a_gradient_and_the_step_sees_the_step(tiny_encoder):
     train(nlp, examples, 0)
     ner = nlp.get_pipe("ita_ner")
     optimizer = nlp.resume_training()
-    nlp.update(examples, sgd=None)  # gradients, no step
+    nlp.update(examples, sgd=False)  # gradients, no step
     list(nlp.pipe(fresh_docs(examples)))  # the copies are made from the weights before it
     ner.finish_update(optimizer)
     after, autocast = emissions_two_ways(ner, fresh_docs(examples))
     assert torch.equal(after, autocast)
 
 
-def test_kept_bf16_weights_are_swapped_by_one_thread_at_a_time(trained_tiny):
-    """A second thread entering while the first holds the copies swapped in
-    would put the copies back as the weights: it waits instead."""
+def test_kept_bf16_weights_serve_only_the_thread_that_uses_them(trained_tiny):
+    """While one thread's bf16 forward uses the kept copies, another sees the
+    fp32 weights: it tags in fp32, saves and trains them as they are."""
     import threading
 
-    nlp, _ = trained_tiny
-    kept = nlp.get_pipe("ita_ner").model.module._bf16_weights
-    entered, go = threading.Event(), threading.Event()
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    module = ner.model.module
+    ner.precision = "fp32"
+    expected = entities(nlp.pipe(fresh_docs(examples)))
+    held, done, in_use = threading.Event(), threading.Event(), []
 
-    def second():
-        with kept.swapped_in():
-            entered.set()
-            go.wait(5)
+    def bf16_forward_in_progress():
+        with module._bf16_weights.used():
+            in_use.append(precision_module._kept_copies.get() is not None)
+            held.set()
+            done.wait(10)
 
-    with kept.swapped_in():
-        thread = threading.Thread(target=second)
-        thread.start()
-        entered.wait(0.5)  # it cannot enter while this swap holds
-    go.set()
-    thread.join(5)
-    assert entered.is_set()
-    parameters = list(nlp.get_pipe("ita_ner").model.module.parameters())
-    assert {p.dtype for p in parameters} == {torch.float32}
+    thread = threading.Thread(target=bf16_forward_in_progress)
+    thread.start()
+    try:
+        assert held.wait(5)
+        found = entities(nlp.pipe(fresh_docs(examples)))
+        saved = {tensor.dtype for tensor in module.state_dict().values()
+                 if tensor.is_floating_point()}
+        losses = {}
+        nlp.update(examples, sgd=False, losses=losses)
+        encoder_grads = [p.grad for name, p in module.named_parameters()
+                         if name.startswith("encoder.") and name.endswith(".weight")
+                         and p.grad is not None]
+    finally:
+        done.set()
+        thread.join(5)
+        module.zero_grad()
+        ner.precision = "auto"
+    assert in_use == [True]
+    assert found == expected and saved == {torch.float32}
+    assert encoder_grads and all(grad.abs().sum() > 0 for grad in encoder_grads)
+
+
+def test_kept_bf16_weights_take_no_memory_where_they_cannot_serve(trained_tiny):
+    """Dropped once tagging goes fp32 or a training forward runs (their
+    weights are about to change)."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    kept = ner.model.module._bf16_weights
+    try:
+        for precision, then in (("fp32", lambda: list(nlp.pipe(fresh_docs(examples)))),
+                                ("bf16", lambda: nlp.update(examples, sgd=False))):
+            ner.precision = "bf16"
+            list(nlp.pipe(fresh_docs(examples)))
+            assert kept._copies is not None
+            ner.precision = precision
+            then()
+            assert kept._copies is None
+    finally:
+        ner.model.module.zero_grad()
+        ner.precision = "auto"
+
+
+def test_a_pipeline_loaded_in_inference_mode_tags_in_bf16(trained_tiny, tmp_path):
+    """Its weights are inference tensors, which have no version to tell a
+    change by: autocast casts them on each forward instead of kept copies."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    ner.precision = "bf16"
+    expected = entities(nlp.pipe(fresh_docs(examples)))
+    ner.precision = "auto"
+    nlp.to_disk(tmp_path / "pipeline")
+    with torch.inference_mode():
+        loaded = spacy.load(tmp_path / "pipeline")
+        loaded.get_pipe("ita_ner").precision = "bf16"
+        docs = []
+        for eg in examples:
+            docs.append(loaded.make_doc(eg.text))
+            docs[-1]._.visual_context = eg.predicted._.visual_context
+        found = entities(loaded.pipe(docs))
+    assert any(expected) and found == expected
 
 
 def test_a_copied_tagger_makes_its_own_bf16_weights(trained_tiny):
@@ -246,7 +302,7 @@ def test_a_copied_tagger_makes_its_own_bf16_weights(trained_tiny):
     ner = nlp.get_pipe("ita_ner")
     emissions_two_ways(ner, fresh_docs(examples))  # the original keeps copies
     module = copy.deepcopy(ner.model.module)
-    assert module._bf16_weights._copies == []
+    assert module._bf16_weights._copies is None
     assert all(a is b for a, b in zip(module._bf16_weights.layers,
                                       [m for m in module.encoder.modules()
                                        if isinstance(m, torch.nn.Linear)]))
