@@ -13,8 +13,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 _HEADER = re.compile(r"named\s+entit(?:y|ies)\s*:", re.IGNORECASE)
 _REASONING = re.compile(r"\breasoning\s*:", re.IGNORECASE)
-_TYPED_ITEM = re.compile(r"([^()]+?)\s*\(([^()]*)\)")
+# `X (type)`: a bracket may stand in the mention only before the type's (`f(x) (group)`),
+# and one inside the type (`Krystal (member of f(x))`).
+_TYPED_ITEM = re.compile(r"((?:[^()]|\([^()]*\)(?=\s*\())+?)\s*\(((?:[^()]|\([^()]*\))*)\)(?!\s*\()")
 _NUMBERING = re.compile(r"^\s*(?:\d+\s*[.)]|[-*•;,])\s*")
+_NUMBERED = re.compile(r"^\s*\d+\s*[.)]")
+_HTML_ENTITY = re.compile(r"&(#?\w{1,10});")  # `&amp;` in tweets' text: its `;` splits nothing
 _POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
 _NO_MENTION = {"", "none", "na", "n/a", "nil", "null"}
 # An untyped item longer than this is prose ("The sentence has no entities"), not a mention.
@@ -35,20 +39,22 @@ def parse_mentions(text: str) -> List[Mention]:
     """The mentions in one knowledge text, in order, without repeats.
 
     The text after an optional `Named entities:` header and before an optional
-    `Reasoning:` is split at `;` and line breaks; in each piece, typed items
-    `X (type)` are read wherever they stand, and a piece without any is one
-    untyped mention if it is short (a long one is prose, not a mention).
+    `Reasoning:` is split at `;` (not an HTML entity's) and line breaks; in
+    each piece, typed items `X (type)` are read wherever they stand, and a
+    piece without any, or a numbered item after the last, is one untyped
+    mention if it is short (a long one is prose, not a mention).
     """
     header = _HEADER.search(text)
     body = text[header.end():] if header else text
     body = _REASONING.split(body, maxsplit=1)[0]
     mentions = []
-    for piece in re.split(r"[;\n]", body):
-        typed = _TYPED_ITEM.findall(piece)
-        if typed:
-            mentions += [Mention(_clean(m), " ".join(kind.split()).lower()) for m, kind in typed]
-        elif len(_clean(piece).split()) <= MAX_UNTYPED_WORDS:
-            mentions.append(Mention(_clean(piece)))
+    for piece in re.split(r"[;\n]", _HTML_ENTITY.sub("&\\1\0", body)):
+        piece = piece.replace("\0", ";")
+        typed = list(_TYPED_ITEM.finditer(piece))
+        mentions += [Mention(_clean(m[1]), " ".join(m[2].split()).lower()) for m in typed]
+        rest = piece[typed[-1].end():] if typed else piece
+        if (not typed or _NUMBERED.match(rest)) and len(_clean(rest).split()) <= MAX_UNTYPED_WORDS:
+            mentions.append(Mention(_clean(rest)))  # untyped: alone, or numbered after typed
     return list(dict.fromkeys(m for m in mentions if m.text.lower() not in _NO_MENTION))
 
 

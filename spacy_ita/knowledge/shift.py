@@ -155,8 +155,9 @@ def rewrite_knowledge(
         doc = eg.predicted.copy()
         if renamed[i] is not None:
             kept = [m for m in renamed[i] if (i, m) not in dropped] + added.get(i, [])
-            context = get_visual_context(doc)
+            context = get_visual_context(doc)  # a copy where the doc held a dict
             context.knowledge = [render_mentions(kept)] if kept else []
+            doc._.visual_context = context
         rewritten.append(Example(doc, eg.reference))
     counts = {"mentions_in_posts": len(pool), "dropped": len(dropped),
               "spurious_added": n_added}

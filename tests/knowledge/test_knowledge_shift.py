@@ -61,6 +61,14 @@ def test_renaming_keeps_the_mentions_and_writes_the_extractors_form():
     assert examples[0].predicted._.visual_context.knowledge == [PGIM]  # the input is left alone
 
 
+def test_a_context_held_as_a_dict_is_rewritten_too():
+    """Doc._.visual_context may be a plain dict; the rewrite must reach the doc."""
+    examples = make_examples(1)
+    examples[0].predicted._.visual_context = {"knowledge": [PGIM]}
+    rewritten, _ = shift.rewrite_knowledge(examples, 0.0, 0.0)
+    assert knowledge_of(rewritten[0])[0] == Mention("Kawhi Leonard", "PER")
+
+
 def test_dropping_removes_the_share_of_mentions_the_same_way_each_time():
     examples = make_examples(10)
     rewritten, counts = shift.rewrite_knowledge(examples, 0.3, 0.0, seed=0)

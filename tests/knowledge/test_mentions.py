@@ -35,6 +35,14 @@ def test_pgim_answer_parses_to_mentions_without_the_reasoning():
         ("The sentence does not contain any named entities, as it is a plain description.", []),
         ("Named entities: None", []),
         ("Tower Bridge (location) ; Tower Bridge (location)", [Mention("Tower Bridge", "location")]),
+        # As PGIM's answers on Twitter-2015 have them: HTML entities, brackets in names and types.
+        ("Named entities:1. One&amp;Only (brand)2. Bahrain (location)Reasoning: x",
+         [Mention("One&amp;Only", "brand"), Mention("Bahrain", "location")]),
+        ("1. f(x) (K-pop girl group) 2. Krystal (member of f(x)) 3. Tower(location)",
+         [Mention("f(x)", "k-pop girl group"), Mention("Krystal", "member of f(x)"),
+          Mention("Tower", "location")]),
+        ("1. Obama (person) 2. White House", [Mention("Obama", "person"), Mention("White House")]),
+        ("Obama (person), and others", [Mention("Obama", "person")]),
     ],
 )
 def test_answer_shapes(text, expected):
