@@ -188,7 +188,7 @@ def read_posts(inputs: Sequence[InputFile], columns: Columns,
 def read_file_posts(item: InputFile, columns: Columns,
                     bitmap: Optional[bytearray] = None) -> Iterator[Post]:
     """The posts of one file, skipping the rows whose bit is set in `bitmap`."""
-    reader = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
+    reader = {"jsonl": jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
     keep = columns.keep
     if keep is None and item.format == "parquet":
         schema = _parquet(item.path).schema_arrow
@@ -320,7 +320,9 @@ def join_warnings(*warnings: Optional[str]) -> Optional[str]:
     return "; ".join(warning for warning in warnings if warning) or None
 
 
-def _jsonl_records(path: Path) -> Records:
+def jsonl_records(path: Path) -> Records:
+    """(row, where, record, error, warning) per JSON line: a BOM, bytes that are not
+    UTF-8 and lone surrogates are mended with a warning, a bad line is an error."""
     row, shown = 0, shown_path(path)
     with open(path, "rb") as file:
         for number, data in enumerate(file, start=1):

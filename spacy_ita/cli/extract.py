@@ -1,7 +1,7 @@
 """`python -m spacy_ita extract`: images (and posts) to visual contexts and
 knowledge, stored in a `.spacy` DocBin."""
-import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -12,6 +12,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from tqdm import tqdm
 
+from ..bulk.inputs import jsonl_records
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
 from ..context.config import OCREngine, context_config
@@ -115,23 +116,23 @@ def read_inputs(nlp: Language, input_path: Path,
 
         return len(doc_bin), docs_from_bin()
     if input_path.suffix in (".jsonl", ".json"):
-        lines = input_path.read_text(encoding="utf8").splitlines()
         records = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{input_path}, line {number}: invalid JSON: {err}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{input_path}, line {number}: expected an object with a "
-                                 "'text' string and an 'image' path")
+        for _, where, record, error, warning in jsonl_records(input_path):
+            image_id = record.get("image_id")
+            if error is None and not isinstance(record.get("text"), str):
+                error = "expected an object with a 'text' string and an 'image' path"
+            elif image_id is not None and (not isinstance(image_id, (str, int))
+                                           or isinstance(image_id, bool)):
+                error = f"'image_id' must be a string, got {image_id!r}"
+            if error is not None:
+                raise ValueError(f"{where}: {error}")
+            if warning is not None:
+                warnings.warn(f"{where}: {warning}")
             image = record.get("image")
             records.append(make_doc(
                 nlp, record["text"],
                 None if image is None else finder.find(str(image), input_path.parent),
-                image_id=record.get("image_id"),
+                image_id=None if image_id is None else str(image_id),
             ))
         return len(records), iter(records)
     raise ValueError(f"{input_path}: expected a folder of images, a .spacy file or a "

@@ -362,6 +362,9 @@ def format_mner(docs: Iterable[Doc], *, inline_field: Optional[str] = None) -> I
             raise ValueError(f"Doc {i} has no tokens")
         lines = []
         if image_id is not None:
+            if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
+                raise ValueError(f"Doc {i}: the image id must be a string, got {image_id!r}")
+            image_id = str(image_id)
             if not image_id or any(char.isspace() for char in image_id):
                 raise ValueError(f"Doc {i}: invalid image id {image_id!r}")
             lines.append(f"{IMGID_PREFIX}{image_id}")

@@ -101,3 +101,23 @@ def test_bad_input_is_a_clean_error(tmp_path):
     source.write_text("text,image\n")
     result = run(source, tmp_path / "out.spacy", *NO_MODELS)
     assert result.exit_code == 1 and "expected a folder of images" in result.output
+
+
+def test_jsonl_as_json_writes_it_bom_line_separators_and_numeric_ids(tmp_path):
+    """A BOM, U+2028 inside a string (valid JSON, written by ensure_ascii=False)
+    and a numeric image_id are read; an image_id of another type is refused
+    naming the line."""
+    source = tmp_path / "posts.jsonl"
+    lines = [json.dumps({"text": "Line\u2028break in Paris", "image_id": 123},
+                        ensure_ascii=False), json.dumps({"text": "Second"})]
+    source.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8") + b"\n")
+    output = tmp_path / "posts.spacy"
+    result = run(source, output, *NO_MODELS)
+    assert result.exit_code == 0, result.output
+    docs = read_docs(output)
+    assert [doc.text for doc in docs] == ["Line\u2028break in Paris", "Second"]
+    assert docs[0]._.image_id == "123"
+    source.write_text(lines[1] + "\n" + json.dumps({"text": "x", "image_id": [1]}) + "\n")
+    result = run(source, output, *NO_MODELS)
+    assert result.exit_code == 1
+    assert "posts.jsonl, line 2: 'image_id' must be a string, got [1]" in result.output

@@ -187,6 +187,16 @@ def test_round_trip(tmp_path, vocab):
     assert "Obama\tB-PER\n" in (tmp_path / "out.txt").read_text(encoding="utf-8")
 
 
+def test_a_numeric_image_id_is_written_as_text(tmp_path, vocab):
+    doc = Doc(vocab, words=["a"])
+    doc._.image_id = 123  # as a .spacy made elsewhere may hold it
+    write_mner([doc], tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text().startswith("IMGID:123\n")
+    doc._.image_id = ["a"]
+    with pytest.raises(ValueError, match=r"Doc 0: the image id must be a string, got \['a'\]"):
+        write_mner([doc], tmp_path / "out.txt")
+
+
 def test_write_rejects_what_cannot_be_read_back(tmp_path, vocab):
     with_id = Doc(vocab, words=["a"])
     with_id._.image_id = "1"
