@@ -10,8 +10,9 @@ fixed sizes, Pillow's bundled font, no randomness) and writes each recipe
 file's posts as gold Docs whose `Doc._.image` points to their image, for
 `python -m spacy_ita extract` to add the visual context to.
 """
+import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import spacy
 import srsly
@@ -19,6 +20,7 @@ import typer
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
+from spacy_ita.bulk.inputs import jsonl_records
 from spacy_ita.files import replace_file
 
 SIZE = (384, 256)  # the drawing's coordinates
@@ -31,6 +33,10 @@ DEFAULT_COLORS = {
     "logo": ("#f4f4f4", "#1a1a1a"),
     "photo": ("#000000", "#ffffff"),
 }
+# The photos of skimage.data that ship inside it (others are downloaded).
+PHOTOS = frozenset({"astronaut", "camera", "cat", "chelsea", "clock", "coffee", "coins",
+                    "horse", "hubble_deep_field", "moon", "page", "rocket", "text"})
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")  # a post's id names its image file: no folder, no '..'
 Entity = Tuple[int, int, str]
 
 
@@ -110,24 +116,19 @@ def _logo(draw, lines, background, foreground) -> None:
 
 
 def _photo(name: str):
-    """A photo from `skimage.data` (bundled, no download), scaled to SIZE."""
+    """A photo from `skimage.data` (one of PHOTOS: bundled, no download), scaled to SIZE."""
     import skimage.data
     from PIL import Image, ImageOps
 
-    loader = getattr(skimage.data, name, None)
-    if loader is None:
-        raise ValueError(f"skimage.data has no image {name!r}")
-    image = Image.fromarray(loader()).convert("RGB")
+    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
     return ImageOps.fit(image, SIZE, Image.Resampling.LANCZOS)
 
 
 def render_image(recipe: Dict[str, Any]):
-    """Draw the picture a recipe describes, as an RGB PIL image."""
+    """Draw the picture a recipe describes (checked by `recipe_problem`), as an RGB PIL image."""
     from PIL import Image, ImageDraw
 
-    kind = recipe.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"Unknown image kind {kind!r}; expected one of {KINDS}")
+    kind = recipe["kind"]
     lines = list(recipe.get("lines", []))
     background, foreground = DEFAULT_COLORS[kind]
     background = recipe.get("background", background)
@@ -164,16 +165,38 @@ def entity_offsets(text: str, entities: Sequence[Sequence[str]], where: str) -> 
 
 
 def read_recipes(path: Path) -> Iterator[Dict[str, Any]]:
-    """The posts of a recipe file, each checked for an id, a text and an image recipe."""
-    for number, post in enumerate(srsly.read_jsonl(path), start=1):
-        where = f"{path}, line {number}"
-        if not isinstance(post, dict) or not all(
-            isinstance(post.get(key), str) for key in ("id", "text")
-        ) or not isinstance(post.get("image"), dict):
-            raise ValueError(f"{where}: expected an object with 'id', 'text', 'entities' "
-                             "and an 'image' recipe")
+    """The posts of a recipe file, each checked (an id that can name an image
+    file, a text, [surface, label] entities, an image recipe); ValueError
+    naming the file and line."""
+    for _, where, post, error, _ in jsonl_records(path):
+        problem = error or recipe_problem(post)
+        if problem is not None:
+            raise ValueError(f"{where}: {problem}")
         post["spans"] = entity_offsets(post["text"], post.get("entities", []), where)
         yield post
+
+
+def recipe_problem(post: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a recipe file's post, or None."""
+    if not all(isinstance(post.get(key), str) for key in ("id", "text")) or not isinstance(
+            post.get("image"), dict):
+        return "expected an object with 'id', 'text', 'entities' and an 'image' recipe"
+    if not SAFE_ID.fullmatch(post["id"]):
+        return (f"id {post['id']!r} names the image file: letters, digits, '_' and '-' only")
+    entities = post.get("entities", [])
+    if not isinstance(entities, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e)
+            for e in entities):
+        return "'entities' must be a list of [surface, label] pairs of strings"
+    recipe = post["image"]
+    if recipe.get("kind") not in KINDS:
+        return f"unknown image kind {recipe.get('kind')!r}; expected one of {KINDS}"
+    if recipe["kind"] == "photo" and recipe.get("photo") not in PHOTOS:
+        return f"a photo recipe needs 'photo', one of {sorted(PHOTOS)}"
+    lines = recipe.get("lines", [])
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        return "the image recipe's 'lines' must be a list of strings"
+    return None
 
 
 def post_to_doc(nlp: Language, post: Dict[str, Any], image: Path, where: str) -> Doc:
@@ -192,17 +215,24 @@ def post_to_doc(nlp: Language, post: Dict[str, Any], image: Path, where: str) ->
     return doc
 
 
-def build_split(nlp: Language, recipes: Path, output: Path, image_dir: Path) -> int:
+def build_split(nlp: Language, recipes: Path, output: Path, image_dir: Path,
+                drawn: Dict[str, str]) -> int:
     """Draw the images of one recipe file into `image_dir` and write its posts
-    to `output` as gold Docs; returns their number."""
+    to `output` as gold Docs; returns their number. `drawn` holds where each
+    id drawn so far came from: an id used twice is refused (its image would
+    replace the first)."""
     from PIL import Image
 
     doc_bin = DocBin(store_user_data=True)
     for number, post in enumerate(read_recipes(recipes), start=1):
+        where = f"{recipes}, line {number}"
+        if post["id"] in drawn:
+            raise ValueError(f"{where}: id {post['id']!r} is used already ({drawn[post['id']]})")
+        drawn[post["id"]] = where
         image_path = image_dir / f"{post['id']}.png"
         image = render_image(post["image"])
         image.resize(SAVED_SIZE, Image.Resampling.LANCZOS).save(image_path, optimize=False)
-        doc_bin.add(post_to_doc(nlp, post, image_path, f"{recipes}, line {number}"))
+        doc_bin.add(post_to_doc(nlp, post, image_path, where))
     output.parent.mkdir(parents=True, exist_ok=True)
     replace_file(output, doc_bin.to_bytes())
     return len(doc_bin)
@@ -223,9 +253,10 @@ def main(
         sources = sorted(recipes.glob("*.jsonl"))
         if not sources:
             raise ValueError(f"No .jsonl files in {recipes}")
+        drawn: Dict[str, str] = {}
         for source in sources:
             target = output / f"{source.stem}.spacy"
-            count = build_split(nlp, source, target, image_dir)
+            count = build_split(nlp, source, target, image_dir, drawn)
             typer.echo(f"Drew {count} images into {image_dir}; wrote {target}")
     except (ValueError, KeyError, OSError) as err:
         typer.echo(f"Error: {err}", err=True)

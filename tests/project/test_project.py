@@ -312,6 +312,32 @@ def test_demo_images_are_deterministic_and_entities_resolve(tmp_path):
         "end on token boundaries" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("post, message", [
+    ({"id": "../escaped"}, "id '../escaped' names the image file"),
+    ({"entities": [["Rome", "LOC", "x"]]}, "'entities' must be a list of [surface, label]"),
+    ({"entities": [[7, "LOC"]]}, "'entities' must be a list of [surface, label]"),
+    ({"image": {"kind": "photo"}}, "a photo recipe needs 'photo', one of"),
+    ({"image": {"kind": "photo", "photo": "download_all"}}, "a photo recipe needs 'photo'"),
+    ({"image": {"kind": "mural"}}, "unknown image kind 'mural'"),
+    ({"image": {"kind": "sign", "lines": "Paris"}}, "the image recipe's 'lines' must be a list of strings"),
+    ({}, "id 'a' is used already"),
+])
+def test_a_bad_recipe_is_refused_naming_its_line_and_draws_nothing_outside(tmp_path, post,
+                                                                        message):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    first = {"id": "a", "text": "Rome at night", "entities": [["Rome", "LOC"]],
+             "image": {"kind": "sign", "lines": ["ROMA"]}}
+    (recipes / "train.jsonl").write_bytes(  # a BOM is read as apply reads one
+        b"\xef\xbb\xbf" + srsly.json_dumps(first).encode() + b"\n"
+        + srsly.json_dumps({**first, **post}).encode() + b"\n")
+    result = run_script(demo_corpus.main, str(recipes), str(tmp_path / "gold"),
+                        "--image-dir", str(tmp_path / "images"))
+    assert result.exit_code == 1
+    assert f"train.jsonl, line 2: {message}" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "recipes"]
+
+
 def test_entity_errors_and_comparison_table():
     nlp = spacy.blank("en")
     gold, pred = nlp("Jordan met Pippen in Chicago"), nlp("Jordan met Pippen in Chicago")
