@@ -17,6 +17,7 @@ import typer
 from wasabi import msg
 
 from spacy_ita.corpus.mner import read_mner
+from spacy_ita.files import replace_file
 
 SPLITS = ("train", "valid", "test")
 
@@ -67,11 +68,18 @@ def main(
                 member = split_member(archive.namelist(), split)
             except ValueError as err:
                 msg.fail(f"{pgim_zip}: {err}", exits=1)
+            umt_file = umt_dir / f"{split}.txt"
+            if not umt_file.exists():
+                msg.fail(f"{umt_file} not found: the UMT files come with `spacy project "
+                         "assets`", exits=1)
             path = Path(archive.extract(member, tmp))
-            keyed, unmatched = keyed_knowledge(path, umt_dir / f"{split}.txt")
+            try:
+                keyed, unmatched = keyed_knowledge(path, umt_file)
+            except ValueError as err:  # a malformed line, named in the zip, not the temporary copy
+                msg.fail(str(err).replace(str(path), f"{pgim_zip}:{member}"), exits=1)
             lines.extend(f"{image_id}.jpg :{text}" for image_id, text in keyed.items())
             msg.info(f"{split}: {len(keyed)} posts keyed, {unmatched} matched no UMT post")
-    output.write_text("\n".join(lines) + "\n", encoding="utf8")
+    replace_file(output, ("\n".join(lines) + "\n").encode("utf8"))
     msg.good(f"Wrote the knowledge of {len(lines)} posts to {output}")
 
 

@@ -62,6 +62,23 @@ def test_pgim_zip_is_keyed_by_image_id_and_skips_a_missing_post(dataset, tmp_pat
                            ("test", ["103"])) for i in ids}
 
 
+def test_a_malformed_pgim_line_or_a_missing_umt_file_is_named(dataset, tmp_path, capsys):
+    archive = tmp_path / "pgim.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("2017/train.txt", inline_text(["101"]))
+        zipped.writestr("2017/valid.txt", inline_text(["101"]))
+        zipped.writestr("2017/test.txt", "IMGID:1\nKawhi\tB-PER\textra\tcolumn\n")
+    output = dataset / "pgim_knowledge.txt"
+    with pytest.raises(SystemExit):
+        pgim_knowledge.main(archive, dataset, output)
+    assert f"{archive}:2017/test.txt:2" in " ".join(capsys.readouterr().out.split())
+    (dataset / "valid.txt").unlink()
+    with pytest.raises(SystemExit):
+        pgim_knowledge.main(archive, dataset, output)
+    assert f"{dataset / 'valid.txt'} not found" in " ".join(capsys.readouterr().out.split())
+    assert not output.exists()
+
+
 def test_pgim_keeps_a_copy_in_place_when_the_zip_is_absent(dataset, tmp_path):
     output = dataset / "pgim_knowledge.txt"
     output.write_text("1101.jpg :Kawhi (person)\n", encoding="utf8")
