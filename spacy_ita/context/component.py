@@ -10,6 +10,7 @@ error), so that a later run should try the doc again. Knowledge from a
 language model is the next component's, `ita_knowledge` (spacy_ita.knowledge).
 """
 import os
+import subprocess
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional
@@ -44,6 +45,9 @@ DEFAULT_CONFIG = {
     "existing_context": "keep",
 }
 
+# Extractor errors that may pass on a later run: a network or disk error, an
+# engine (such as the tesseract binary) that ran out of its time.
+MAY_PASS = (OSError, subprocess.TimeoutExpired)
 
 @dataclass
 class _Post:
@@ -168,7 +172,8 @@ class ItaContext:
             if post.doc._.image is None:
                 continue
             try:
-                post.source = read_image_source(post.doc._.image, self.max_bytes)
+                post.source = read_image_source(post.doc._.image, self.max_bytes,
+                                                self.max_pixels)
                 if self.cache is not None:
                     for slot, extractor in pixel_slots.items():
                         cached = self.cache.get(post.source.content_hash,
@@ -199,7 +204,7 @@ class ItaContext:
                     self._run(slot, extractor, [post])
             else:
                 posts[0].fail(f"{extractor.name} failed: {type(err).__name__}: {err}",
-                              retryable=isinstance(err, OSError))  # a network or disk error
+                              retryable=isinstance(err, MAY_PASS))
             return
         self._check_outputs(extractor, outputs, len(posts))
         rows = []

@@ -25,6 +25,7 @@ DEFAULT_MAX_SIDE = 1600
 DEFAULT_MAX_BYTES = 64 * 2**20
 _MSGPACK_KEY = "__spacy_ita_pil_image__"
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag exif_transpose turns the image by
 
 
 class ImageError(ValueError):
@@ -53,9 +54,11 @@ def describe_image(image: Any) -> str:
     return f"<{type(image).__name__}>"
 
 
-def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageSource:
-    """Read a path, bytes or PIL image and hash its content, without decoding it.
-    Files and byte strings over `max_bytes` are refused unread."""
+def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSource:
+    """Read a path, bytes or PIL image and hash its content, without decoding
+    a file or bytes. Files and byte strings over `max_bytes` are refused
+    unread, a PIL image over `max_pixels` before its pixels are loaded."""
     if isinstance(image, dict) and _MSGPACK_KEY in image:
         # Deserialised by a process that had not registered decode_pil_image: PNG bytes.
         image = image[_MSGPACK_KEY]
@@ -93,9 +96,8 @@ def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> ImageSo
             raise ImageError("image bytes are empty")
         return ImageSource(description, _hash_bytes(data), data=data)
     if _is_pil_image(image):
-        digest = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
-        digest.update(image.tobytes())
-        return ImageSource(description, digest.hexdigest(), pil_image=image)
+        _check_pixels(image, max_pixels, description)
+        return ImageSource(description, _hash_pil_image(image, description), pil_image=image)
     raise ImageError(
         f"unsupported image value {description}: expected a path, bytes or a PIL image"
     )
@@ -126,8 +128,8 @@ def decode_image(
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(source.data))
         _check_pixels(image, max_pixels, source.description)
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
+        if source.pil_image is None and getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # a caller's PIL image is read at the frame it shows (as hashed)
         if max_side and image.format == "JPEG":
             image.draft(None, (max_side, max_side))
         image.load()
@@ -158,7 +160,8 @@ def load_image(
     max_side: Optional[int] = DEFAULT_MAX_SIDE,
 ):
     """Read and decode a path, bytes or PIL image into a safe RGB PIL image."""
-    return decode_image(read_image_source(image), max_pixels=max_pixels, max_side=max_side)
+    return decode_image(read_image_source(image, max_pixels=max_pixels), max_pixels=max_pixels,
+                        max_side=max_side)
 
 
 def to_rgb(image):
@@ -204,6 +207,26 @@ def _check_pixels(image, max_pixels: int, description: str) -> None:
 
 def _hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _hash_pil_image(image: Any, description: str) -> str:
+    """A hash of all that decoding reads from a PIL image: its frame as shown,
+    mode, size, palette, transparency and EXIF orientation (a red and a blue
+    palette over the same pixels are different images). Loading a lazily
+    opened image may fail (a truncated file): an ImageError of its post."""
+    try:
+        pixels = image.tobytes()
+        palette = image.palette.tobytes() if image.palette is not None else b""
+        orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError...
+        raise ImageError(f"cannot read image {description}: {type(err).__name__}: "
+                         f"{err}") from None
+    header = (f"{image.mode}:{image.size}:{image.info.get('transparency')!r}:"
+              f"{orientation}:{len(palette)}:")
+    digest = hashlib.sha256(header.encode())
+    digest.update(palette)
+    digest.update(pixels)
+    return digest.hexdigest()
 
 
 def _is_pil_image(obj: Any) -> bool:

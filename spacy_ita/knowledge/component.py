@@ -165,7 +165,7 @@ class ItaKnowledge(Pipe):
         if doc._.image is None:
             return None
         try:
-            return read_image_source(doc._.image, self.max_bytes)
+            return read_image_source(doc._.image, self.max_bytes, self.max_pixels)
         except ImageError as err:
             self._image_failed(doc, err)
             return None

@@ -127,6 +127,17 @@ def test_an_extractor_failing_on_one_image_costs_only_that_doc():
     assert docs[0]._.image_error is None and docs[2]._.image_error is None
 
 
+def test_an_engine_out_of_time_may_pass_and_is_marked_retryable(tmp_path):
+    slow = tmp_path / "slow_tesseract"
+    slow.write_text("#!/bin/sh\nsleep 5\n")
+    slow.chmod(0o755)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ita_context", config={"object_tags": None, "on_error": "ignore", "ocr_text": {
+        "@spacy_ita_extractors": "spacy-ita.tesseract.v1", "binary": str(slow), "timeout": 0.5}})
+    doc = nlp(make_doc(nlp, "x", Image.new("RGB", (30, 20), "white")))
+    assert "TimeoutExpired" in doc._.image_error and doc._.context_retryable is True
+
+
 def test_docs_without_an_image_are_left_alone():
     nlp = colour_nlp()
     doc = nlp("just text")

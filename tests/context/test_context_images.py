@@ -123,6 +123,53 @@ def test_the_callers_pil_image_is_not_modified():
     assert image.size == (3000, 100) and image.mode == "RGBA"
 
 
+def pil_pairs():
+    """Pairs of PIL images with the same mode, size and pixel values that
+    decode to different images: their content hashes must differ."""
+    red, blue = Image.new("P", (8, 8), 0), Image.new("P", (8, 8), 0)
+    red.putpalette([255, 0, 0] + [0] * 765)
+    blue.putpalette([0, 0, 255] + [0] * 765)
+    plain, clear = Image.new("L", (4, 4), 0), Image.new("L", (4, 4), 0)
+    clear.info["transparency"] = 0
+    upright, turned = (Image.open(io.BytesIO(encoded(Image.new("RGB", (40, 10)), "PNG",
+                                                     exif=exif))) for exif in exifs(1, 6))
+    return [(red, blue), (plain, clear), (upright, turned)]
+
+
+def exifs(*orientations):
+    for orientation in orientations:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        yield exif
+
+
+@pytest.mark.parametrize("first, second", pil_pairs())
+def test_pil_images_that_decode_differently_hash_differently(first, second):
+    one, other = (load_image(image) for image in (first, second))
+    assert (one.size, one.tobytes()) != (other.size, other.tobytes())
+    assert read_image_source(first).content_hash != read_image_source(second).content_hash
+
+
+def test_a_pil_image_is_read_at_the_frame_it_shows_and_stays_there():
+    frames = [Image.new("RGB", (12, 12), colour) for colour in ("red", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image = Image.open(buffer)
+    image.seek(1)
+    red, _, blue = load_image(image).getpixel((6, 6))
+    assert blue > 200 and red < 50 and image.tell() == 1
+
+
+def test_a_lazy_pil_image_is_refused_before_loading_or_failing_as_an_image_error():
+    # Its header claims 4 million pixels it does not hold: loading would fail as truncated.
+    claimed = Image.open(io.BytesIO(png_header_only(2000, 2000)))
+    with pytest.raises(ImageError, match="exceeds max_pixels=1000000"):
+        read_image_source(claimed, max_pixels=1_000_000)
+    truncated = Image.open(io.BytesIO(encoded(Image.effect_noise((64, 64), 60), "PNG")[:-200]))
+    with pytest.raises(ImageError, match="cannot read image .*truncated"):
+        read_image_source(truncated)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "CMYK", "I;16"])
 def test_a_pil_image_in_doc_survives_to_bytes_and_docbin(mode):
     nlp = spacy.blank("en")
