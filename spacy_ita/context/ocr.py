@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .registry import ImageExtractor, extractors
+from .registry import ImageExtractor, extractors, package_version
 
 DEFAULT_MIN_CONFIDENCE = 0.3
 
@@ -115,7 +115,8 @@ class EasyOCRExtractor(ImageExtractor):
         self.model_dir = model_dir if model_dir is not None else _offline_easyocr_dir(languages)
 
     def settings(self) -> Dict[str, Any]:
-        return {"languages": list(self.languages), "min_confidence": self.min_confidence}
+        return {"languages": list(self.languages), "min_confidence": self.min_confidence,
+                "model_dir": self.model_dir, "engine": package_version("easyocr")}
 
     def load(self):
         return _easyocr_reader(self.languages, self.gpu, self.model_dir)
@@ -145,6 +146,19 @@ def make_easyocr(
     return EasyOCRExtractor(languages, gpu, min_confidence, model_dir)
 
 
+@lru_cache(maxsize=None)
+def tesseract_version(executable: str) -> str:
+    """The first line of `tesseract --version` (asked once per program), for
+    the cache key: another version reads images differently."""
+    try:
+        answer = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unknown ({type(err).__name__})"
+    lines = (answer.stdout or answer.stderr).splitlines()
+    return f"{executable} {lines[0] if lines else 'unknown'}"
+
+
 class TesseractExtractor(ImageExtractor):
     """OCR through the `tesseract` command line program (one subprocess per image)."""
 
@@ -168,7 +182,8 @@ class TesseractExtractor(ImageExtractor):
 
     def settings(self) -> Dict[str, Any]:
         return {"languages": list(self.languages), "min_confidence": self.min_confidence,
-                "page_segmentation_mode": self.page_segmentation_mode}
+                "page_segmentation_mode": self.page_segmentation_mode,
+                "engine": tesseract_version(self.executable)}
 
     def extract(self, images: List[Any]) -> List[List[str]]:
         return [self._read(image) for image in images]
@@ -272,7 +287,8 @@ class RapidOCRExtractor(ImageExtractor):
 
     def settings(self) -> Dict[str, Any]:
         return {"min_confidence": self.min_confidence, "max_side": self.max_side,
-                "use_angle_classifier": self.use_angle_classifier}
+                "use_angle_classifier": self.use_angle_classifier,
+                "engine": package_version("rapidocr")}
 
     def load(self):
         threads = self.threads if self.threads else default_thread_count()

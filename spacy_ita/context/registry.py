@@ -4,7 +4,9 @@ Config blocks name extractors with `@spacy_ita_extractors = "spacy-ita.easyocr.v
 The registry reads the `spacy_ita_extractors` entry point group, so other
 packages can add extractors without importing this one.
 """
+import hashlib
 import json
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
@@ -98,3 +100,25 @@ class ImageExtractor(Extractor):
     def __call__(self, records: List[ImageRecord]) -> List[PartialContext]:
         texts = self.extract([record.image for record in records])
         return [{self.field: list(items)} for items in texts]
+
+
+def package_version(name: str) -> str:
+    """The installed version of a Python package, for cache keys: an upgraded
+    engine may read images differently, so its answers are not reused."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@lru_cache(maxsize=16)
+def file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The start of a file's SHA-256 (read once per size and modification time):
+    a cache key of weights that tells two files of one name and size apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .registry import ImageExtractor, extractors
+from .registry import ImageExtractor, extractors, file_digest
 
 IMAGENET_CLASSES = Path(__file__).parent.parent / "data" / "imagenet_classes.txt"
 EFFICIENTNET_SIZE = 224
@@ -74,10 +74,10 @@ class EfficientNetTagger(ImageExtractor):
         self.labels = read_labels(Path(labels_path) if labels_path else IMAGENET_CLASSES)
 
     def settings(self) -> Dict[str, Any]:
-        weights = Path(self.weights_path)
+        stat = Path(self.weights_path).stat()
         labels = hashlib.sha256("\n".join(self.labels).encode("utf8")).hexdigest()[:16]
         return {"top_k": self.top_k, "threshold": self.threshold, "labels": labels,
-                "weights": f"{weights.name}:{weights.stat().st_size}"}
+                "weights": file_digest(self.weights_path, stat.st_size, stat.st_mtime_ns)}
 
     def load(self):
         return _efficientnet(self.weights_path)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Dict, List, Optional, Union
+from urllib.parse import urlsplit
 
 from spacy.util import registry
 
@@ -182,6 +183,9 @@ class OpenAICompatible:
         if not re.match(r"^https?://", base_url):
             raise ValueError(f"{NAME}: base_url must start with http:// or https://, "
                              f"got {base_url!r}")
+        if "@" in urlsplit(base_url).netloc:  # user:key@host would reach configs and the cache
+            raise ValueError(f"{NAME}: base_url must not hold credentials (user:key@host); "
+                             "put the key in an environment variable named by api_key_env")
         if api_key_env is not None and not _ENV_NAME.match(api_key_env):
             # Not echoed: a key pasted here by mistake must not reach a log.
             raise ValueError(f"{NAME}: api_key_env is the NAME of the environment variable "

@@ -83,3 +83,20 @@ def test_a_killed_writer_leaves_a_valid_cache(tmp_path):
     assert cache.get("before", "ocr") == {"ocr_text": ["kept"]}
     cache.put("after", "ocr", {"ocr_text": ["still writable"]})
     assert cache.get("after", "ocr") == {"ocr_text": ["still writable"]}
+
+
+def test_the_key_tells_engines_and_weights_apart(tmp_path):
+    """Two weights files of one name and size, or another engine version, must
+    not share cached answers."""
+    from spacy_ita.context.ocr import make_rapidocr
+    from spacy_ita.context.registry import package_version
+    from spacy_ita.context.tags import EfficientNetTagger
+
+    keys = []
+    for content in (b"a" * 1000, b"b" * 1000):
+        folder = tmp_path / content[:1].decode()
+        folder.mkdir()
+        (folder / "model.pth").write_bytes(content)
+        keys.append(EfficientNetTagger(3, 0.1, str(folder / "model.pth"), None).cache_key)
+    assert keys[0] != keys[1]
+    assert make_rapidocr().settings()["engine"] == package_version("rapidocr") != "not installed"

@@ -442,6 +442,9 @@ def test_setup_errors_fail_before_any_post_is_sent(monkeypatch):
         list(nowhere.pipe([make_doc(nlp, "a post")]))
     with pytest.raises(ValueError, match="base_url must start with http"):
         spacy.blank("en").add_pipe("ita_knowledge", config=knowledge_config("localhost:8000"))
+    with pytest.raises(ValueError, match=r"base_url must not hold credentials \(user:key@host\)"):
+        spacy.blank("en").add_pipe("ita_knowledge",
+                                   config=knowledge_config("https://me:sk-123@llm.example/v1"))
     with pytest.raises(ValueError, match=r"unknown placeholder \{post\}"):
         llm_nlp(server, prompt="Post: {post}")
 
