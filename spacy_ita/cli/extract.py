@@ -3,6 +3,7 @@ knowledge, stored in a `.spacy` DocBin."""
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -12,10 +13,12 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from tqdm import tqdm
 
+from ..bulk.fetch import Fetcher
 from ..bulk.inputs import jsonl_records
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
 from ..context.config import OCREngine, context_config
+from ..context.images import ImageError
 from ..knowledge import component as _knowledge  # noqa: F401  (and ita_knowledge's)
 from ..files import replace_file
 from . import app
@@ -96,11 +99,16 @@ class _ImageFinder:
         return str(root / path)
 
 
-def read_inputs(nlp: Language, input_path: Path,
-                image_dir: Optional[Path]) -> Tuple[int, Iterator[Doc]]:
+def read_inputs(nlp: Language, input_path: Path, image_dir: Optional[Path],
+                image_root: Optional[Path] = None) -> Tuple[int, Iterator[Doc]]:
     """The number of docs and the docs to process, from a folder of images, a
-    .spacy DocBin or a JSONL file of {"text", "image"[, "image_id"]} records."""
+    .spacy DocBin or a JSONL file of {"text", "image"[, "image_id"]} records.
+    An image a record or an image id names must resolve inside `image_root`
+    (default: the image folder, else the JSONL file's), as `apply` has it;
+    one outside is an image error of its doc."""
     finder = _ImageFinder(image_dir)
+    root = image_root or image_dir or input_path.parent
+    confine = partial(_confined, Fetcher(image_root=str(root)))
     if input_path.is_dir():
         images = sorted(p for p in input_path.iterdir()
                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -112,6 +120,7 @@ def read_inputs(nlp: Language, input_path: Path,
             for doc in doc_bin.get_docs(nlp.vocab):
                 if doc._.image is None and doc._.image_id is not None and image_dir:
                     doc._.image = finder.find(str(doc._.image_id), image_dir)
+                    confine(doc)
                 yield doc
 
         return len(doc_bin), docs_from_bin()
@@ -129,19 +138,30 @@ def read_inputs(nlp: Language, input_path: Path,
             if warning is not None:
                 warnings.warn(f"{where}: {warning}")
             image = record.get("image")
-            records.append(make_doc(
+            records.append(confine(make_doc(
                 nlp, record["text"],
                 None if image is None else finder.find(str(image), input_path.parent),
                 image_id=None if image_id is None else str(image_id),
-            ))
+            )))
         return len(records), iter(records)
     raise ValueError(f"{input_path}: expected a folder of images, a .spacy file or a "
                      ".jsonl file")
 
 
+def _confined(checker: Fetcher, doc: Doc) -> Doc:
+    """The doc, its image path checked against the image root (symlinks followed)."""
+    if isinstance(doc._.image, str):
+        try:
+            doc._.image = checker.check_local(doc._.image)
+        except ImageError as err:
+            doc._.image, doc._.image_error = None, str(err)
+    return doc
+
+
 def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
                      image_dir: Optional[Path] = None, n_process: int = 1,
-                     batch_size: int = 16, progress: bool = True) -> ExtractSummary:
+                     batch_size: int = 16, progress: bool = True,
+                     image_root: Optional[Path] = None) -> ExtractSummary:
     """Run `nlp` over the input's docs and write them, with contexts, to
     output_path. Each component's setup (cache, LM key and endpoint) is
     checked first, so that a broken one fails before any image is read."""
@@ -149,7 +169,7 @@ def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
     for _, component in nlp.pipeline:
         if hasattr(component, "preflight"):
             component.preflight()
-    total, docs = read_inputs(nlp, input_path, image_dir)
+    total, docs = read_inputs(nlp, input_path, image_dir, image_root)
     summary = ExtractSummary()
     doc_bin = DocBin(store_user_data=True)
     processed = nlp.pipe(docs, batch_size=batch_size, n_process=n_process)
@@ -231,6 +251,11 @@ def extract_cli(
         help="Folder that relative image paths and image ids (by file name or stem) "
         "are found in; default: the JSONL file's folder.",
     ),
+    image_root: Optional[Path] = typer.Option(
+        None, "--image-root", file_okay=False, metavar="DIR",
+        help="Images that JSONL records or image ids name must resolve inside DIR "
+        "(symlinks followed); default: --image-dir, else the JSONL file's folder.",
+    ),
     ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr", metavar="ENGINE",
                                   help="OCR engine: rapidocr, easyocr, tesseract or none."),
     tags: bool = typer.Option(True, "--tags/--no-tags",
@@ -277,7 +302,8 @@ def extract_cli(
         nlp = build_extraction_nlp(lang, ocr, knowledge, tags=tags, detector=detector,
                                    captioner=captioner, precomputed=precomputed, cache=cache,
                                    gpu=gpu, batch_size=batch_size, existing_context=existing)
-        summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size)
+        summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size,
+                                   image_root=image_root)
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None

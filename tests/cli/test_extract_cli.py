@@ -121,3 +121,29 @@ def test_jsonl_as_json_writes_it_bom_line_separators_and_numeric_ids(tmp_path):
     result = run(source, output, *NO_MODELS)
     assert result.exit_code == 1
     assert "posts.jsonl, line 2: 'image_id' must be a string, got [1]" in result.output
+
+
+def test_jsonl_images_must_lie_inside_the_image_root(tmp_path):
+    """As in apply: a record may not name a file outside the folder (an
+    absolute path, '..', a symlink out); --image-root widens it."""
+    posts, outside = tmp_path / "posts", tmp_path / "outside"
+    posts.mkdir()
+    outside.mkdir()
+    for folder in (posts, outside):
+        Image.new("RGB", (16, 16), "green").save(folder / "ok.png")
+    (posts / "link.png").symlink_to(outside / "ok.png")
+    records = [{"text": "inside", "image": "ok.png"},
+               {"text": "absolute", "image": str(outside / "ok.png")},
+               {"text": "dots", "image": "../outside/ok.png"},
+               {"text": "symlink", "image": "link.png"}]
+    source = posts / "posts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    output = tmp_path / "out.spacy"
+    assert run(source, output, *NO_MODELS).exit_code == 0
+    docs = read_docs(output)
+    assert docs[0]._.image == str(posts / "ok.png") and docs[0]._.image_error is None
+    for doc in docs[1:]:
+        assert doc._.image is None
+        assert "is outside the image root" in doc._.image_error
+    assert run(source, output, *NO_MODELS, "--image-root", tmp_path).exit_code == 0
+    assert all(doc._.image_error is None for doc in read_docs(output))
