@@ -44,7 +44,9 @@ def evaluate_views(
             predicted = list(nlp.pipe(docs, batch_size=batch_size))
             seconds = time.perf_counter() - start
             scored = [Example(doc, eg.reference) for doc, eg in zip(predicted, examples)]
-            scores = Scorer.score_spans(scored, "ents")
+            # As spaCy's NER scorer (training's dev score): docs without NER annotation are skipped.
+            scores = Scorer.score_spans(scored, "ents",
+                                        has_annotation=lambda doc: doc.has_annotation("ENT_IOB"))
             n_words = sum(len(doc) for doc in predicted)
             results[view] = {
                 "ents_p": scores["ents_p"],
@@ -75,13 +77,27 @@ def shuffle_contexts(examples: List[Example], seed: int = 0) -> List[Example]:
     return shuffled
 
 
+def check_gold(examples: List[Example], data: Path, labels) -> None:
+    """Refuse data without docs; warn where the scores cannot mean much: no
+    gold entities, or gold labels the model never predicts."""
+    if not examples:
+        msg.fail(f"{data} holds no docs to score", exits=1)
+    gold = {ent.label_ for eg in examples for ent in eg.reference.ents}
+    if not gold:
+        msg.warn(f"{data} has no gold entities: every score is 0")
+    unknown = sorted(gold - set(labels))
+    if unknown:
+        msg.warn(f"{data} has gold labels the model does not predict: {', '.join(unknown)} "
+                 f"(its labels: {', '.join(labels)}); they count as missed")
+
+
 @app.command("evaluate")
 def evaluate_cli(
     model: str = typer.Argument(..., help="Trained pipeline: a directory or an installed package"),
     data: Path = typer.Argument(..., help=".spacy file (or directory) of gold docs", exists=True),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here"),
     views: str = typer.Option("cross,text", "--views", help=f"Comma-separated, of {', '.join(VIEWS)}"),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU"),
     precision: Optional[str] = typer.Option(
         None, "--precision", metavar="MODE",
@@ -97,16 +113,22 @@ def evaluate_cli(
     unknown = [view for view in view_list if view not in VIEWS]
     if unknown or not view_list:
         msg.fail(f"Unknown view(s) {unknown}; choose from {', '.join(VIEWS)}", exits=1)
+    if output is not None and output.is_dir():
+        msg.fail(f"--output {output} is a folder; name the JSON file to write", exits=1)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
-    nlp = spacy.load(model)
-    ner = nlp.get_pipe(component)
-    if precision is not None:
-        try:
+    try:
+        nlp = spacy.load(model)
+        if component not in nlp.pipe_names:
+            raise ValueError(f"{model} has no component {component!r} (its components: "
+                             f"{', '.join(nlp.pipe_names) or 'none'})")
+        ner = nlp.get_pipe(component)
+        if precision is not None:
             ner.precision = precision
-        except ValueError as err:
-            msg.fail(str(err), exits=1)
-    examples = list(MultimodalCorpus(data)(nlp))
+        examples = list(MultimodalCorpus(data)(nlp))
+    except (OSError, ValueError) as err:
+        msg.fail(str(err), exits=1)
+    check_gold(examples, data, ner.labels)
     results = evaluate_views(nlp, examples, view_list, batch_size, component)
     metrics = {"model": model, "data": str(data), "precision": ner.precision_in_effect,
                "views": results}

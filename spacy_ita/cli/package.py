@@ -42,10 +42,12 @@ def package_cli(
     version: str = typer.Option("0.1.0", "--version", "-V"),
     context_from: Optional[Path] = typer.Option(
         None, "--context-from", exists=True, dir_okay=False, metavar="CORPUS",
-        help="Training corpus (.spacy): when its posts carry images, the package starts "
-        "with ita_context, so that it reads images itself."),
+        help="Training corpus (.spacy): when its posts carry images and the pipeline has "
+        "no ita_context, the package starts with one, so that it reads images itself."),
     ocr: OCREngine = typer.Option(OCREngine.rapidocr, "--ocr",
                                   help="OCR engine of that ita_context (as for `extract`)."),
+    force: bool = typer.Option(False, "--force", "-f",
+                               help="Replace a package folder of this name and version."),
 ) -> None:
     """Build an installable wheel of MODEL with `spacy package`.
 
@@ -57,13 +59,24 @@ def package_cli(
     from spacy.cli.package import package
 
     nlp = spacy.load(model)
+    if "ita_ner" not in nlp.pipe_names:
+        msg.fail(f"{model} has no ita_ner component (its components: "
+                 f"{', '.join(nlp.pipe_names) or 'none'})", exits=1)
+    if name.startswith(f"{nlp.lang}_"):
+        msg.fail(f"--name {name}: leave out the language prefix '{nlp.lang}_' (spaCy adds "
+                 "it)", exits=1)
+    target = output_dir / f"{nlp.lang}_{name}-{version}"
+    if target.exists() and not force:
+        msg.fail(f"{target} exists already; --force replaces it", exits=1)
     requirements: List[str] = []
-    if context_from is not None and _uses_images(context_from):
+    if (context_from is not None and "ita_context" not in nlp.pipe_names
+            and _uses_images(context_from)):
         extraction = build_extraction_nlp(ocr=ocr)
         settings = dict(extraction.config["components"]["ita_context"])
         settings.pop("factory")
         settings.update(on_error="warn", existing_context="keep")
         nlp.add_pipe("ita_context", first=True, config=settings)
+    if "ita_context" in nlp.pipe_names:
         requirements.append(_minor_range("spacy-ita").replace("spacy-ita", "spacy-ita[vision]"))
     encoder = nlp.config["components"]["ita_ner"]["model"]["name"]
     if isinstance(encoder, dict):
@@ -75,7 +88,7 @@ def package_cli(
         nlp.to_disk(staged)
         package(staged, output_dir, name=name, version=version, create_sdist=False,
                 create_wheel=True, force=True, silent=False)
-    built = json.loads((output_dir / f"{nlp.lang}_{name}-{version}" / "meta.json").read_text())
+    built = json.loads((target / "meta.json").read_text())
     if not any(req.startswith("spacy-ita") for req in built["requirements"]):
         msg.fail("The package does not require spacy-ita", built["requirements"], exits=1)
     msg.good(f"Pipeline {', '.join(nlp.pipe_names)}; requirements: "

@@ -37,6 +37,10 @@ def train_cli(
 
     overrides = parse_config_overrides(ctx.args)
     import_code(code_path)
+    if resume and output_path is None:
+        msg.fail("--resume needs --output: the checkpoints are in that folder", exits=1)
+    if output_path is not None and output_path.exists() and not output_path.is_dir():
+        msg.fail(f"--output {output_path} is a file, not a folder", exits=1)
     if output_path is not None:
         output_path.mkdir(parents=True, exist_ok=True)
         msg.info(f"Saving to output directory: {output_path}")

@@ -48,3 +48,12 @@ def test_an_override_that_breaks_the_config_is_reported_with_its_setting(tmp_pat
     code, output = invoke(str(blank_config(tmp_path)), "--training.max_steps", "many")
     assert code == 1
     assert "✘ Config validation error max_steps Input should be a valid integer" in output
+
+
+def test_resume_without_an_output_folder_or_a_file_as_output_is_refused(tmp_path):
+    config = blank_config(tmp_path)
+    code, output = invoke(str(config), "--resume")
+    assert code == 1 and "--resume needs --output" in output
+    (tmp_path / "afile").write_text("x")
+    code, output = invoke(str(config), "--output", str(tmp_path / "afile"))
+    assert code == 1 and "is a file, not a folder" in output

@@ -1,0 +1,76 @@
+"""`python -m spacy_ita evaluate`: scores as training's dev scorer has them,
+and clear refusals or warnings where the data cannot be scored as it is."""
+import json
+import re
+
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+from typer.testing import CliRunner
+
+from helpers import POSTS, trained_pipeline
+from spacy_ita import VisualContext
+from spacy_ita.cli import app
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tiny_encoder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("evaluate") / "pipeline"
+    trained_pipeline(tiny_encoder).to_disk(path)
+    return path
+
+
+def gold_docs(vocab, posts=POSTS, label=None):
+    docs = []
+    for text, ents, caption in posts:
+        doc = spacy.blank("en", vocab=vocab).make_doc(text)
+        doc.ents = [doc.char_span(start, end, label=label or kind) for start, end, kind in ents]
+        if caption:
+            doc._.visual_context = VisualContext(captions=[caption])
+        docs.append(doc)
+    return docs
+
+
+def evaluate(*args):
+    result = CliRunner().invoke(app, ["evaluate", *map(str, args)])
+    return result.exit_code, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", result.output).split())
+
+
+def cross_f(pipeline_dir, tmp_path, docs):
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "gold.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "gold.spacy", "--views", "cross",
+                            "-o", tmp_path / "metrics.json")
+    assert code == 0, output
+    return json.loads((tmp_path / "metrics.json").read_text())["views"]["cross"]["ents_f"]
+
+
+def test_docs_without_ner_annotation_are_not_scored(pipeline_dir, tmp_path):
+    """As spaCy's NER scorer does in training: predictions on a doc whose
+    entities were never annotated are no false positives."""
+    nlp = spacy.load(pipeline_dir)
+    gold = gold_docs(nlp.vocab)
+    unannotated = Doc(nlp.vocab, words=[t.text for t in gold[0]])
+    assert nlp(unannotated.copy()).ents, "the model must tag it for the test to mean anything"
+    assert not unannotated.has_annotation("ENT_IOB")
+    assert cross_f(pipeline_dir, tmp_path, gold + [unannotated]) == \
+        cross_f(pipeline_dir, tmp_path, gold)
+
+
+def test_data_that_cannot_be_scored_is_refused_or_warned_about(pipeline_dir, tmp_path):
+    vocab = spacy.load(pipeline_dir).vocab
+    DocBin().to_disk(tmp_path / "empty.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "empty.spacy")
+    assert code == 1 and "empty.spacy holds no docs to score" in output
+    DocBin(docs=gold_docs(vocab, label="MISC")).to_disk(tmp_path / "misc.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "misc.spacy")
+    assert code == 0 and "gold labels the model does not predict: MISC" in output
+    DocBin(docs=gold_docs(vocab, [(text, [], None) for text, _, _ in POSTS])).to_disk(
+        tmp_path / "none.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "none.spacy")
+    assert code == 0 and "has no gold entities: every score is 0" in output
+    code, output = evaluate(tmp_path / "no_such_model", tmp_path / "misc.spacy")
+    assert code == 1 and "no_such_model" in output and "Traceback" not in output
+    code, output = evaluate(pipeline_dir, tmp_path / "misc.spacy", "--component", "ner")
+    assert code == 1 and "has no component 'ner' (its components: ita_ner)" in output
+    code, output = evaluate(pipeline_dir, tmp_path / "misc.spacy", "-o", tmp_path)
+    assert code == 1 and "is a folder" in output
