@@ -102,6 +102,7 @@ class ImageExtractor(Extractor):
         return [{self.field: list(items)} for items in texts]
 
 
+@lru_cache(maxsize=None)
 def package_version(name: str) -> str:
     """The installed version of a Python package, for cache keys: an upgraded
     engine may read images differently, so its answers are not reused."""
