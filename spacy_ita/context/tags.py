@@ -72,11 +72,13 @@ class EfficientNetTagger(ImageExtractor):
         self.threshold = threshold
         self.weights_path = weights_path or default_efficientnet_weights()
         self.labels = read_labels(Path(labels_path) if labels_path else IMAGENET_CLASSES)
+        # Hashed once: the key is made per post.
+        labels = "\n".join(self.labels).encode("utf8")
+        self._labels_digest = hashlib.sha256(labels).hexdigest()[:16]
 
     def settings(self) -> Dict[str, Any]:
         stat = Path(self.weights_path).stat()
-        labels = hashlib.sha256("\n".join(self.labels).encode("utf8")).hexdigest()[:16]
-        return {"top_k": self.top_k, "threshold": self.threshold, "labels": labels,
+        return {"top_k": self.top_k, "threshold": self.threshold, "labels": self._labels_digest,
                 "weights": file_digest(self.weights_path, stat.st_size, stat.st_mtime_ns)}
 
     def load(self):

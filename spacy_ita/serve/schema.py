@@ -169,7 +169,8 @@ def _path(loc: Tuple[Any, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
             continue
-        name = str(part) if len(str(part)) <= 60 else f"{str(part)[:60]}..."
+        name = str(part)
+        name = name if len(name) <= 60 else f"{name[:60]}..."
         path += f".{name}" if path else name
     return path
 
