@@ -30,8 +30,13 @@ class TaggerInput(NamedTuple):
 POOLINGS = ("first", "mean")
 # A single token (a URL, a 5,000-character string) never takes more subwords than this.
 MAX_PIECES_PER_TOKEN = 32
-# Padded positions per encoder call (see length_chunks).
+# Padded positions per encoder call at most (see length_chunks).
 CHUNK_TOKENS = 2048
+# Sequences per encoder call at most; it also bounds length_chunks' search.
+CHUNK_ROWS = 128
+# What one more encoder call costs, in padded positions: a batch is split where
+# that saves more padding (the fastest on Twitter-2015 posts, docs/benchmarks.md).
+CALL_COST_POSITIONS = 48
 
 
 @dataclass
@@ -270,20 +275,40 @@ def pad_chunks(
 
 
 def length_chunks(lengths: List[int]) -> List[List[int]]:
-    """Group sequence indices, longest first, into encoder batches of similar
-    length holding at most CHUNK_TOKENS padded positions (or one sequence).
+    """Group sequence indices, longest first, into encoder calls of similar
+    length: each holds at most CHUNK_TOKENS padded positions (or one sequence)
+    and CHUNK_ROWS sequences, and the grouping pads the fewest positions plus
+    CALL_COST_POSITIONS per call.
 
-    Padding short text-only sequences to the length of cross-modal ones would
-    waste compute, and one huge batch for a very long post would waste memory.
+    Padding short posts to the length of the batch's longest wastes compute
+    (about a quarter of a batch of tweets), and a call per length wastes the
+    encoder's fixed cost per call; the best split of the sorted lengths is
+    found by dynamic programming.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    widths = [lengths[i] for i in order]
+    prefix = [0]
+    for width in widths:
+        prefix.append(prefix[-1] + width)
+    # cost[j]: the cheapest grouping of the first j sequences; start[j]: where its last call starts.
+    cost, start = [0] * (len(widths) + 1), [0] * (len(widths) + 1)
+    for end in range(1, len(widths) + 1):
+        cost[end], start[end] = cost[end - 1] + CALL_COST_POSITIONS + widths[end - 1], end - 1
+        for first in range(end - 2, max(-1, end - 1 - CHUNK_ROWS), -1):
+            positions = (end - first) * widths[first]
+            padding = positions - (prefix[end] - prefix[first])
+            # Widening the call only adds padding: stop once padding alone costs more.
+            if positions > CHUNK_TOKENS or prefix[end] + CALL_COST_POSITIONS + padding >= cost[end]:
+                break
+            candidate = cost[first] + CALL_COST_POSITIONS + positions
+            if candidate < cost[end]:
+                cost[end], start[end] = candidate, first
     chunks: List[List[int]] = []
-    for index in order:
-        if chunks and (len(chunks[-1]) + 1) * lengths[chunks[-1][0]] <= CHUNK_TOKENS:
-            chunks[-1].append(index)
-        else:
-            chunks.append([index])
-    return chunks
+    end = len(widths)
+    while end:
+        chunks.append(order[start[end]:end])
+        end = start[end]
+    return chunks[::-1]
 
 
 def window_starts(n_pieces: int, width: int, overlap: int) -> List[int]:
