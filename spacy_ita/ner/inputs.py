@@ -8,7 +8,7 @@ token is ever left without a vector. A pooling index maps the encoder's
 subword vectors back onto spaCy tokens.
 """
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -32,8 +32,6 @@ POOLINGS = ("first", "mean")
 MAX_PIECES_PER_TOKEN = 32
 # Padded positions per encoder call at most (see length_chunks).
 CHUNK_TOKENS = 2048
-# Sequences per encoder call at most; it also bounds length_chunks' search.
-CHUNK_ROWS = 128
 # What one more encoder call costs, in padded positions: a batch is split where
 # that saves more padding (the fastest on Twitter-2015 posts, docs/benchmarks.md).
 CALL_COST_POSITIONS = 48
@@ -276,8 +274,8 @@ def pad_chunks(
 
 def length_chunks(lengths: List[int]) -> List[List[int]]:
     """Group sequence indices, longest first, into encoder calls of similar
-    length: each holds at most CHUNK_TOKENS padded positions (or one sequence)
-    and CHUNK_ROWS sequences, and the grouping pads the fewest positions plus
+    length: each holds at most CHUNK_TOKENS padded positions (or one
+    sequence), and the grouping pads the fewest positions plus
     CALL_COST_POSITIONS per call.
 
     Padding short posts to the length of the batch's longest wastes compute
@@ -287,18 +285,19 @@ def length_chunks(lengths: List[int]) -> List[List[int]]:
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     widths = [lengths[i] for i in order]
-    prefix = [0]
-    for width in widths:
+    prefix, run_start = [0], []
+    for i, width in enumerate(widths):
         prefix.append(prefix[-1] + width)
+        run_start.append(run_start[-1] if i and widths[i - 1] == width else i)
     # cost[j]: the cheapest grouping of the first j sequences; start[j]: where its last call starts.
     cost, start = [0] * (len(widths) + 1), [0] * (len(widths) + 1)
     for end in range(1, len(widths) + 1):
         cost[end], start[end] = cost[end - 1] + CALL_COST_POSITIONS + widths[end - 1], end - 1
-        for first in range(end - 2, max(-1, end - 1 - CHUNK_ROWS), -1):
+        for first in _call_starts(widths, run_start, end):
             positions = (end - first) * widths[first]
             padding = positions - (prefix[end] - prefix[first])
             # Widening the call only adds padding: stop once padding alone costs more.
-            if positions > CHUNK_TOKENS or prefix[end] + CALL_COST_POSITIONS + padding >= cost[end]:
+            if prefix[end] + CALL_COST_POSITIONS + padding >= cost[end]:
                 break
             candidate = cost[first] + CALL_COST_POSITIONS + positions
             if candidate < cost[end]:
@@ -309,6 +308,24 @@ def length_chunks(lengths: List[int]) -> List[List[int]]:
         chunks.append(order[start[end]:end])
         end = start[end]
     return chunks[::-1]
+
+
+def _call_starts(widths: List[int], run_start: List[int], end: int) -> Iterator[int]:
+    """Where a call ending before `end` may start, right to left, among sorted
+    `widths`: per run of equal widths, its first sequence, or where the call
+    is full when the run is longer: a call starting inside a run with room to
+    spare costs no more with the sequence before it taken in (its width
+    stays; the call before loses a row). Stops at the limit."""
+    last = end - 1
+    while last >= 0:
+        full_from = end - max(1, CHUNK_TOKENS // widths[last])
+        if full_from > last:
+            return
+        if full_from > run_start[last]:
+            yield full_from
+            return
+        yield run_start[last]
+        last = run_start[last] - 1
 
 
 def window_starts(n_pieces: int, width: int, overlap: int) -> List[int]:
