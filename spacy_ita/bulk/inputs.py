@@ -27,6 +27,9 @@ PARQUET_READ_ROWS = 1024
 # The longest CSV field read, in characters (the csv module's default is 131,072):
 # a quote left open does not read the rest of the file into one field.
 CSV_FIELD_LIMIT = 1 << 24
+# A JSON row whose lists and objects nest deeper is an error row: Ray cannot
+# pickle one much deeper (about 500 levels) and would stop the whole run.
+MAX_JSON_DEPTH = 100
 
 
 @dataclass
@@ -175,6 +178,20 @@ def count_rows(item: InputFile) -> int:
         for line in file:
             count += bool(line.strip())
     return count - 1 if item.format == "csv" and count else count
+
+
+def worker_died(post: Post) -> str:
+    """The error of a post whose worker process died while tagging it alone."""
+    return (f"{post.where}: not tagged: the worker process died while tagging this post "
+            "alone (a crash in native code, or out of memory?)")
+
+
+def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputFile]:
+    """The input files with rows that are not done (by count: a CSV field
+    holding line breaks can make a finished file look unfinished)."""
+    return [item for item in inputs
+            if int.from_bytes(done.bitmaps.get(item.name, b""), "little").bit_count() <
+            count_rows(item)]
 
 
 def read_posts(inputs: Sequence[InputFile], columns: Columns,
@@ -338,11 +355,27 @@ def jsonl_records(path: Path) -> Records:
                 record, error = {}, f"invalid JSON: {err}"
             if not isinstance(record, dict):
                 record, error = {}, f"expected a JSON object, got {type(record).__name__}"
+            elif line.count("[") + line.count("{") > MAX_JSON_DEPTH and \
+                    nesting_depth(record) > MAX_JSON_DEPTH:
+                record, error = {}, f"lists and objects nested deeper than {MAX_JSON_DEPTH} levels"
             elif SURROGATE_ESCAPE.search(line):  # the only way to a surrogate in JSON
                 record, names = repair_columns(record)
                 warning = join_warnings(warning, names and surrogates_warning(names))
             yield row, where, record, error, warning
             row += 1
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep lists and dicts nest in `value` (0 for a scalar), level by
+    level rather than by recursion."""
+    depth, level = 0, [value]
+    while True:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            return depth
+        depth += 1
+        level = [item for container in containers
+                 for item in (container.values() if isinstance(container, dict) else container)]
 
 
 def _csv_records(path: Path) -> Records:

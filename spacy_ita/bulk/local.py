@@ -7,7 +7,8 @@ flight, so memory stays flat however long the input is.
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, List, Optional
 
@@ -15,7 +16,7 @@ from spacy.util import minibatch
 
 from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
-from .inputs import Post
+from .inputs import Post, worker_died
 
 _WORKER: Optional[Annotator] = None
 
@@ -58,15 +59,64 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
     context = multiprocessing.get_context()
     # The tokenizers library warns in every forked child unless told before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with ProcessPoolExecutor(n_process, mp_context=context, initializer=_start_worker,
-                             initargs=(spec, fetcher)) as pool:
+    with _WorkerPool(n_process, context, spec, fetcher) as pool:
         window = deque()
         for batch in batches:
-            window.append(pool.submit(_annotate, batch))
+            window.append((batch, pool.submit(batch)))
             if len(window) >= 2 * n_process:
-                yield window.popleft().result()
+                yield pool.result(*window.popleft())
         while window:
-            yield window.popleft().result()
+            yield pool.result(*window.popleft())
+
+
+class _WorkerPool:
+    """Worker processes that each load the pipeline once. When one dies (a
+    crash in native code, out of memory), every batch in flight is lost with
+    the pool: those batches are done again post by post in a new pool, and a
+    post whose worker dies again gets an error row instead."""
+
+    def __init__(self, n_process: int, context, spec: PipelineSpec, fetcher: Fetcher):
+        self.arguments = (n_process, context, spec, fetcher)
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        n_process, context, spec, fetcher = self.arguments
+        return ProcessPoolExecutor(n_process, mp_context=context, initializer=_start_worker,
+                                   initargs=(spec, fetcher))
+
+    def __enter__(self) -> "_WorkerPool":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+    def submit(self, posts: List[Post]) -> Future:
+        try:
+            return self.pool.submit(_annotate, posts)
+        except BrokenProcessPool as err:  # broken since the last result was read
+            future: Future = Future()
+            future.set_exception(err)
+            return future
+
+    def result(self, posts: List[Post], future: Future) -> List[Post]:
+        """The annotated `posts` of `future`, or of the posts one by one if its pool broke."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._restart()
+        return [self._alone(post) for post in posts]
+
+    def _alone(self, post: Post) -> Post:
+        try:
+            return self.pool.submit(_annotate, [post]).result()[0]
+        except BrokenProcessPool:
+            self._restart()
+            post.error = worker_died(post)
+            return post
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._start()
 
 
 def _usable_cpus() -> int:

@@ -8,8 +8,10 @@ annotated rows stream back to the driver, whose writer makes the run
 resumable exactly as in-process. With `extract_workers`, image extraction and
 tagging are two actor pools with their own resources (OCR on CPU workers, the
 tagger on GPU workers). Ray restarts a killed actor and retries its batch, so
-a lost worker loses no post. On a laptop `ray.init()` starts a local Ray; with
-RAY_ADDRESS set it joins that cluster.
+a lost worker loses no post; a batch whose actor dies on every try is done
+again post by post, and a post that kills its actor alone gets an error row.
+On a laptop `ray.init()` starts a local Ray; with RAY_ADDRESS set it joins
+that cluster.
 """
 import inspect
 import logging
@@ -20,9 +22,13 @@ from spacy.util import minibatch
 
 from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
-from .inputs import Columns, DoneRows, InputFile, Post, read_file_posts
+from .inputs import (Columns, DoneRows, InputFile, Post, read_file_posts, read_posts,
+                     unfinished_files, worker_died)
 
 logger = logging.getLogger(__name__)
+# Tries of a batch whose actor dies (SIGKILL, a crash, out of memory) before
+# Ray drops it, and of each of its posts after that.
+WORKER_DEATHS = 3
 
 
 @dataclass
@@ -61,15 +67,50 @@ def run_ray(spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns, d
         ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local Ray
     try:
         yield from _run(ray, spec, inputs, columns, done, batch_size, fetcher, settings)
+    except ray.exceptions.RayError as err:
+        raise ray_failure(ray, err) from err
     finally:
         if started:
             ray.shutdown()
 
 
+def ray_failure(ray, err: Exception) -> RuntimeError:
+    """A failed Ray job as one line: the exception that started it in a task
+    or actor (Ray's own message carries the remote traceback, hundreds of lines)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+        message = str(cause).strip().splitlines()
+        reason = f"{type(cause).__name__}: {message[0] if message else ''}"
+    else:  # an actor that died: its traceback ends with the exception
+        lines = str(err).strip().splitlines()
+        reason = lines[-1].strip() if lines else type(err).__name__
+    return RuntimeError(f"the Ray job failed: {reason}")
+
+
 def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
          done: DoneRows, batch_size: int, fetcher: Fetcher,
          settings: RaySettings) -> Iterator[List[Post]]:
-    dataset = read_dataset(ray, inputs, columns, done, batch_size)
+    """The posts in batches; then, where a worker died on a batch more than
+    WORKER_DEATHS times and Ray dropped it, its posts one a batch; then a post
+    that still kills its worker as an error row, so that one post that crashes
+    native code or runs out of memory costs only its own row."""
+    yield from _annotate(ray, read_dataset(ray, inputs, columns, done, batch_size), spec,
+                         fetcher, settings)
+    unfinished = unfinished_files(inputs, done)
+    if unfinished:
+        logger.warning("A worker died on every try of some batches: their posts again, one "
+                       "a batch")
+        yield from _annotate(ray, read_dataset(ray, unfinished, columns, done, 1), spec,
+                             fetcher, settings)
+    for post in read_posts(unfinished_files(unfinished, done), columns, done):
+        post.error = worker_died(post)
+        yield [post]
+
+
+def _annotate(ray, dataset, spec: PipelineSpec, fetcher: Fetcher,
+              settings: RaySettings) -> Iterator[List[Post]]:
+    """The batches of `dataset` through the stages' actor pools; a batch whose
+    actor dies WORKER_DEATHS times is dropped, not retried for ever."""
     stages = [("all", settings.workers, settings.worker_cpus, settings.worker_gpus)]
     if settings.extract_workers:
         stages = [("extract", settings.extract_workers, settings.extract_cpus, 0.0),
@@ -84,7 +125,9 @@ def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
         pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         dataset = dataset.map_batches(
             _Stage, fn_constructor_args=(stage_spec, stage, fetcher), batch_size=1,
-            compute=pool, num_cpus=cpus, num_gpus=gpus or None)
+            compute=pool, num_cpus=cpus, num_gpus=gpus or None,
+            max_task_retries=WORKER_DEATHS - 1)  # a killed actor restarts; its batch is retried
+    dataset.context.max_errored_blocks = -1  # a dropped batch's posts are redone afterwards
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield from (list(posts) for posts in block["posts"])
     if logger.isEnabledFor(logging.DEBUG):  # where the time went, by Ray Data's count

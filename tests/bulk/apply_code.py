@@ -5,8 +5,9 @@
 - `apply_test_probe`: a component that logs each doc it sees to a file, and
   SIGKILLs its own process at the first doc containing "KILL" while the
   marker file does not exist yet (it creates the marker first, so the rerun,
-  or Ray's retry, goes through); with `node_log`, it also logs the Ray node
-  and process each doc was tagged on.
+  or Ray's retry, goes through); with `poison`, at every doc containing that
+  text; with `node_log`, it also logs the Ray node and process each doc was
+  tagged on.
 """
 import os
 import signal
@@ -40,10 +41,11 @@ def make_colour_tags() -> ColourTags:
 
 class Probe:
     def __init__(self, log_path: Optional[str], kill_marker: Optional[str],
-                 node_log: Optional[str]):
+                 node_log: Optional[str], poison: Optional[str]):
         self.log_path = log_path
         self.kill_marker = kill_marker
         self.node_log = node_log
+        self.poison = poison
 
     def __call__(self, doc):
         if self.log_path:
@@ -54,6 +56,8 @@ class Probe:
 
             with open(self.node_log, "a", encoding="utf8") as log:
                 log.write(f"{ray.get_runtime_context().get_node_id()} {os.getpid()}\n")
+        if self.poison and self.poison in doc.text:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.kill_marker and "KILL" in doc.text:
             try:
                 os.close(os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -63,8 +67,8 @@ class Probe:
         return doc
 
 
-@Language.factory("apply_test_probe",
-                  default_config={"log_path": None, "kill_marker": None, "node_log": None})
+@Language.factory("apply_test_probe", default_config={
+    "log_path": None, "kill_marker": None, "node_log": None, "poison": None})
 def make_probe(nlp, name, log_path: Optional[str], kill_marker: Optional[str],
-               node_log: Optional[str]) -> Probe:
-    return Probe(log_path, kill_marker, node_log)
+               node_log: Optional[str], poison: Optional[str]) -> Probe:
+    return Probe(log_path, kill_marker, node_log, poison)

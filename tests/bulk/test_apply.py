@@ -377,6 +377,44 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     assert rows[0]["visual_context"]["object_tags"] == ["red"]
 
 
+def test_a_post_that_kills_its_worker_process_costs_only_its_row(pipeline, tiny_encoder,
+                                                                  images, tmp_path):
+    """A post that SIGKILLs the worker tagging it (a crash in native code, out
+    of memory) broke the process pool and stopped the run at every rerun: the
+    batches in flight are done again post by post in a new pool, and the post
+    that kills its worker alone too gets an error row."""
+    records = posts(images, 12)
+    records[5]["text"] = "POISON in Boston"
+    write_jsonl(tmp_path / "posts.jsonl", records)
+    settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
+                    batch_size=4, progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl", **settings)
+    poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
+    summary = apply(poisoned, tmp_path / "posts.jsonl", tmp_path / "two.jsonl",
+                    engine=LocalSettings(n_process=2), **settings)
+    rows, expected = read_jsonl(tmp_path / "two.jsonl"), read_jsonl(tmp_path / "one.jsonl")
+    assert summary.n_written == 12 and summary.n_errors == 1
+    assert "line 6: not tagged: the worker process died while tagging this post alone" in \
+        rows[5]["error"]
+    assert rows[:5] + rows[6:] == expected[:5] + expected[6:]
+
+
+def test_a_json_row_nested_too_deep_is_an_error_row(pipeline, tmp_path):
+    """Ray cannot pickle a row nested about 500 deep and stopped the whole run
+    at every rerun: past MAX_JSON_DEPTH a row is an error row, in both engines."""
+    from spacy_ita.bulk.inputs import MAX_JSON_DEPTH
+
+    deep = {"id": "deep", "text": "Kobe scores again", "meta": json.loads("[" * 600 + "]" * 600)}
+    edge = {"id": "edge", "text": "Kobe scores again",
+            "meta": json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))}
+    write_jsonl(tmp_path / "posts.jsonl", [edge, deep, {"id": "ok", "text": "Kobe scores again"}])
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "out.jsonl",
+          pipeline=PipelineSettings(code=CODE), progress=False)
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert [row["error"] is None for row in rows] == [True, False, True]
+    assert "line 2: lists and objects nested deeper than 100 levels" in rows[1]["error"]
+
+
 @pytest.mark.parametrize("options, message", [
     (["--engine", "spark"], "engine must be one of ('local', 'ray')"),
     (["--keep", "id,entities"], "cannot keep column(s) ['entities']"),

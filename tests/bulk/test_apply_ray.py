@@ -1,6 +1,9 @@
 """`apply --engine ray` on a local 2-CPU Ray: the rows of the in-process run,
-in one stage or two, and none lost or doubled when a worker is SIGKILLed."""
+in one stage or two, none lost or doubled when a worker is SIGKILLed, a post
+that kills its worker every time costs only its row, and failures are one line."""
+import json
 import os
+import shutil
 
 import pytest
 
@@ -113,3 +116,59 @@ def test_ray_actors_apply_the_trust_model(local_ray, ray_inputs, tmp_path):
     assert rows["in"]["visual_context"]["object_tags"] == ["red"]
     assert "outside the image root" in rows["out"]["image_error"]
     assert "loopback address: refused" in rows["url"]["image_error"]
+
+
+def test_a_post_that_kills_its_ray_worker_costs_only_its_row(local_ray, ray_inputs, tiny_encoder,
+                                                             tmp_path):
+    """Ray restarted the actor and retried the batch for ever, and held back
+    the good rows: a batch is tried WORKER_DEATHS times, then its posts one by
+    one, and the post that kills its worker alone too gets an error row."""
+    texts = ["Kobe scores again", "Lakers beat Boston tonight"]
+    records = [{"id": i, "text": "POISON in Boston" if i == 5 else texts[i % 2]}
+               for i in range(8)]
+    poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
+    write_jsonl(tmp_path / "posts.jsonl", records)
+    summary = apply(poisoned, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
+                    engine=RaySettings(workers=1, worker_cpus=0.5),
+                    pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
+    rows = keyed(read_jsonl(tmp_path / "ray.jsonl"))
+    assert summary.n_written == 8 and summary.n_errors == 1
+    assert [row["input_row"] for row in rows] == list(range(8))
+    assert "line 6: not tagged: the worker process died while tagging this post alone" in \
+        rows[5]["error"]
+    _, model = ray_inputs
+    apply(model, tmp_path / "posts.jsonl", tmp_path / "local.jsonl",
+          pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
+    expected = read_jsonl(tmp_path / "local.jsonl")
+    assert rows[:5] + rows[6:] == expected[:5] + expected[6:]
+
+
+def test_a_row_too_deep_to_pickle_is_an_error_row_not_a_failed_job(local_ray, ray_inputs,
+                                                                   tmp_path):
+    folder, model = ray_inputs
+    deep = {"id": "deep", "text": "Kobe scores again", "meta": json.loads("[" * 600 + "]" * 600)}
+    write_jsonl(tmp_path / "posts.jsonl", [{"id": "ok", "text": "Kobe scores again"}, deep])
+    apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
+          engine=RaySettings(workers=1, worker_cpus=0.5), pipeline=PipelineSettings(code=CODE),
+          progress=False)
+    rows = keyed(read_jsonl(tmp_path / "ray.jsonl"))
+    assert rows[0]["error"] is None
+    assert "line 2: lists and objects nested deeper than 100 levels" in rows[1]["error"]
+
+
+def test_a_pipeline_its_actors_cannot_load_is_one_clear_error(local_ray, ray_inputs, tmp_path):
+    """Ray's error was hundreds of lines of remote traceback that the CLI did
+    not catch; now a RuntimeError naming the cause, as in-process."""
+    folder, model = ray_inputs
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    weights = broken / "ita_ner" / "model"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RuntimeError) as caught:
+        apply(str(broken), folder / "in" / "a.jsonl", tmp_path / "ray.jsonl",
+              engine=RaySettings(workers=1, worker_cpus=0.5),
+              pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=folder),
+              progress=False)
+    message = str(caught.value)
+    assert message.startswith("the Ray job failed: ValueError: ita_ner: cannot load")
+    assert "\n" not in message
