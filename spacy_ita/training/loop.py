@@ -77,6 +77,20 @@ def train(
     return nlp, checkpoints.last
 
 
+STUCK_AT_ZERO = (
+    "The dev score was 0 at the last two evaluations: the model predicts no entities (it "
+    "fell into tagging every token O, which more training rarely leaves). Try a lower "
+    "learning rate ([training.optimizer.learn_rate] initial_rate: all-mpnet-base-v2's "
+    "text-only run did this at 2e-4 and learned at 1e-4), a longer warm-up or another seed.")
+
+
+def stuck_at_zero(results: List[Tuple[float, int]]) -> bool:
+    """Whether the dev scores (score, step) have just become 0 twice in a row
+    after the start: a collapse, said once."""
+    trained = [score for score, step in results if step > 0]
+    return trained[-2:] == [0.0, 0.0] and trained[-3:-2] != [0.0]
+
+
 @dataclass
 class _Run:
     """The pipeline a run trains and where it reports (wasabi's formatting,
@@ -202,6 +216,8 @@ class _Steps:
                 self._checkpoint(progress, info, is_best=score == max(progress.results)[0])
                 losses = {}
             log_step(info if score is not None else None)
+            if score is not None and stuck_at_zero(progress.results):
+                self.run.say(self.run.msg.warn(STUCK_AT_ZERO))
             if self.settings.finished(progress):
                 return
 

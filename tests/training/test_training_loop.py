@@ -358,3 +358,20 @@ def test_a_missing_or_broken_training_state_is_named(setup, tmp_path):
     state.unlink()
     log = run(setup, output, resume=True, **{"training.max_steps": 3})
     assert "the training state of" in log and "is missing" in log
+
+
+def test_a_run_stuck_at_a_zero_dev_score_says_so_once(setup, tmp_path, monkeypatch):
+    """all-mpnet-base-v2's text-only run once fell into tagging everything O
+    at 2e-4 and trained on for 500 updates at dev F1 0.00 without a word: after
+    two zero evaluations the run says what happened and what to try."""
+    make_callback = training.create_evaluation_callback
+
+    def scoring_zero(*args):
+        evaluate = make_callback(*args)
+        return lambda: (0.0, evaluate()[1])
+
+    monkeypatch.setattr(training, "create_evaluation_callback", scoring_zero)
+    log = run(setup, tmp_path / "out")  # evaluations at steps 0, 3, 6 and 9
+    assert log.count("the model predicts no entities") == 1
+    assert log.index("the model predicts no entities") > log.index(" 6 ")
+    assert not training.stuck_at_zero([(0.0, 0), (0.7, 3), (0.0, 6)])
