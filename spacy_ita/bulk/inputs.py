@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlparse
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -169,15 +169,14 @@ def _glob_root(pattern: str) -> Path:
 
 
 def count_rows(item: InputFile) -> int:
-    """Rows of a file, for the progress bar: exact for Parquet and JSONL, the
-    number of lines after the header for CSV."""
+    """Rows of a file, as its reader reads them (a CSV file is parsed: a field
+    may hold line breaks, and lines may end in a lone CR)."""
     if item.format == "parquet":
         return _parquet(item.path).metadata.num_rows
-    count = 0
+    if item.format == "csv":
+        return sum(1 for _ in _csv_records(item.path))
     with open(item.path, "rb") as file:
-        for line in file:
-            count += bool(line.strip())
-    return count - 1 if item.format == "csv" and count else count
+        return sum(1 for _ in _json_lines(file))
 
 
 def worker_died(post: Post) -> str:
@@ -187,8 +186,7 @@ def worker_died(post: Post) -> str:
 
 
 def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputFile]:
-    """The input files with rows that are not done (by count: a CSV field
-    holding line breaks can make a finished file look unfinished)."""
+    """The input files with rows that are not done."""
     return [item for item in inputs
             if int.from_bytes(done.bitmaps.get(item.name, b""), "little").bit_count() <
             count_rows(item)]
@@ -342,11 +340,7 @@ def jsonl_records(path: Path) -> Records:
     UTF-8 and lone surrogates are mended with a warning, a bad line is an error."""
     row, shown = 0, shown_path(path)
     with open(path, "rb") as file:
-        for number, data in enumerate(file, start=1):
-            if number == 1 and data.startswith(codecs.BOM_UTF8):
-                data = data[len(codecs.BOM_UTF8):]
-            if not data.strip():
-                continue
+        for number, data in _json_lines(file):
             line, warning = decode_utf8(data)
             where, error = f"{shown}, line {number}", None
             try:
@@ -363,6 +357,16 @@ def jsonl_records(path: Path) -> Records:
                 warning = join_warnings(warning, names and surrogates_warning(names))
             yield row, where, record, error, warning
             row += 1
+
+
+def _json_lines(file: IO[bytes]) -> Iterator[Tuple[int, bytes]]:
+    """(line number, bytes) of the lines of a JSONL file that hold something,
+    a BOM before the first taken off."""
+    for number, data in enumerate(file, start=1):
+        if number == 1 and data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        if data.strip():
+            yield number, data
 
 
 def nesting_depth(value: Any) -> int:

@@ -10,7 +10,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional, Union
 
 from spacy.util import minibatch
 
@@ -18,7 +18,7 @@ from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
 from .inputs import Post, worker_died
 
-_WORKER: Optional[Annotator] = None
+_WORKER: Union[Annotator, Exception, None] = None
 
 
 @dataclass
@@ -62,25 +62,35 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
     with _WorkerPool(n_process, context, spec, fetcher) as pool:
         window = deque()
         for batch in batches:
-            window.append((batch, pool.submit(batch)))
+            window.append(pool.submit(batch))
             if len(window) >= 2 * n_process:
-                yield pool.result(*window.popleft())
+                yield pool.result(window.popleft())
         while window:
-            yield pool.result(*window.popleft())
+            yield pool.result(window.popleft())
+
+
+@dataclass
+class _Job:
+    posts: List[Post]
+    future: Future
+    pool: ProcessPoolExecutor  # the pool it was given to
 
 
 class _WorkerPool:
     """Worker processes that each load the pipeline once. When one dies (a
     crash in native code, out of memory), every batch in flight is lost with
-    the pool: those batches are done again post by post in a new pool, and a
-    post whose worker dies again gets an error row instead."""
+    the pool: the pool is replaced once, and those batches are done again post
+    by post in a process of their own, so that a post whose worker dies there
+    is the one that killed it; it gets an error row instead."""
 
     def __init__(self, n_process: int, context, spec: PipelineSpec, fetcher: Fetcher):
-        self.arguments = (n_process, context, spec, fetcher)
-        self.pool = self._start()
+        self.arguments = (context, spec, fetcher)
+        self.n_process = n_process
+        self.pool = self._start(n_process)
+        self.alone: Optional[ProcessPoolExecutor] = None  # started at the first death
 
-    def _start(self) -> ProcessPoolExecutor:
-        n_process, context, spec, fetcher = self.arguments
+    def _start(self, n_process: int) -> ProcessPoolExecutor:
+        context, spec, fetcher = self.arguments
         return ProcessPoolExecutor(n_process, mp_context=context, initializer=_start_worker,
                                    initargs=(spec, fetcher))
 
@@ -88,35 +98,39 @@ class _WorkerPool:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.pool.shutdown(cancel_futures=True)
+        for pool in (self.pool, self.alone):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
-    def submit(self, posts: List[Post]) -> Future:
+    def submit(self, posts: List[Post]) -> _Job:
+        pool = self.pool
         try:
-            return self.pool.submit(_annotate, posts)
+            future = pool.submit(_annotate, posts)
         except BrokenProcessPool as err:  # broken since the last result was read
-            future: Future = Future()
+            future = Future()
             future.set_exception(err)
-            return future
+        return _Job(posts, future, pool)
 
-    def result(self, posts: List[Post], future: Future) -> List[Post]:
-        """The annotated `posts` of `future`, or of the posts one by one if its pool broke."""
+    def result(self, job: _Job) -> List[Post]:
+        """The annotated posts of `job`, or the posts one by one if its pool broke."""
         try:
-            return future.result()
+            return job.future.result()
         except BrokenProcessPool:
-            self._restart()
-        return [self._alone(post) for post in posts]
+            if job.pool is self.pool:  # not yet replaced for another job it held
+                job.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._start(self.n_process)
+        return [self._tag_alone(post) for post in job.posts]
 
-    def _alone(self, post: Post) -> Post:
+    def _tag_alone(self, post: Post) -> Post:
+        if self.alone is None:
+            self.alone = self._start(1)
         try:
-            return self.pool.submit(_annotate, [post]).result()[0]
+            return self.alone.submit(_annotate, [post]).result()[0]
         except BrokenProcessPool:
-            self._restart()
+            self.alone.shutdown(wait=False)
+            self.alone = None
             post.error = worker_died(post)
             return post
-
-    def _restart(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = self._start()
 
 
 def _usable_cpus() -> int:
@@ -127,9 +141,17 @@ def _usable_cpus() -> int:
 
 
 def _start_worker(spec: PipelineSpec, fetcher: Fetcher) -> None:
+    """Load the pipeline; a failure is kept and raised by the first batch, so
+    that a pipeline that cannot load stops the run (a failing initializer
+    would break the pool, which reads as a post that killed its worker)."""
     global _WORKER
-    _WORKER = Annotator(spec, "all", fetcher)
+    try:
+        _WORKER = Annotator(spec, "all", fetcher)
+    except Exception as err:
+        _WORKER = err
 
 
 def _annotate(posts: List[Post]) -> List[Post]:
+    if isinstance(_WORKER, Exception):
+        raise _WORKER
     return _WORKER(posts)

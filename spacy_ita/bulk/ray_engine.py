@@ -129,7 +129,10 @@ def _annotate(ray, dataset, spec: PipelineSpec, fetcher: Fetcher,
             max_task_retries=WORKER_DEATHS - 1)  # a killed actor restarts; its batch is retried
     dataset.context.max_errored_blocks = -1  # a dropped batch's posts are redone afterwards
     for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        yield from (list(posts) for posts in block["posts"])
+        for posts in block["posts"]:
+            if isinstance(posts, _Failure):
+                raise RuntimeError(f"the Ray job failed: {posts.message}")
+            yield list(posts)
     if logger.isEnabledFor(logging.DEBUG):  # where the time went, by Ray Data's count
         logger.debug("Ray Data's stats of the apply job:\n%s", dataset.stats())
 
@@ -185,12 +188,24 @@ def _batches_block(batches: List[List[Post]]) -> Dict[str, Any]:
     return {"posts": column}
 
 
+@dataclass
+class _Failure:
+    """An exception in a read task or an actor, carried to the driver in place
+    of a batch: Ray Data drops a block that raises (a dead actor's, after its
+    tries), so only deaths may reach it, and the driver stops on this."""
+
+    message: str
+
+
 def _read_unit(batch: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Read task: the posts of one input file, in batches."""
     for data in batch["unit"]:
-        for posts in minibatch(read_file_posts(data.item, data.columns, data.bitmap),
-                               data.batch_size):
-            yield _batches_block([posts])
+        try:
+            for posts in minibatch(read_file_posts(data.item, data.columns, data.bitmap),
+                                   data.batch_size):
+                yield _batches_block([posts])
+        except Exception as err:  # the file went away, say: the run stops, as in-process
+            yield _batches_block([_Failure(f"{type(err).__name__}: {err}")])
 
 
 class _Stage:
@@ -200,4 +215,12 @@ class _Stage:
         self.annotator = Annotator(spec, stage, fetcher)
 
     def __call__(self, block: Dict[str, Any]) -> Dict[str, Any]:
-        return _batches_block([self.annotator(list(posts)) for posts in block["posts"]])
+        return _batches_block([self._annotate(posts) for posts in block["posts"]])
+
+    def _annotate(self, posts: Any) -> Any:
+        if isinstance(posts, _Failure):
+            return posts
+        try:
+            return self.annotator(list(posts))
+        except Exception as err:  # a bug outside the per-post retry: not a post's fault
+            return _Failure(f"{type(err).__name__}: {err}")

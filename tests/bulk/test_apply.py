@@ -6,6 +6,7 @@ imported by worker processes through `code`).
 """
 import json
 import os
+import shutil
 import threading
 import time
 from functools import partial
@@ -190,6 +191,19 @@ def test_bad_rows_are_written_with_their_error(pipeline, images, tmp_path):
         if row.get("id") in image_errors:
             assert row["view"] == "text" and row["error"] is None
     assert rows[-1]["visual_context"]["object_tags"] == ["green"]
+
+
+def test_rows_are_counted_as_the_readers_read_them(tmp_path):
+    """Ray's engine finds the posts a dead actor dropped by counting each
+    file's rows: a CSV with lone CR line ends counted 0 rows (its posts were
+    lost silently), and one with a line break in a field one too many."""
+    from spacy_ita.bulk.inputs import count_rows, find_inputs, read_posts
+
+    (tmp_path / "cr.csv").write_bytes(b"id,text\r1,Kobe\r2,Boston\r3,Zurich\r")
+    (tmp_path / "quoted.csv").write_text('id,text\n1,"two\nlines"\n2,Boston\n')
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf\n" + b'{"text": "Kobe"}\n\n')
+    for item in find_inputs(str(tmp_path)):
+        assert count_rows(item) == len(list(read_posts([item], Columns()))), item.name
 
 
 def test_csv_row_with_too_many_fields_is_an_error_row(pipeline, tmp_path):
@@ -377,26 +391,47 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     assert rows[0]["visual_context"]["object_tags"] == ["red"]
 
 
-def test_a_post_that_kills_its_worker_process_costs_only_its_row(pipeline, tiny_encoder,
-                                                                  images, tmp_path):
+@pytest.mark.parametrize("n_process, poisoned_rows", [(2, [5]), (3, [1, 6, 7, 13])])
+def test_a_post_that_kills_its_worker_process_costs_only_its_row(
+        pipeline, tiny_encoder, images, tmp_path, n_process, poisoned_rows):
     """A post that SIGKILLs the worker tagging it (a crash in native code, out
     of memory) broke the process pool and stopped the run at every rerun: the
-    batches in flight are done again post by post in a new pool, and the post
-    that kills its worker alone too gets an error row."""
-    records = posts(images, 12)
-    records[5]["text"] = "POISON in Boston"
+    batches in flight are done again post by post, each alone in a process of
+    its own (a death in the pool may be another batch's doing), and only the
+    posts that kill their worker alone too get an error row."""
+    records = posts(images, 16)
+    for row in poisoned_rows:
+        records[row]["text"] = "POISON in Boston"
     write_jsonl(tmp_path / "posts.jsonl", records)
     settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
-                    batch_size=4, progress=False)
+                    batch_size=2, progress=False)
     apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl", **settings)
     poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
     summary = apply(poisoned, tmp_path / "posts.jsonl", tmp_path / "two.jsonl",
-                    engine=LocalSettings(n_process=2), **settings)
+                    engine=LocalSettings(n_process=n_process), **settings)
     rows, expected = read_jsonl(tmp_path / "two.jsonl"), read_jsonl(tmp_path / "one.jsonl")
-    assert summary.n_written == 12 and summary.n_errors == 1
-    assert "line 6: not tagged: the worker process died while tagging this post alone" in \
-        rows[5]["error"]
-    assert rows[:5] + rows[6:] == expected[:5] + expected[6:]
+    assert summary.n_written == 16 and summary.n_errors == len(poisoned_rows)
+    for row in poisoned_rows:
+        assert (f"line {row + 1}: not tagged: the worker process died while tagging this post "
+                "alone") in rows[row]["error"]
+    assert [row for i, row in enumerate(rows) if i not in poisoned_rows] == \
+        [row for i, row in enumerate(expected) if i not in poisoned_rows]
+
+
+def test_a_pipeline_the_workers_cannot_load_stops_the_run(pipeline, tmp_path):
+    """Its load failure broke the pool, which read as every post killing its
+    worker: each row an error, none retryable. Now the run stops with the
+    load's error and writes nothing, as with one process."""
+    broken = tmp_path / "broken"
+    shutil.copytree(pipeline, broken)
+    weights = broken / "ita_ner" / "model"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    write_jsonl(tmp_path / "posts.jsonl", [{"id": 1, "text": "Kobe scores again"}])
+    with pytest.raises(ValueError, match="ita_ner: cannot load"):
+        apply(str(broken), tmp_path / "posts.jsonl", tmp_path / "out.jsonl",
+              engine=LocalSettings(n_process=2), pipeline=PipelineSettings(code=CODE),
+              progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_json_row_nested_too_deep_is_an_error_row(pipeline, tmp_path):

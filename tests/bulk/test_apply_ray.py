@@ -172,3 +172,43 @@ def test_a_pipeline_its_actors_cannot_load_is_one_clear_error(local_ray, ray_inp
     message = str(caught.value)
     assert message.startswith("the Ray job failed: ValueError: ita_ner: cannot load")
     assert "\n" not in message
+
+
+def test_a_file_gone_before_its_read_task_stops_the_job(local_ray, ray_inputs, tmp_path,
+                                                        monkeypatch):
+    """Ray Data drops a block that raises (so that a post that kills its actor
+    costs only its row): an exception in a read task or an actor comes to the
+    driver as a failure instead, which stops the run as in-process."""
+    from spacy_ita.bulk import run as run_module
+
+    folder, model = ray_inputs
+    shutil.copytree(folder / "in", tmp_path / "in")
+    find_inputs_there = run_module.find_inputs
+
+    def find_then_delete(spec):
+        found = find_inputs_there(spec)
+        (tmp_path / "in" / "b.jsonl").unlink()
+        return found
+
+    monkeypatch.setattr(run_module, "find_inputs", find_then_delete)
+    with pytest.raises(RuntimeError, match="the Ray job failed: FileNotFoundError: .*b.jsonl"):
+        apply(model, tmp_path / "in", tmp_path / "ray.jsonl",
+              engine=RaySettings(workers=1, worker_cpus=0.5),
+              pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=folder),
+              batch_size=4, progress=False)
+
+
+def test_an_exception_in_an_actor_is_a_failure_not_a_dropped_batch():
+    """A bug outside the per-post retry (here the annotator itself) must not
+    read as a worker death, whose batch is redone and whose posts get
+    "worker died" rows: the actor hands the driver a failure to raise."""
+    from spacy_ita.bulk.ray_engine import _Failure, _Stage
+
+    def broken(posts):
+        raise KeyError("a bug")
+
+    stage = _Stage.__new__(_Stage)
+    stage.annotator = broken
+    block = stage({"posts": [["a post"], _Failure("earlier")]})
+    first, second = block["posts"]
+    assert first == _Failure("KeyError: 'a bug'") and second == _Failure("earlier")
