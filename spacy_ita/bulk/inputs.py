@@ -10,7 +10,6 @@ pair) is repaired to U+FFFD, with a warning in the row that says where.
 import codecs
 import csv
 import glob
-import itertools
 import json
 import os
 import re
@@ -174,7 +173,7 @@ def count_rows(item: InputFile) -> int:
     if item.format == "parquet":
         return _parquet(item.path).metadata.num_rows
     if item.format == "csv":
-        return sum(1 for _ in _csv_records(item.path))
+        return sum(1 for _ in _csv_rows(item.path))
     with open(item.path, "rb") as file:
         return sum(1 for _ in _json_lines(file))
 
@@ -383,34 +382,45 @@ def nesting_depth(value: Any) -> int:
 
 
 def _csv_records(path: Path) -> Records:
-    """The rows of a CSV file with a header. A row the csv module cannot read
-    (a field over CSV_FIELD_LIMIT) is an error row, and the next row starts
-    on the line after it; a header it cannot read is one error row for the file."""
+    """The rows of a CSV file with a header (see _csv_rows), bytes that are
+    not UTF-8 mended with a warning; a header it cannot read is one error row
+    for the file."""
+    shown = shown_path(path)
+    for row, (line, record, error) in enumerate(_csv_rows(path)):
+        if record is None:
+            yield 0, f"{shown}, line {line} (the header)", {}, error, None
+            return
+        where = f"{shown}, row {row + 1} (line {line})"
+        record, names = repair_columns(record)
+        warning = names and (f"bytes that are not UTF-8 replaced by U+FFFD in column(s) "
+                             f"{', '.join(names)}")
+        if None in record:
+            error = f"{len(record[None])} more field(s) than the header has"
+        yield row, where, record, error, warning or None
+
+
+def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[Dict[str, Any]], Optional[str]]]:
+    """(line number, record, error) per row, as the csv module reads the file:
+    a row it cannot read (a field over CSV_FIELD_LIMIT) is an error with an
+    empty record, and the next row starts on the line after it; a header it
+    cannot read is the one row, its record None."""
     # surrogateescape keeps each byte that is not UTF-8 as a lone surrogate,
     # so that the row that has one can say so.
-    shown = shown_path(path)
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         reader = csv.DictReader(file)
         try:
             _read_csv(lambda: reader.fieldnames)
         except csv.Error as err:
-            yield (0, f"{shown}, line {reader.reader.line_num} (the header)", {},
-                   f"cannot be read as CSV: {err}", None)
+            yield reader.reader.line_num, None, f"cannot be read as CSV: {err}"
             return
-        for row in itertools.count():
+        while True:
             try:
                 record, error = _read_csv(lambda: next(reader)), None
             except StopIteration:
                 return
             except csv.Error as err:
                 record, error = {}, f"cannot be read as CSV: {err}"
-            where = f"{shown}, row {row + 1} (line {reader.reader.line_num})"
-            record, names = repair_columns(record)
-            warning = names and (f"bytes that are not UTF-8 replaced by U+FFFD in column(s) "
-                                 f"{', '.join(names)}")
-            if None in record:
-                error = f"{len(record[None])} more field(s) than the header has"
-            yield row, where, record, error, warning or None
+            yield reader.reader.line_num, record, error
 
 
 def _read_csv(read: Callable[[], Any]) -> Any:

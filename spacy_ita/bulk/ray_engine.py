@@ -90,8 +90,8 @@ def ray_failure(ray, err: Exception) -> RuntimeError:
 def _run(ray, spec: PipelineSpec, inputs: Sequence[InputFile], columns: Columns,
          done: DoneRows, batch_size: int, fetcher: Fetcher,
          settings: RaySettings) -> Iterator[List[Post]]:
-    """The posts in batches; then, where a worker died on a batch more than
-    WORKER_DEATHS times and Ray dropped it, its posts one a batch; then a post
+    """The posts in batches; then, where a batch's actor died on each of its
+    WORKER_DEATHS tries and Ray dropped it, its posts one a batch; then a post
     that still kills its worker as an error row, so that one post that crashes
     native code or runs out of memory costs only its own row."""
     yield from _annotate(ray, read_dataset(ray, inputs, columns, done, batch_size), spec,
