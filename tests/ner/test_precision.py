@@ -181,6 +181,28 @@ def test_bf16_inference_with_kept_weights_is_autocast_exactly(trained_tiny):
             linear.weight.copy_(original)
 
 
+@pytest.mark.skipif(not precision_module.onednn_packing(),
+                    reason="this torch or CPU has no bf16 oneDNN linear with packed weights")
+def test_kept_weights_are_prepacked_for_onednn_with_the_same_emissions(trained_tiny,
+                                                                        monkeypatch):
+    """Where oneDNN takes them, the kept weights are prepacked for its matmul;
+    the emissions are autocast's to the bit, packed or not."""
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    kept = ner.model.module._bf16_weights
+    made = []
+    for packing in (True, False):
+        monkeypatch.setattr(precision_module, "onednn_packing", lambda: packing)
+        kept.forget()
+        ner.precision = "bf16"
+        list(nlp.pipe(fresh_docs(examples)))
+        ner.precision = "auto"
+        made.append({copy.packed for copy in kept._copies.values()})
+        inferred, autocast = emissions_two_ways(ner, fresh_docs(examples))
+        assert torch.equal(inferred, autocast)
+    assert made == [{True}, {False}]
+
+
 def test_kept_bf16_weights_follow_training_updates(tiny_encoder):
     """thinc's optimizer changes the weights in place through numpy, which
     torch does not count as a change: tagging after an update must still use
