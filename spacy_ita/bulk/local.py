@@ -3,6 +3,12 @@ or through `n_process` worker processes that each load it once.
 
 Results come back in input order. At most two batches per worker are in
 flight, so memory stays flat however long the input is.
+
+A post that kills the process tagging it (a crash in native code, out of
+memory) costs only its own row: with worker processes the batch is done
+again post by post in a process of its own (`_WorkerPool`); with one
+process the run dies, and the rerun, reading the batch it died on from
+OUTPUT's lock file, does the same (`_tag_in_process`).
 """
 import multiprocessing
 import os
@@ -17,6 +23,7 @@ from spacy.util import minibatch
 from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
 from .inputs import Post, worker_died
+from .outputs import InFlight, OutputLock
 
 _WORKER: Union[Annotator, Exception, None] = None
 
@@ -44,15 +51,15 @@ class LocalSettings:
 
 
 def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
-              settings: LocalSettings, fetcher: Fetcher) -> Iterator[List[Post]]:
-    """Annotated batches of `posts`, in order."""
+              settings: LocalSettings, fetcher: Fetcher,
+              lock: Optional[OutputLock] = None) -> Iterator[List[Post]]:
+    """Annotated batches of `posts`, in order; with one process, each batch
+    is noted in OUTPUT's `lock` while it is tagged."""
     batches = minibatch(posts, batch_size)
     n_process = settings.n_process
     spec = replace(spec, threads=settings.threads_per_process())
     if n_process == 1:
-        annotator = Annotator(spec, "all", fetcher)
-        for batch in batches:
-            yield annotator(batch)
+        yield from _tag_in_process(Annotator(spec, "all", fetcher), batches, lock)
         return
     # The platform's default start method, as spaCy's own n_process: fork on
     # Linux (quick: nothing to re-import; this process has loaded no model).
@@ -67,6 +74,28 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
                 yield pool.result(window.popleft())
         while window:
             yield pool.result(window.popleft())
+
+
+def _tag_in_process(annotator: Annotator, batches: Iterable[List[Post]],
+                    lock: Optional[OutputLock]) -> Iterator[List[Post]]:
+    """The batches tagged in this process. Each is noted in the lock file
+    while it is tagged; a batch that holds posts of the one an earlier run
+    died on is tagged post by post, each noted as alone, and a post that a
+    run died on alone gets an error row: every rerun gets further."""
+    crashed = lock.crashed if lock is not None else InFlight()
+    record = lock.record if lock is not None else lambda in_flight: None
+    for batch in batches:
+        if not any((post.file, post.row) in crashed for post in batch):
+            record(InFlight(frozenset((post.file, post.row) for post in batch)))
+            yield annotator(batch)
+            continue
+        for post in batch:
+            if (post.file, post.row) == crashed.alone:
+                post.error = worker_died(post)
+                yield [post]
+            else:
+                record(InFlight(crashed.batch, (post.file, post.row)))
+                yield annotator([post])
 
 
 @dataclass

@@ -36,8 +36,9 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 try:
     import fcntl
@@ -627,18 +628,62 @@ def _has_empty_struct(type_) -> bool:
     return any(_has_empty_struct(type_.field(index).type) for index in range(type_.num_fields))
 
 
+RowKey = Tuple[str, int]  # a post's input file and row
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The posts a run with one process is tagging now, by input file and row:
+    a batch, and the one post of it being tagged alone, if any."""
+
+    batch: FrozenSet[RowKey] = frozenset()
+    alone: Optional[RowKey] = None
+
+    def __contains__(self, key: RowKey) -> bool:
+        return key in self.batch or key == self.alone
+
+    def to_bytes(self) -> bytes:
+        if not self.batch and self.alone is None:
+            return b""
+        return json.dumps({"batch": sorted(self.batch), "alone": self.alone}).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "InFlight":
+        """What `to_bytes` wrote (its first line); nothing from anything else."""
+        try:
+            found = json.loads(data.split(b"\n", 1)[0])
+            batch = frozenset((str(name), int(row)) for name, row in found["batch"])
+            alone = found["alone"] and (str(found["alone"][0]), int(found["alone"][1]))
+        except (ValueError, TypeError, KeyError, IndexError):  # empty, or torn by a kill
+            return cls()
+        return cls(batch, alone or None)
+
+
 class OutputLock:
     """An exclusive lock on OUTPUT for one run, so that a second run on the
     same OUTPUT is refused at once instead of writing every post again: an
     flock on `.OUTPUT.lock` beside it (neither in OUTPUT nor in its parts
     folder), made by the run and removed when it ends. One left by a killed
     run is taken over, as the kernel dropped its lock. (No lock where the
-    platform has no flock.)"""
+    platform has no flock.)
+
+    The lock file also notes the posts in flight (`record`): a run that dies
+    while tagging them (a crash in native code, out of memory) leaves the
+    note, and the next run finds it in `crashed`."""
 
     def __init__(self, output: Path):
         self.output = output
         self.path = output.with_name(f".{output.name}.lock")
         self.descriptor: Optional[int] = None
+        self.crashed = InFlight()
+
+    def record(self, in_flight: InFlight) -> None:
+        """Note the posts tagged from now on. The note is one write: a kill
+        leaves the last note whole (a longer one's tail is read as nothing)."""
+        if self.descriptor is not None:
+            content = LOCK_TEXT + in_flight.to_bytes()
+            os.pwrite(self.descriptor, content, 0)
+            os.ftruncate(self.descriptor, len(content))
 
     def __enter__(self) -> "OutputLock":
         if fcntl is None:
@@ -674,15 +719,17 @@ class OutputLock:
                           f"cannot be opened as a file ({err.strerror})") from None
 
     def _claim(self) -> None:
-        """Mark the lock file as apply's; refuse one that holds anything else."""
-        content = os.pread(self.descriptor, len(LOCK_TEXT) + 1, 0)
-        if content not in (b"", LOCK_TEXT):
+        """Mark the lock file as apply's, and read what a killed run left in
+        it; refuse one that holds anything else."""
+        content = os.pread(self.descriptor, os.fstat(self.descriptor).st_size, 0)
+        if content and not content.startswith(LOCK_TEXT):
             os.close(self.descriptor)
             self.descriptor = None
             raise refusal(str(self.path), "is where apply keeps the lock of OUTPUT, but it is "
                           "not apply's lock file")
         if not content:
             os.write(self.descriptor, LOCK_TEXT)
+        self.crashed = InFlight.from_bytes(content[len(LOCK_TEXT):])
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

@@ -114,13 +114,14 @@ def apply(
     images = images or Fetcher()
     fetcher = replace(images, image_root=_image_root(input, images.image_root))
     # Held from before the preflight, so that a second run on OUTPUT is refused at once.
-    with OutputLock(Path(output)):
+    with OutputLock(Path(output)) as lock:
         spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
         writer = open_writer(Path(output), writing.overwrite, writing.rows_per_part)
         n_redone = writer.drop_redone(writing.retry_errors)
         done = writer.done_rows()
         summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)
-        batches = _annotated_batches(engine, spec, inputs, columns, done, batch_size, fetcher)
+        batches = _annotated_batches(engine, spec, inputs, columns, done, batch_size, fetcher,
+                                     lock)
         total = sum(count_rows(item) for item in inputs) - done.count if progress else None
         try:
             _write_all(batches, writer, done, summary, start,
@@ -149,12 +150,12 @@ def _engine_settings(engine: Union[str, EngineSettings]) -> EngineSettings:
 
 
 def _annotated_batches(engine: EngineSettings, spec: PipelineSpec, inputs: Sequence[InputFile],
-                       columns: Columns, done: DoneRows, batch_size: int,
-                       fetcher: Fetcher) -> Iterator[List[Post]]:
+                       columns: Columns, done: DoneRows, batch_size: int, fetcher: Fetcher,
+                       lock: OutputLock) -> Iterator[List[Post]]:
     """The batches of posts not yet done, annotated by the engine."""
     if isinstance(engine, RaySettings):
         return run_ray(spec, inputs, columns, done, batch_size, fetcher, engine)
-    return run_local(spec, read_posts(inputs, columns, done), batch_size, engine, fetcher)
+    return run_local(spec, read_posts(inputs, columns, done), batch_size, engine, fetcher, lock)
 
 
 def _image_root(input: Union[str, Path], image_root: Optional[Union[str, Path]]) -> str:

@@ -418,6 +418,43 @@ def test_a_post_that_kills_its_worker_process_costs_only_its_row(
         [row for i, row in enumerate(expected) if i not in poisoned_rows]
 
 
+def test_with_one_process_each_rerun_gets_past_a_post_that_kills_the_process(
+        pipeline, tiny_encoder, images, tmp_path):
+    """With one process a post that SIGKILLs it ends the run, and the rerun
+    died on it again, for ever. The batch in flight is noted in OUTPUT's lock
+    file: the first rerun tags that batch post by post and dies on the post
+    alone, the second writes that post's error row and goes on."""
+    records = posts(images, 16)
+    records[5]["text"] = "POISON in Boston"
+    write_jsonl(tmp_path / "posts.jsonl", records)
+    settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
+                    batch_size=4, progress=False)
+    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "clean.jsonl", **settings)
+    poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
+    out = tmp_path / "out.jsonl"
+    exit_codes = [_apply_in_a_forked_child(poisoned, tmp_path / "posts.jsonl", out, **settings)
+                  for _ in range(3)]
+    assert exit_codes == [-9, -9, 0]
+    rows, expected = read_jsonl(out), read_jsonl(tmp_path / "clean.jsonl")
+    assert [row["input_row"] for row in rows] == list(range(16))
+    assert ("line 6: not tagged: the worker process died while tagging this post alone"
+            in rows[5]["error"])
+    assert rows[:5] + rows[6:] == expected[:5] + expected[6:]
+    assert not (tmp_path / ".out.jsonl.lock").exists()
+
+
+def test_the_note_of_the_posts_in_flight_reads_back_and_a_torn_one_reads_as_none():
+    from spacy_ita.bulk.outputs import InFlight
+
+    note = InFlight(frozenset({("a.jsonl", 4), ("b\udc80.csv", 5)}), ("a.jsonl", 4))
+    assert InFlight.from_bytes(note.to_bytes()) == note
+    assert ("b\udc80.csv", 5) in note and ("a.jsonl", 5) not in note
+    longer = InFlight(frozenset(("a.jsonl", row) for row in range(40))).to_bytes()
+    assert InFlight.from_bytes(note.to_bytes() + longer[len(note.to_bytes()):]) == note
+    for torn in (b"", b"{", longer[:-20], b'{"batch": 1, "alone": null}', b"[1]\n"):
+        assert InFlight.from_bytes(torn) == InFlight()
+
+
 def test_a_pipeline_the_workers_cannot_load_stops_the_run(pipeline, tmp_path):
     """Its load failure broke the pool, which read as every post killing its
     worker: each row an error, none retryable. Now the run stops with the
