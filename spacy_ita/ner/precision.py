@@ -102,10 +102,13 @@ def encoder_in_bf16(device: torch.device) -> bool:
 def onednn_packing() -> bool:
     """Whether this torch multiplies by linear weights prepacked for oneDNN
     (the CPU ops torch.compile's inductor uses; private, so tried once on a
-    small product and compared with `nn.functional.linear`, bit for bit)."""
+    product of MiniLM's width and compared with `nn.functional.linear`, bit
+    for bit). Its numbers come from a generator of its own: drawing from
+    torch's would change the dropout masks of a resumed training run."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    rows, weight, bias = (torch.randn(shape, generator=generator, device="cpu")
+                          .to(torch.bfloat16) for shape in ((3, 4, 384), (64, 384), (64,)))
     try:
-        rows, weight, bias = (torch.randn(shape).to(torch.bfloat16)
-                              for shape in ((3, 2, 8), (5, 8), (5,)))
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         product = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
         return torch.equal(product, nn.functional.linear(rows, weight, bias))
@@ -117,7 +120,8 @@ class Bf16Linear:
     """A linear layer's weight and bias in bf16, as autocast would cast them.
     On a CPU where oneDNN takes it, the weight is also prepacked into the
     layout its matmul otherwise reorders the weight into on every call (about
-    5 % of a batch's time on all-MiniLM-L6-v2 here): the same products, to the bit."""
+    5 % of a batch's time on all-MiniLM-L6-v2 here), for the inputs whose
+    products then equal autocast's (`reads`)."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         self.bias = None if bias is None else bias.to(torch.bfloat16)
@@ -126,10 +130,18 @@ class Bf16Linear:
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
 
+    def reads(self, input: torch.Tensor) -> bool:
+        """Whether the product of `input` is autocast's to the bit: always
+        unpacked; packed, for contiguous fp32 or bf16 rows while oneDNN is on
+        (a strided input of 3 dimensions or more with a bias is rounded once
+        where autocast rounds twice; oneDNN switched off changes autocast's kernel)."""
+        return not self.packed or (input.is_contiguous() and torch.backends.mkldnn.enabled
+                                   and input.dtype in (torch.float32, torch.bfloat16))
+
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         if not self.packed:
             return nn.functional.linear(input, self.weight, self.bias)
-        # autocast does not know this op: the input is cast as it would cast it.
+        # autocast does not know this op: the input is cast as autocast casts it.
         rows = input.to(torch.bfloat16)
         return torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
 
@@ -148,8 +160,8 @@ class KeptWeightsLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         kept = _kept_copies.get()
         copy = None if kept is None else kept.get(id(self))
-        if copy is None:
-            return super().forward(input)
+        if copy is None or not copy.reads(input):
+            return super().forward(input)  # autocast casts the fp32 weights
         return copy(input)
 
 
@@ -157,8 +169,8 @@ class Bf16LinearWeights:
     """bf16 copies of a module's linear layers' weights and biases, for
     inference under bf16 autocast: autocast casts every linear weight again on
     each forward (about 10 ms of a 47 ms batch of 8 posts on all-MiniLM-L6-v2
-    here). The copies are exactly what autocast's casts give, so the outputs
-    are the same; they are made again after `forget` (the tagger calls it
+    here). Multiplying by the copies gives the products autocast's casts give,
+    so the outputs are the same; they are made again after `forget` (the tagger calls it
     after each optimizer step: thinc's steps change the weights in place
     through numpy, unseen by torch) or once torch sees a weight change (an
     in-place update of its own, a load, a move to another device)."""

@@ -203,6 +203,45 @@ def test_kept_weights_are_prepacked_for_onednn_with_the_same_emissions(trained_t
     assert made == [{True}, {False}]
 
 
+def test_the_packing_probe_draws_nothing_from_torch_s_generator():
+    """It runs at a training run's first bf16 evaluation: a draw from torch's
+    generator there made a resumed run's dropout masks differ from the
+    uninterrupted run's."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    precision_module.onednn_packing.cache_clear()
+    precision_module.onednn_packing()
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.skipif(not precision_module.onednn_packing(),
+                    reason="this torch or CPU has no bf16 oneDNN linear with packed weights")
+@pytest.mark.parametrize("case", ["strided rows", "oneDNN switched off"])
+def test_packed_copies_leave_to_autocast_the_inputs_they_would_round_otherwise(case):
+    """A strided input of 3 dimensions with a bias is rounded once by the
+    packed op where autocast rounds twice; with oneDNN off, autocast uses
+    another kernel. Both go through autocast instead."""
+    import warnings
+    from contextlib import nullcontext
+
+    module = torch.nn.Sequential(torch.nn.Linear(384, 1536))  # MiniLM's feed-forward
+    kept = precision_module.Bf16LinearWeights(module)
+    seed = torch.Generator().manual_seed(0)
+    rows = torch.randn(32, 384, 64, generator=seed).transpose(1, 2)
+    if case == "oneDNN switched off":
+        rows = rows.contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on TF32 when the flags change
+        onednn = (torch.backends.mkldnn.flags(enabled=False) if case == "oneDNN switched off"
+                  else nullcontext())
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), onednn:
+            expected = module(rows)
+            with kept.used():
+                found = module(rows)
+    assert torch.equal(found, expected)
+
+
 def test_kept_bf16_weights_follow_training_updates(tiny_encoder):
     """thinc's optimizer changes the weights in place through numpy, which
     torch does not count as a change: tagging after an update must still use
