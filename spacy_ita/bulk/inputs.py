@@ -184,6 +184,12 @@ def worker_died(post: Post) -> str:
             "alone (a crash in native code, or out of memory?)")
 
 
+def process_died(post: Post) -> str:
+    """The error of a post an earlier one-process run of apply died on, tagging it alone."""
+    return (f"{post.where}: not tagged: an earlier run of apply died while tagging this post "
+            "alone (a crash in native code, or out of memory?); --retry-errors tries it again")
+
+
 def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputFile]:
     """The input files with rows that are not done."""
     return [item for item in inputs

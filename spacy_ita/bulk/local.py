@@ -22,7 +22,7 @@ from spacy.util import minibatch
 
 from .annotate import Annotator, PipelineSpec
 from .fetch import Fetcher
-from .inputs import Post, worker_died
+from .inputs import Post, process_died, worker_died
 from .outputs import InFlight, OutputLock
 
 _WORKER: Union[Annotator, Exception, None] = None
@@ -78,23 +78,27 @@ def run_local(spec: PipelineSpec, posts: Iterable[Post], batch_size: int,
 
 def _tag_in_process(annotator: Annotator, batches: Iterable[List[Post]],
                     lock: Optional[OutputLock]) -> Iterator[List[Post]]:
-    """The batches tagged in this process. Each is noted in the lock file
-    while it is tagged; a batch that holds posts of the one an earlier run
-    died on is tagged post by post, each noted as alone, and a post that a
-    run died on alone gets an error row: every rerun gets further."""
+    """The batches tagged in this process, each noted in the lock file while
+    it is tagged. A batch that holds posts of the one an earlier run died on
+    is tagged post by post, each noted as alone; a post that a run died on
+    alone gets an error row, and stays in every later note until the run
+    ends, so that a rerun never tags it again: each rerun gets further."""
     crashed = lock.crashed if lock is not None else InFlight()
     record = lock.record if lock is not None else lambda in_flight: None
+    killed = crashed.killed | ({crashed.alone} if crashed.alone else set())
+    suspects = crashed.batch - killed
     for batch in batches:
-        if not any((post.file, post.row) in crashed for post in batch):
-            record(InFlight(frozenset((post.file, post.row) for post in batch)))
+        keys = [(post.file, post.row) for post in batch]
+        if not any(key in killed or key in suspects for key in keys):
+            record(InFlight(frozenset(keys), None, killed))
             yield annotator(batch)
             continue
-        for post in batch:
-            if (post.file, post.row) == crashed.alone:
-                post.error = worker_died(post)
+        for post, key in zip(batch, keys):
+            if key in killed:
+                post.error = process_died(post)
                 yield [post]
             else:
-                record(InFlight(crashed.batch, (post.file, post.row)))
+                record(InFlight(suspects, key, killed))
                 yield annotator([post])
 
 

@@ -633,30 +633,39 @@ RowKey = Tuple[str, int]  # a post's input file and row
 
 @dataclass(frozen=True)
 class InFlight:
-    """The posts a run with one process is tagging now, by input file and row:
-    a batch, and the one post of it being tagged alone, if any."""
+    """What a run with one process is doing, by input file and row: the batch
+    it is tagging, the one post of it tagged alone (if any), and the posts
+    runs died on alone, whose error rows may not be in OUTPUT yet (Parquet
+    keeps rows in memory for a while; `--retry-errors` drops them)."""
 
     batch: FrozenSet[RowKey] = frozenset()
     alone: Optional[RowKey] = None
-
-    def __contains__(self, key: RowKey) -> bool:
-        return key in self.batch or key == self.alone
+    killed: FrozenSet[RowKey] = frozenset()
 
     def to_bytes(self) -> bytes:
-        if not self.batch and self.alone is None:
+        if not (self.batch or self.alone or self.killed):
             return b""
-        return json.dumps({"batch": sorted(self.batch), "alone": self.alone}).encode() + b"\n"
+        return json.dumps({"batch": sorted(self.batch), "alone": self.alone,
+                           "killed": sorted(self.killed)}).encode() + b"\n"
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "InFlight":
         """What `to_bytes` wrote (its first line); nothing from anything else."""
         try:
             found = json.loads(data.split(b"\n", 1)[0])
-            batch = frozenset((str(name), int(row)) for name, row in found["batch"])
-            alone = found["alone"] and (str(found["alone"][0]), int(found["alone"][1]))
-        except (ValueError, TypeError, KeyError, IndexError):  # empty, or torn by a kill
-            return cls()
-        return cls(batch, alone or None)
+            alone = None if found["alone"] is None else _row_key(found["alone"])
+            return cls(frozenset(map(_row_key, found["batch"])), alone,
+                       frozenset(map(_row_key, found["killed"])))
+        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError):
+            return cls()  # empty, torn by a kill, or not apply's
+
+
+def _row_key(value: Any) -> RowKey:
+    """An input file's name and a row number, from their JSON form; ValueError otherwise."""
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and type(value[1]) is int):
+        return value[0], value[1]
+    raise ValueError(f"not a file name and a row: {value!r}")
 
 
 class OutputLock:
@@ -678,8 +687,9 @@ class OutputLock:
         self.crashed = InFlight()
 
     def record(self, in_flight: InFlight) -> None:
-        """Note the posts tagged from now on. The note is one write: a kill
-        leaves the last note whole (a longer one's tail is read as nothing)."""
+        """Note the posts tagged from now on, in one write: a kill leaves the
+        last note, or a torn one that reads as none (a longer note's tail is
+        read as nothing)."""
         if self.descriptor is not None:
             content = LOCK_TEXT + in_flight.to_bytes()
             os.pwrite(self.descriptor, content, 0)

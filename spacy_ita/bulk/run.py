@@ -20,7 +20,7 @@ from .fetch import Fetcher
 from .inputs import (Columns, DoneRows, InputFile, Post, count_rows, find_inputs, input_root,
                      read_posts)
 from .local import LocalSettings, run_local
-from .outputs import OutputLock, open_writer
+from .outputs import InFlight, OutputLock, open_writer
 from .ray_engine import RaySettings, run_ray
 
 ENGINES = {"local": LocalSettings, "ray": RaySettings}
@@ -117,6 +117,8 @@ def apply(
     with OutputLock(Path(output)) as lock:
         spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
         writer = open_writer(Path(output), writing.overwrite, writing.rows_per_part)
+        if writing.overwrite:
+            lock.crashed = InFlight()  # what a run died on was in the OUTPUT now replaced
         n_redone = writer.drop_redone(writing.retry_errors)
         done = writer.done_rows()
         summary = ApplySummary(n_skipped=done.count, n_redone=n_redone)

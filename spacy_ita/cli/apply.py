@@ -1,6 +1,8 @@
 """`python -m spacy_ita apply MODEL INPUT OUTPUT`: entities for a whole collection of posts."""
+import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -105,19 +107,44 @@ def apply_cli(
                                           extract_cpus)
         else:
             engine_settings = LocalSettings(n_process, threads)
-        summary = apply(
-            model, input_path, output, engine=engine_settings, batch_size=batch_size,
-            pipeline=pipeline_settings(add_context, ocr, tags, cache, gpu_id, precision, code),
-            columns=Columns(text_column, image_column or None,
-                            [name.strip() for name in keep.split(",") if name.strip()]
-                            if keep else None),
-            images=Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
-                           image_root=image_root, allow_private_urls=allow_private_urls),
-            writing=OutputSettings(rows_per_part, overwrite, retry_errors))
+        with _signals_end_the_run_cleanly():
+            summary = apply(
+                model, input_path, output, engine=engine_settings, batch_size=batch_size,
+                pipeline=pipeline_settings(add_context, ocr, tags, cache, gpu_id, precision,
+                                           code),
+                columns=Columns(text_column, image_column or None,
+                                [name.strip() for name in keep.split(",") if name.strip()]
+                                if keep else None),
+                images=Fetcher(max_bytes=max_image_bytes, timeout=fetch_timeout,
+                               image_root=image_root, allow_private_urls=allow_private_urls),
+                writing=OutputSettings(rows_per_part, overwrite, retry_errors))
     except (ValueError, OSError, RuntimeError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
     _report(summary, output)
+
+
+@contextmanager
+def _signals_end_the_run_cleanly() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a scheduler, `timeout`, a closed terminal) end the
+    run through its clean-up, as Ctrl-C does: the rows written stay, and the
+    lock file goes with its note of the batch in flight, so that the next run
+    does not take the post being tagged for one that killed the process. The
+    exit status is the signal's usual one (143 for SIGTERM); a second signal
+    kills at once."""
+    stopping = (signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum, _frame) -> None:
+        for number in stopping:
+            signal.signal(number, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    before = {number: signal.signal(number, stop) for number in stopping}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def _report(summary: ApplySummary, output: Path) -> None:
