@@ -393,6 +393,20 @@ def test_a_post_that_crashes_the_pipeline_costs_only_its_row(pipeline, images, t
     assert rows[0]["visual_context"]["object_tags"] == ["red"]
 
 
+def _poisoned_run(pipeline, encoder, images, folder, poisoned_rows, batch_size):
+    """16 posts in `folder`/posts.jsonl, those of `poisoned_rows` with a text
+    that SIGKILLs the process tagging it; their rows from the clean pipeline
+    in clean.jsonl. Returns the poisoned pipeline and apply's settings."""
+    records = posts(images, 16)
+    for row in poisoned_rows:
+        records[row]["text"] = "POISON in Boston"
+    write_jsonl(folder / "posts.jsonl", records)
+    settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
+                    batch_size=batch_size, progress=False)
+    apply(pipeline, folder / "posts.jsonl", folder / "clean.jsonl", **settings)
+    return build_pipeline(encoder, folder, poison="POISON"), settings
+
+
 @pytest.mark.parametrize("n_process, poisoned_rows", [(2, [5]), (3, [1, 6, 7, 13])])
 def test_a_post_that_kills_its_worker_process_costs_only_its_row(
         pipeline, tiny_encoder, images, tmp_path, n_process, poisoned_rows):
@@ -401,17 +415,11 @@ def test_a_post_that_kills_its_worker_process_costs_only_its_row(
     batches in flight are done again post by post, each alone in a process of
     its own (a death in the pool may be another batch's doing), and only the
     posts that kill their worker alone too get an error row."""
-    records = posts(images, 16)
-    for row in poisoned_rows:
-        records[row]["text"] = "POISON in Boston"
-    write_jsonl(tmp_path / "posts.jsonl", records)
-    settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
-                    batch_size=2, progress=False)
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "one.jsonl", **settings)
-    poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
+    poisoned, settings = _poisoned_run(pipeline, tiny_encoder, images, tmp_path, poisoned_rows,
+                                       batch_size=2)
     summary = apply(poisoned, tmp_path / "posts.jsonl", tmp_path / "two.jsonl",
                     engine=LocalSettings(n_process=n_process), **settings)
-    rows, expected = read_jsonl(tmp_path / "two.jsonl"), read_jsonl(tmp_path / "one.jsonl")
+    rows, expected = read_jsonl(tmp_path / "two.jsonl"), read_jsonl(tmp_path / "clean.jsonl")
     assert summary.n_written == 16 and summary.n_errors == len(poisoned_rows)
     for row in poisoned_rows:
         assert (f"line {row + 1}: not tagged: the worker process died while tagging this post "
@@ -445,14 +453,8 @@ def test_with_one_process_each_rerun_gets_past_the_posts_that_kill_the_process(
     file: the rerun tags that batch post by post and dies on the post alone;
     the next writes that post's error row and goes on, and every later note
     keeps it until a run ends."""
-    records = posts(images, 16)
-    for row in poisoned_rows:
-        records[row]["text"] = "POISON in Boston"
-    write_jsonl(tmp_path / "posts.jsonl", records)
-    settings = dict(pipeline=PipelineSettings(code=CODE), images=Fetcher(image_root=images),
-                    batch_size=4, progress=False)
-    apply(pipeline, tmp_path / "posts.jsonl", tmp_path / "clean.jsonl", **settings)
-    poisoned = build_pipeline(tiny_encoder, tmp_path, poison="POISON")
+    poisoned, settings = _poisoned_run(pipeline, tiny_encoder, images, tmp_path, poisoned_rows,
+                                       batch_size=4)
     out = tmp_path / f"out.{suffix}"
     assert _runs_until_one_ends(poisoned, tmp_path / "posts.jsonl", out,
                                 writing=OutputSettings(retry_errors=retry_errors),
