@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from packaging.version import InvalidVersion, Version
+from spacy.language import Language
 from wasabi import msg
 
+from ..corpus.readers import MultimodalCorpus
 from ..ner.encoders import ENCODER_DISTRIBUTIONS
 from . import app
 from .extract import OCREngine, build_extraction_nlp
@@ -26,12 +29,50 @@ def _minor_range(distribution: str) -> str:
     return f"{distribution}{get_minor_version_range(metadata.version(distribution))}"
 
 
-def _uses_images(corpus: Path) -> bool:
-    """Whether the corpus's posts carry images (so their contexts came from extractors)."""
-    from spacy.tokens import DocBin
-    from spacy.vocab import Vocab
+def _uses_images(corpus: Path, lang: str) -> bool:
+    """Whether the corpus's posts carry images (so their contexts came from
+    extractors); read into a blank vocab, so that the package's keeps none of its strings."""
+    import spacy
 
-    return any(doc._.image is not None for doc in DocBin().from_disk(corpus).get_docs(Vocab()))
+    return any(doc._.image is not None
+               for doc in MultimodalCorpus(corpus).read_docs(spacy.blank(lang)))
+
+
+def _check_name_and_version(name: str, version: str) -> None:
+    """Refuse a --name or --version that cannot name the package's folder and
+    wheel, before anything is loaded or written (a version could climb out of OUTPUT_DIR)."""
+    from spacy.cli.package import _is_permitted_package_name
+
+    if not (name.isidentifier() and _is_permitted_package_name(name)):
+        msg.fail(f"--name {name}: not a package name (ASCII letters, digits and _, starting "
+                 "with a letter or digit)", exits=1)
+    try:
+        normal = str(Version(version))
+    except InvalidVersion:
+        msg.fail(f"--version {version}: not a PEP 440 version (e.g. 0.1.0, 1.0.0rc1)", exits=1)
+    if normal != version:
+        msg.fail(f"--version {version}: write it as {normal}, PEP 440's normal form (the "
+                 "wheel's)", exits=1)
+
+
+def _load_pipeline(model: Path) -> Language:
+    """spacy.load(model), or a one-line error naming what stops it: spaCy's own
+    error for a broken meta.json does not say which file it read."""
+    import spacy
+    from spacy.util import load_meta
+
+    meta = model / "meta.json"
+    if not meta.is_file():
+        msg.fail(f"{model} is not a pipeline: it has no meta.json", exits=1)
+    try:
+        load_meta(meta)
+    except (OSError, ValueError) as err:
+        msg.fail(f"{meta} is broken: {err}", exits=1)
+    try:
+        return spacy.load(model)
+    except (OSError, ValueError) as err:
+        msg.fail(f"{model} is not a pipeline spaCy can load: {' '.join(str(err).split())}",
+                 exits=1)
 
 
 @app.command("package")
@@ -55,10 +96,10 @@ def package_cli(
     registered functions, with the [vision] extra when the pipeline has
     ita_context) and the bundled encoder's package when the config names it.
     """
-    import spacy
     from spacy.cli.package import package
 
-    nlp = spacy.load(model)
+    _check_name_and_version(name, version)
+    nlp = _load_pipeline(model)
     if "ita_ner" not in nlp.pipe_names:
         msg.fail(f"{model} has no ita_ner component (its components: "
                  f"{', '.join(nlp.pipe_names) or 'none'})", exits=1)
@@ -68,9 +109,12 @@ def package_cli(
     target = output_dir / f"{nlp.lang}_{name}-{version}"
     if target.exists() and not force:
         msg.fail(f"{target} exists already; --force replaces it", exits=1)
+    try:
+        uses_images = context_from is not None and _uses_images(context_from, nlp.lang)
+    except (OSError, ValueError) as err:
+        msg.fail(f"--context-from: {err}", exits=1)
     requirements: List[str] = []
-    if (context_from is not None and "ita_context" not in nlp.pipe_names
-            and _uses_images(context_from)):
+    if uses_images and "ita_context" not in nlp.pipe_names:
         extraction = build_extraction_nlp(ocr=ocr)
         settings = dict(extraction.config["components"]["ita_context"])
         settings.pop("factory")
@@ -82,16 +126,27 @@ def package_cli(
     if isinstance(encoder, dict):
         requirements.extend(map(_minor_range, ENCODER_DISTRIBUTIONS.get(encoder.get("@misc"), [])))
     nlp.meta["requirements"] = requirements
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "pipeline"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg.fail(f"OUTPUT_DIR {output_dir}: cannot make the folder ({err})", exits=1)
+    # Built beside the target and moved into place only when complete: a failed
+    # build (or a check of it) leaves nothing in OUTPUT_DIR, and an old package
+    # it was to replace stays.
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{target.name}.") as tmp:
+        staged, build = Path(tmp) / "pipeline", Path(tmp) / "build"
         nlp.to_disk(staged)
-        package(staged, output_dir, name=name, version=version, create_sdist=False,
-                create_wheel=True, force=True, silent=False)
-    built = json.loads((target / "meta.json").read_text())
-    if not any(req.startswith("spacy-ita") for req in built["requirements"]):
-        msg.fail("The package does not require spacy-ita", built["requirements"], exits=1)
-    msg.good(f"Pipeline {', '.join(nlp.pipe_names)}; requirements: "
+        build.mkdir()
+        package(staged, build, name=name, version=version, create_sdist=False,
+                create_wheel=True, silent=False)
+        built = json.loads((build / target.name / "meta.json").read_text())
+        if not any(req.startswith("spacy-ita") for req in built["requirements"]):
+            msg.fail("The package does not require spacy-ita", built["requirements"], exits=1)
+        if target.exists():
+            target.rename(Path(tmp) / "replaced")
+        (build / target.name).rename(target)
+    wheel = next((target / "dist").glob("*.whl"))
+    msg.good(f"Built {wheel}: pipeline {', '.join(nlp.pipe_names)}; requirements: "
              f"{', '.join(built['requirements'])}")
 
 
