@@ -78,10 +78,16 @@ def shuffle_contexts(examples: List[Example], seed: int = 0) -> List[Example]:
 
 
 def check_gold(examples: List[Example], data: Path, labels) -> None:
-    """Refuse data without docs; warn where the scores cannot mean much: no
-    gold entities, or gold labels the model never predicts."""
+    """Refuse data without docs or without any entity annotation (which the
+    scorer skips, leaving no score); warn where the scores cannot mean much:
+    no gold entities, or gold labels the model never predicts."""
     if not examples:
         msg.fail(f"{data} holds no docs to score", exits=1)
+    # (spaCy counts a doc without tokens as annotated)
+    if not any(len(eg.reference) and eg.reference.has_annotation("ENT_IOB") for eg in examples):
+        msg.fail(f"{data} has no entity annotation in any doc (as `extract` writes them), so "
+                 "there is nothing to score against; pass gold docs, e.g. from "
+                 "`python -m spacy_ita convert`", exits=1)
     gold = {ent.label_ for eg in examples for ent in eg.reference.ents}
     if not gold:
         msg.warn(f"{data} has no gold entities: every score is 0")
@@ -89,6 +95,12 @@ def check_gold(examples: List[Example], data: Path, labels) -> None:
     if unknown:
         msg.warn(f"{data} has gold labels the model does not predict: {', '.join(unknown)} "
                  f"(its labels: {', '.join(labels)}); they count as missed")
+
+
+def _cell(value: Optional[float], spec: str) -> str:
+    """A table cell; "-" for a score with nothing to count (no gold and no
+    predicted entities: spaCy's scorer gives None) or an unmeasured speed."""
+    return "-" if value is None else format(value, spec)
 
 
 @app.command("evaluate")
@@ -116,7 +128,10 @@ def evaluate_cli(
     if output is not None and output.is_dir():
         msg.fail(f"--output {output} is a folder; name the JSON file to write", exits=1)
     if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
+        try:
+            spacy.require_gpu(gpu_id)
+        except ValueError as err:  # thinc's: no CuPy, no GPU
+            msg.fail(f"--gpu-id {gpu_id}: {err}; use --gpu-id -1 for the CPU", exits=1)
     try:
         nlp = spacy.load(model)
         if component not in nlp.pipe_names:
@@ -129,6 +144,12 @@ def evaluate_cli(
     except (OSError, ValueError) as err:
         msg.fail(str(err), exits=1)
     check_gold(examples, data, ner.labels)
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file where a folder should be, no permission
+            msg.fail(f"--output {output}: cannot make the folder {output.parent} "
+                     f"({err.strerror}: {err.filename})", exits=1)
     results = evaluate_views(nlp, examples, view_list, batch_size, component)
     metrics = {"model": model, "data": str(data), "precision": ner.precision_in_effect,
                "views": results}
@@ -138,11 +159,10 @@ def evaluate_cli(
             nlp, shuffle_contexts(examples), ["cross"], batch_size, component)
         rows.append(("cross, shuffled contexts", metrics["shuffled_contexts"]["cross"]))
     msg.table(
-        [(view, f"{r['ents_p']:.2%}", f"{r['ents_r']:.2%}", f"{r['ents_f']:.2%}",
-          f"{r['words_per_second']:.0f}", f"{r['n_cross_docs']}/{r['n_docs']}")
+        [(view, *(_cell(r[key], ".2%") for key in ("ents_p", "ents_r", "ents_f")),
+          _cell(r["words_per_second"], ".0f"), f"{r['n_cross_docs']}/{r['n_docs']}")
          for view, r in rows],
         header=("view", "P", "R", "F", "words/s", "with context"), divider=True)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
         replace_json(output, metrics)
         msg.good(f"Saved metrics to {output}")

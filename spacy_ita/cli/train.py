@@ -12,6 +12,7 @@ from spacy import util
 from spacy.training.initialize import init_nlp
 from wasabi import msg
 
+from ..corpus.readers import CorpusError
 from . import app
 from .spacy_cli import import_code, parse_config_overrides, setup_gpu, show_validation_error
 
@@ -29,27 +30,44 @@ def train_cli(
     resume: bool = typer.Option(
         False, "--resume", "-r",
         help="Go on from the checkpoint in the output folder if it comes from this config "
-             "and training data; otherwise train from the start"),
+             "and training data; otherwise train from the start (a checkpoint that does not "
+             "load stops the command and is left as it is)"),
 ) -> None:
     """Train a pipeline like `spacy train`; a killed run leaves whole
-    checkpoints, and `--resume` continues from the last one."""
+    checkpoints, and `--resume` continues from the last one. Inputs are
+    checked before anything is written (the checkpoints create the folder)."""
+    from ..training.checkpoints import DamagedCheckpoint
     from ..training.loop import train
 
     overrides = parse_config_overrides(ctx.args)
     import_code(code_path)
     if resume and output_path is None:
         msg.fail("--resume needs --output: the checkpoints are in that folder", exits=1)
-    if output_path is not None and output_path.exists() and not output_path.is_dir():
-        msg.fail(f"--output {output_path} is a file, not a folder", exits=1)
     if output_path is not None:
-        output_path.mkdir(parents=True, exist_ok=True)
+        existing = next(path for path in (output_path, *output_path.parents) if path.exists())
+        if not existing.is_dir():
+            msg.fail(f"--output {output_path}: {existing} is a file, not a folder", exits=1)
         msg.info(f"Saving to output directory: {output_path}")
-    setup_gpu(use_gpu)
+    try:
+        setup_gpu(use_gpu)
+    except ValueError as err:  # thinc's: no CuPy, no GPU
+        msg.fail(f"--gpu-id {use_gpu}: {err}; use --gpu-id -1 for the CPU", exits=1)
     with show_validation_error(config_path):
         config = util.load_config(config_path, overrides=overrides, interpolate=False)
+        eval_frequency = config.interpolate()["training"]["eval_frequency"]
+    if eval_frequency < 1:
+        msg.fail(f"[training] eval_frequency must be at least 1 (steps between evaluations "
+                 f"and checkpoints), got {eval_frequency}", exits=1)
     msg.divider("Initializing pipeline")
-    with show_validation_error(config_path, hint_fill=False):
-        nlp = init_nlp(config, use_gpu=use_gpu)
-    msg.good("Initialized pipeline")
-    msg.divider("Training pipeline")
-    train(nlp, output_path, use_gpu=use_gpu, resume=resume)
+    try:
+        with show_validation_error(config_path, hint_fill=False):
+            nlp = init_nlp(config, use_gpu=use_gpu)
+        msg.good("Initialized pipeline")
+        msg.divider("Training pipeline")
+        train(nlp, output_path, use_gpu=use_gpu, resume=resume)
+    except CorpusError as err:
+        msg.fail(str(err), exits=1)
+    except DamagedCheckpoint as err:
+        msg.fail(f"Cannot resume: {err}. {output_path} is left as it is; to train from the "
+                 "start instead, run the same command without --resume (which deletes its "
+                 "checkpoints)", exits=1)

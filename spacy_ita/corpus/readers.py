@@ -15,6 +15,13 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
+from ..visual_context import get_visual_context
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read as it is: the message names the file (and
+    the doc), so that commands can print it instead of a traceback."""
+
 
 class MultimodalCorpus:
     """Callable `(nlp) -> Iterator[Example]` over the Docs of `.spacy` files."""
@@ -42,7 +49,7 @@ class MultimodalCorpus:
     def files(self) -> List[Path]:
         """The `.spacy` files to read: the path itself, or those under a directory."""
         if self.path is None:
-            raise ValueError(
+            raise CorpusError(
                 "spacy-ita.MultimodalCorpus.v1 needs a path to a .spacy file or a "
                 "directory of them; got None (is paths.train/paths.dev set?)"
             )
@@ -56,27 +63,30 @@ class MultimodalCorpus:
                 and not any(part.startswith(".") for part in file_.relative_to(self.path).parts)
             )
             if not found:
-                raise ValueError(
+                raise CorpusError(
                     f"spacy-ita.MultimodalCorpus.v1: no .spacy files under {self.path}"
                 )
             return found
-        raise ValueError(
+        raise CorpusError(
             f"spacy-ita.MultimodalCorpus.v1: corpus path {self.path} does not exist "
             "(expected a .spacy file or a directory of them)"
         )
 
     def read_docs(self, nlp: Language) -> Iterator[Doc]:
-        """Reference Docs in file order, skipping those over max_length, up to limit."""
+        """Reference Docs in file order, skipping those over max_length, up to
+        limit; a doc whose entity tags or visual context are malformed is a
+        CorpusError naming the file and the doc's index in it."""
         count = 0
         for path in self.files():
             try:
                 doc_bin = DocBin().from_disk(path)
             except (ValueError, KeyError, TypeError, zlib.error) as err:
-                raise ValueError(
+                raise CorpusError(
                     f"spacy-ita.MultimodalCorpus.v1: cannot read {path}: it is truncated "
                     f"or not a .spacy file ({type(err).__name__}: {err})"
                 ) from err
-            for doc in doc_bin.get_docs(nlp.vocab):
+            for index, doc in enumerate(doc_bin.get_docs(nlp.vocab)):
+                _check_doc(path, index, doc)
                 if self.max_length and len(doc) > self.max_length:
                     continue
                 if self.limit and count >= self.limit:
@@ -108,6 +118,21 @@ class MultimodalCorpus:
             random.shuffle(docs)
         for reference in docs:
             yield Example(self.make_predicted(nlp, reference), reference)
+
+
+def _check_doc(path: Path, index: int, doc: Doc) -> None:
+    """Raise CorpusError for entity tags spaCy cannot read (an I without a B)
+    or a malformed visual context, which would otherwise fail deep in training
+    or evaluation without naming the file."""
+    try:
+        doc.ents  # building the spans checks the tags
+    except ValueError as err:
+        reason = " ".join(str(err).split())  # spaCy's message lists the tokens on a second line
+        raise CorpusError(f"{path}: doc {index} has invalid entity tags: {reason}") from None
+    try:
+        get_visual_context(doc, index)
+    except (TypeError, ValueError) as err:
+        raise CorpusError(f"{path}: {err}") from None
 
 
 @spacy.registry.readers("spacy-ita.MultimodalCorpus.v1")

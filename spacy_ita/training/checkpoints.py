@@ -41,6 +41,16 @@ RUN_LENGTH_SETTINGS = ("max_steps", "max_epochs", "patience", "eval_frequency", 
 ParamName = Tuple[str, int, int, str]
 
 
+class CannotResume(Exception):
+    """The output folder holds a checkpoint of another run than this one (its
+    config, data, versions or length); the message says why."""
+
+
+class DamagedCheckpoint(Exception):
+    """The output folder's last checkpoint or its training state is missing
+    or does not load; the message names the file."""
+
+
 @dataclass
 class Progress:
     """Where a run stands after its last completed step."""
@@ -89,7 +99,6 @@ class Checkpoints:
         self.best = self.output / MODEL_BEST
         self.states = self.output / STATE_DIR
         self.fingerprint = fingerprint
-        self.why_not = ""  # why `restore` found nothing to resume
 
     def clean(self) -> None:
         """Remove what an earlier run left, as `spacy train` does."""
@@ -169,16 +178,22 @@ class Checkpoints:
     def restore(self, nlp: Language, optimizer: Optimizer, limits: Dict[str, Any]
                 ) -> Optional[Tuple[Progress, Dict[str, Any]]]:
         """Load the last checkpoint's weights, optimizer state and progress
-        into `nlp` and `optimizer`; None (see `why_not`) if it cannot be
-        resumed under this run's `limits`."""
+        into `nlp` and `optimizer`; None when the folder holds no model-last
+        or model-best. CannotResume, saying why, for a checkpoint of another
+        run (under this run's `limits`); DamagedCheckpoint for one that does
+        not load (`nlp` may then be half loaded)."""
         state = self._matching_state(limits)
         if state is None:
             return None
-        nlp.from_disk(self.last, exclude=["config"])  # the config is this run's
-        if state["weights"] is not None:
-            for name, data in state["weights"].items():
-                nlp.get_pipe(name).model.from_bytes(data)
-        set_optimizer_state(nlp, optimizer, state["optimizer"])
+        try:
+            nlp.from_disk(self.last, exclude=["config"])  # the config is this run's
+            if state["weights"] is not None:
+                for name, data in state["weights"].items():
+                    nlp.get_pipe(name).model.from_bytes(data)
+            set_optimizer_state(nlp, optimizer, state["optimizer"])
+        except (OSError, ValueError) as err:  # a file missing or damaged
+            raise DamagedCheckpoint(f"{self.last} or its training state cannot be loaded "
+                                    f"({type(err).__name__}: {err})") from err
         fields = state["progress"]
         fields["results"] = [tuple(result) for result in fields["results"]]
         progress = Progress(**fields)
@@ -197,39 +212,38 @@ class Checkpoints:
 
     def _matching_state(self, limits: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """The training state model-last links to, if this run may resume it;
-        else None, with the reason in `why_not`."""
+        None when there is neither model-last nor model-best; else
+        CannotResume or DamagedCheckpoint."""
         for path in (self.last, self.best):
             recover_directory(path)
-        if not (self.last / "meta.json").exists():
-            self.why_not = f"there is no checkpoint in {self.output}"
+        if not self.last.exists() and not self.best.exists():
             return None
+        if not (self.last / "meta.json").exists():
+            raise CannotResume(f"there is no checkpoint {self.last / 'meta.json'}")
         link = checkpoint_link(self.last)
         if not link:
-            self.why_not = (f"{self.last} was not saved at a resumable point (by `spacy train`, "
-                            "or its meta.json cannot be read)")
-            return None
-        self.why_not = self._beyond(link, limits)
-        if self.why_not:
-            return None
+            raise CannotResume(f"{self.last} was not saved at a resumable point (by "
+                               "`spacy train`, or its meta.json cannot be read)")
+        why_not = self._beyond(link, limits)
+        if why_not:
+            raise CannotResume(why_not)
         path = self.states / f"{link['run']}-{link['step']}.msgpack"
         try:
             state = srsly.msgpack_loads(path.read_bytes())
         except FileNotFoundError:
-            self.why_not = f"the training state of {self.last} is missing ({path})"
-            return None
+            raise DamagedCheckpoint(f"the training state of {self.last} is missing "
+                                    f"({path})") from None
         except ValueError as err:
-            self.why_not = f"the training state {path} cannot be read ({err})"
-            return None
+            raise DamagedCheckpoint(f"the training state {path} cannot be read ({err})") from None
         if state.get("format") != STATE_FORMAT:
-            self.why_not = f"{path} has state format {state.get('format')}, not {STATE_FORMAT}"
-            return None
+            raise DamagedCheckpoint(f"{path} has state format {state.get('format')}, "
+                                    f"not {STATE_FORMAT}")
         changes = {"config": "the config differs from the one",
                    "data": "the training data differs from the data",
                    "versions": "the versions of spacy-ita and its libraries differ from those"}
         for part, change in changes.items():
             if state["fingerprint"].get(part) != self.fingerprint[part]:
-                self.why_not = f"{change} {self.last} was trained with"
-                return None
+                raise CannotResume(f"{change} {self.last} was trained with")
         return state
 
     def _beyond(self, link: Dict[str, Any], limits: Dict[str, Any]) -> str:

@@ -26,8 +26,8 @@ from thinc.api import constant
 from wasabi import Printer
 
 from ..ner.component import ItaNer
-from .checkpoints import (Checkpoints, Progress, ResumePoint, fingerprint, random_states,
-                          set_random_states)
+from .checkpoints import (CannotResume, Checkpoints, Progress, ResumePoint, fingerprint,
+                          random_states, set_random_states)
 from .settings import TrainingSettings
 
 # (epoch, batch index in the epoch, the epoch's example order, batch)
@@ -40,17 +40,22 @@ def train(
     *,
     use_gpu: int = -1,
     resume: bool = False,
-    stdout: IO = sys.stdout,
-    stderr: IO = sys.stderr,
+    stdout: Optional[IO] = None,
+    stderr: Optional[IO] = None,
 ) -> Tuple[Language, Optional[Path]]:
     """Train an initialized pipeline as `spacy.training.loop.train` does, with
     crash-safe checkpoints in `output_path`. With `resume`, continue from the
     checkpoint there when it comes from the same config and training data;
-    otherwise say why not and train from the start."""
+    otherwise say why not and train from the start (DamagedCheckpoint, the
+    folder left as it is, when the checkpoint does not load).
+    `stdout` and `stderr` default to sys's at the call, which may have been
+    replaced since this module was imported (as in a test's CLI runner)."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     run = _Run(nlp, Printer(no_print=True), stdout)
     config = nlp.config.interpolate()
     settings = TrainingSettings.from_config(config, use_gpu)
     examples = _training_examples(nlp, settings)
+    dev_has_gold = any(eg.reference.ents for eg in settings.dev_corpus(nlp))
     checkpoints = None
     if output_path is not None:
         checkpoints = Checkpoints(output_path, fingerprint(config, examples),
@@ -64,8 +69,11 @@ def train(
         set_random_states(states)
     batches = _batches(nlp, settings, examples, progress)
     _report_start(run, settings)
+    if not dev_has_gold:
+        run.say(run.msg.warn(NO_DEV_ENTITIES))
     steps = _Steps(run, settings, checkpoints,
-                   create_evaluation_callback(nlp, settings.dev_corpus, settings.score_weights))
+                   create_evaluation_callback(nlp, settings.dev_corpus, settings.score_weights),
+                   dev_has_gold)
     final_save = (nullcontext(ResumePoint(progress)) if checkpoints is None
                   else checkpoints.final_save(nlp, settings.optimizer, progress,
                                               settings.before_to_disk))
@@ -82,6 +90,12 @@ STUCK_AT_ZERO = (
     "fell into tagging every token O, which more training rarely leaves). Try a lower "
     "learning rate ([training.optimizer.learn_rate] initial_rate: all-mpnet-base-v2's "
     "text-only run did this at 2e-4 and learned at 1e-4), a longer warm-up or another seed.")
+
+
+NO_DEV_ENTITIES = (
+    "The dev set has no gold entities: every dev score will be 0, so the scores cannot "
+    "choose model-best or stop the run early. Pass a dev set with annotated entities "
+    "(paths.dev).")
 
 
 def stuck_at_zero(results: List[Tuple[float, int]]) -> bool:
@@ -118,20 +132,27 @@ def _training_examples(nlp: Language, settings: TrainingSettings) -> Optional[Li
 def _start(run: _Run, settings: TrainingSettings, checkpoints: Optional[Checkpoints],
            resume: bool) -> Tuple[Progress, Optional[Dict[str, Any]]]:
     """Where the run starts, with the random states to go on with: the last
-    checkpoint when `resume` finds one that matches, else step 0 in an output
-    folder cleared of what an earlier run left."""
+    checkpoint with `resume` when it is this run's, else step 0 in an output
+    folder cleared of what an earlier run left. A damaged checkpoint stops
+    the run (DamagedCheckpoint) and stays as it is."""
     progress = Progress(run=uuid.uuid4().hex)
     if checkpoints is None:
         return progress, None
-    restored = (checkpoints.restore(run.nlp, settings.optimizer, settings.resume_limits)
-                if resume else None)
+    try:
+        restored = (checkpoints.restore(run.nlp, settings.optimizer, settings.resume_limits)
+                    if resume else None)
+    except CannotResume as why_not:
+        restored = None
+        run.say(run.msg.info(f"Not resuming: {why_not}. Training from the start."))
+    else:
+        if resume and restored is None:
+            run.say(run.msg.info(f"Not resuming: there is no checkpoint in "
+                                 f"{checkpoints.output}. Training from the start."))
     if restored is not None:
         progress, states = restored
         run.say(run.msg.info(f"Resuming after step {progress.step} (epoch {progress.epoch}) "
                              f"from {checkpoints.last}"))
         return progress, states
-    if resume:
-        run.say(run.msg.info(f"Not resuming: {checkpoints.why_not}. Training from the start."))
     checkpoints.clean()
     return progress, None
 
@@ -182,6 +203,7 @@ class _Steps:
     settings: TrainingSettings
     checkpoints: Optional[Checkpoints]
     evaluate: Callable[[], Tuple[float, Dict[str, Any]]]
+    dev_has_gold: bool  # else every score is 0, and "stuck at zero" would blame the training
 
     def train_from(self, progress: Progress, batches: Iterator[Batch],
                    dropouts: Iterator[float], point: ResumePoint, log_step: Callable) -> None:
@@ -216,7 +238,7 @@ class _Steps:
                 self._checkpoint(progress, info, is_best=score == max(progress.results)[0])
                 losses = {}
             log_step(info if score is not None else None)
-            if score is not None and stuck_at_zero(progress.results):
+            if score is not None and self.dev_has_gold and stuck_at_zero(progress.results):
                 self.run.say(self.run.msg.warn(STUCK_AT_ZERO))
             if self.settings.finished(progress):
                 return

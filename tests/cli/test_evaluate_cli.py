@@ -74,3 +74,47 @@ def test_data_that_cannot_be_scored_is_refused_or_warned_about(pipeline_dir, tmp
     assert code == 1 and "has no component 'ner' (its components: ita_ner)" in output
     code, output = evaluate(pipeline_dir, tmp_path / "misc.spacy", "-o", tmp_path)
     assert code == 1 and "is a folder" in output
+
+
+def test_data_without_entity_annotation_is_refused_naming_the_file(pipeline_dir, tmp_path):
+    """`extract`'s output, or docs without tokens: spaCy's scorer skips every
+    doc and has no score (None), which the table could not print."""
+    vocab = spacy.load(pipeline_dir).vocab
+    plain = [Doc(vocab, words=text.split()) for text, _, _ in POSTS] + [Doc(vocab, words=[])]
+    for name, docs in (("plain", plain), ("no_tokens", plain[-1:])):
+        DocBin(docs=docs).to_disk(tmp_path / f"{name}.spacy")
+        code, output = evaluate(pipeline_dir, tmp_path / f"{name}.spacy")
+        assert code == 1, output
+        assert f"{tmp_path / name}.spacy has no entity annotation in any doc" in output
+        assert "pass gold docs, e.g. from `python -m spacy_ita convert`" in output
+
+
+def test_no_gold_and_no_predicted_entities_print_no_score(pipeline_dir, tmp_path):
+    nlp = spacy.load(pipeline_dir)
+    quiet = [(text, [], None) for text, _, _ in POSTS if not nlp(text).ents]
+    assert quiet, "the model must leave some post untagged for the test to mean anything"
+    DocBin(docs=gold_docs(nlp.vocab, quiet)).to_disk(tmp_path / "quiet.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "quiet.spacy", "--views", "text")
+    assert code == 0, output
+    assert "text - - -" in output
+
+
+def test_broken_data_a_file_in_the_way_or_no_gpu_stop_with_one_line(pipeline_dir, tmp_path):
+    from thinc.util import gpu_is_available
+
+    docs = gold_docs(spacy.load(pipeline_dir).vocab)
+    key = next(key for key in docs[0].user_data if key[1] == "visual_context")
+    docs[1].user_data[key] = {"captions": 5}
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "broken.spacy")
+    code, output = evaluate(pipeline_dir, tmp_path / "broken.spacy")
+    assert code == 1 and f"{tmp_path}/broken.spacy: Invalid Doc._.visual_context on doc 1" \
+        in output
+    DocBin(docs=docs[:1], store_user_data=True).to_disk(tmp_path / "gold.spacy")
+    (tmp_path / "afile").write_text("x")
+    code, output = evaluate(pipeline_dir, tmp_path / "gold.spacy", "-o",
+                            tmp_path / "afile" / "metrics.json")
+    assert code == 1 and "cannot make the folder" in output and "File exists" in output
+    assert "words/s" not in output  # refused before evaluating
+    if not gpu_is_available():
+        code, output = evaluate(pipeline_dir, tmp_path / "gold.spacy", "--gpu-id", "0")
+        assert code == 1 and "--gpu-id 0: Cannot use GPU" in output

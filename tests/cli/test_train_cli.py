@@ -1,10 +1,13 @@
 """`python -m spacy_ita train`'s command line as `spacy train` has it: `--code`,
-`--section.key value` overrides and config errors reported, not raised."""
+`--section.key value` overrides and config errors reported, not raised; bad
+inputs refused before anything is written, and a `--resume` from a checkpoint
+that does not load refused without touching the folder."""
 import re
 
 import spacy
 from typer.testing import CliRunner
 
+from helpers import training_setup
 from spacy_ita.cli import app
 
 
@@ -57,3 +60,39 @@ def test_resume_without_an_output_folder_or_a_file_as_output_is_refused(tmp_path
     (tmp_path / "afile").write_text("x")
     code, output = invoke(str(config), "--output", str(tmp_path / "afile"))
     assert code == 1 and "is a file, not a folder" in output
+    code, output = invoke(str(config), "--output", str(tmp_path / "afile" / "out"))
+    assert code == 1 and f"{tmp_path / 'afile'} is a file, not a folder" in output
+
+
+def test_an_evaluation_frequency_below_one_is_refused(tmp_path):
+    code, output = invoke(str(blank_config(tmp_path)), "--training.eval_frequency", "0")
+    assert code == 1 and "eval_frequency must be at least 1" in output and "got 0" in output
+
+
+def test_a_missing_corpus_is_named_and_no_output_folder_is_made(tmp_path, tiny_encoder):
+    setup = training_setup(tmp_path, tiny_encoder)
+    for train, dev in ((tmp_path / "nope.spacy", setup["corpus"]),
+                       (setup["corpus"], tmp_path / "nope.spacy")):
+        code, output = invoke(str(setup["config"]), "--output", str(setup["output"]),
+                              "--paths.train", str(train), "--paths.dev", str(dev))
+        assert code == 1, output
+        assert f"corpus path {tmp_path / 'nope.spacy'} does not exist" in output
+        assert not setup["output"].exists()
+
+
+def test_a_checkpoint_that_does_not_load_stops_the_run_and_is_kept(tmp_path, tiny_encoder):
+    setup = training_setup(tmp_path, tiny_encoder)
+    args = [str(setup["config"]), "--output", str(setup["output"]),
+            "--paths.train", str(setup["corpus"]), "--paths.dev", str(setup["corpus"]),
+            "--training.eval_frequency", "1", "--training.max_steps", "2"]
+    code, output = invoke(*args)
+    assert code == 0, output
+    (setup["output"] / "model-last" / "ita_ner" / "model").unlink()
+    best = setup["output"] / "model-best" / "ita_ner" / "model"
+    before = best.read_bytes()
+    code, output = invoke(*args, "--resume")
+    assert code == 1
+    assert "Cannot resume:" in output and "cannot be loaded (FileNotFoundError" in output
+    assert "is left as it is; to train from the start instead, run the same command " \
+           "without --resume" in output
+    assert best.read_bytes() == before

@@ -96,3 +96,30 @@ def test_missing_path_is_a_clear_error(nlp, tmp_path):
         list(create(tmp_path)(nlp))
     with pytest.raises(ValueError, match="needs a path"):
         list(create(None)(nlp))
+
+
+def broken_docs(nlp, tmp_path):
+    """Two files whose second doc is broken: an entity tag I with no B before
+    it, and a visual context whose captions are a number."""
+    tags = save(make_docs(nlp)[:2], tmp_path / "tags.spacy")
+    doc_bin = DocBin(store_user_data=True).from_disk(tags)
+    doc_bin.tokens[1] = doc_bin.tokens[1].copy()  # (msgpack's arrays are read-only)
+    doc_bin.tokens[1][0, doc_bin.attrs.index(spacy.attrs.ENT_IOB)] = 1  # I
+    doc_bin.to_disk(tags)
+    docs = make_docs(nlp)[:2]
+    key = next(key for key in docs[0].user_data if key[1] == "visual_context")
+    docs[1].user_data[key] = {"captions": 5}
+    return tags, save(docs, tmp_path / "context.spacy")
+
+
+def test_a_broken_doc_is_named_by_file_and_index(nlp, tmp_path):
+    """Not an error from deep inside training or scoring, without the file."""
+    from spacy_ita.corpus.readers import CorpusError
+
+    tags, context = broken_docs(nlp, tmp_path)
+    with pytest.raises(CorpusError, match=rf"^{tags}: doc 1 has invalid entity tags: "
+                                          r"\[E093\].* I without B Obama\|I"):
+        list(spacy.registry.readers.get(READER)(tags)(nlp))
+    with pytest.raises(CorpusError, match=rf"^{context}: Invalid Doc._.visual_context on "
+                                          r"doc 1 .*captions must be a list of strings"):
+        list(spacy.registry.readers.get(READER)(context)(nlp))

@@ -13,7 +13,8 @@ from spacy.training.loop import create_before_to_disk_callback
 from thinc.api import Adam
 
 from helpers import CPU_CONFIG, make_examples, make_nlp
-from spacy_ita.training.checkpoints import (Checkpoints, Progress, checkpoint_link, decode_random_states,
+from spacy_ita.training.checkpoints import (CannotResume, Checkpoints, DamagedCheckpoint,
+                                            Progress, checkpoint_link, decode_random_states,
                                             encode_random_states, fingerprint, get_optimizer_state,
                                             random_states, set_optimizer_state, set_random_states)
 
@@ -90,14 +91,23 @@ def test_fingerprint_ignores_how_long_a_run_goes_but_not_what_it_learns(tiny_enc
     assert fingerprint(config, examples)["data"] != data
 
 
-def test_restore_says_why_there_is_nothing_to_resume(trained, tmp_path):
+def test_restore_finds_nothing_or_says_why_it_cannot_resume(trained, tmp_path):
     nlp, optimizer = trained
     store = Checkpoints(tmp_path, {"config": "c", "data": "d", "versions": "v"})
     assert store.restore(nlp, optimizer, LIMITS) is None
-    assert store.why_not == f"there is no checkpoint in {tmp_path}"
     nlp.to_disk(store.last)  # as `spacy train` saves it: no link to a state
-    assert store.restore(nlp, optimizer, LIMITS) is None
-    assert "was not saved at a resumable point" in store.why_not
+    with pytest.raises(CannotResume, match="was not saved at a resumable point"):
+        store.restore(nlp, optimizer, LIMITS)
+
+
+def test_a_checkpoint_that_does_not_load_cannot_be_resumed(trained, tmp_path):
+    nlp, optimizer = trained
+    store = Checkpoints(tmp_path, {"config": "c", "data": "d", "versions": "v"})
+    store.save(nlp, optimizer, Progress(run="r", step=3), random_states(), False, KEEP)
+    (store.last / "ita_ner" / "model").unlink()
+    with pytest.raises(DamagedCheckpoint, match=rf"^{store.last} or its training state cannot be "
+                                           r"loaded \(FileNotFoundError: .*ita_ner/model"):
+        store.restore(nlp, optimizer, LIMITS)
 
 
 def test_a_saved_checkpoint_resumes_only_with_the_same_fingerprint(trained, tmp_path):
@@ -111,8 +121,8 @@ def test_a_saved_checkpoint_resumes_only_with_the_same_fingerprint(trained, tmp_
     progress, _ = store.restore(nlp, optimizer, LIMITS)
     assert (progress.run, progress.step, progress.results) == ("r", 3, [(0.5, 3)])
     changed = Checkpoints(tmp_path, {**prints, "data": "other"})
-    assert changed.restore(nlp, optimizer, LIMITS) is None
-    assert changed.why_not.startswith("the training data differs")
+    with pytest.raises(CannotResume, match="^the training data differs"):
+        changed.restore(nlp, optimizer, LIMITS)
 
 
 def test_final_save_records_the_resume_point_and_nothing_mid_update(trained, tmp_path):

@@ -1,6 +1,7 @@
 """`spacy_ita.training.loop`: the same updates as `spacy train`, checkpoints swapped in
 whole, a resumed run that takes up exactly the state an uninterrupted run had
-at that step, and the checkpoints it refuses to resume from.
+at that step, the checkpoints it does not resume from (another run's: it
+starts over) and those that stop it (damaged: left as they are).
 
 A new process can round differently from the one it continues (torch's CPU
 kernels depend on memory alignment), so the models at the end are compared
@@ -151,6 +152,18 @@ def uninterrupted(reference, tmp_path):
     output = tmp_path / "uninterrupted"
     shutil.copytree(reference.output, output)
     return output
+
+
+def assert_refused(setup, output, reason, **changes):
+    """`resume` stops with DamagedCheckpoint matching `reason`, and changes
+    nothing in `output`: an earlier run's model-best is the user's."""
+    def files():
+        return {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+
+    before = files()
+    with pytest.raises(checkpoints.DamagedCheckpoint, match=reason):
+        run(setup, output, resume=True, **changes)
+    assert files() == before
 
 
 def assert_resumed_in_the_same_state(states, reference):
@@ -347,17 +360,16 @@ def test_resume_without_a_checkpoint_trains_from_the_start(setup, tmp_path):
     assert steps == [0, 1, 2]
 
 
-def test_a_missing_or_broken_training_state_is_named(setup, tmp_path):
+def test_a_missing_or_broken_training_state_stops_the_run_and_is_kept(setup, tmp_path):
     output = tmp_path / "out"
     run(setup, output, **{"training.max_steps": 3})
     (state,) = (output / "training-state").iterdir()
     state.write_bytes(b"\xc1 not msgpack")
-    log = run(setup, output, resume=True, **{"training.max_steps": 3})
-    assert f"the training state {state} cannot be read" in log
-    (state,) = (output / "training-state").iterdir()
+    assert_refused(setup, output, f"^the training state {state} cannot be read",
+                   **{"training.max_steps": 3})
     state.unlink()
-    log = run(setup, output, resume=True, **{"training.max_steps": 3})
-    assert "the training state of" in log and "is missing" in log
+    assert_refused(setup, output, "^the training state of .* is missing",
+                   **{"training.max_steps": 3})
 
 
 def test_a_run_stuck_at_a_zero_dev_score_says_so_once(setup, tmp_path, monkeypatch):
@@ -375,3 +387,18 @@ def test_a_run_stuck_at_a_zero_dev_score_says_so_once(setup, tmp_path, monkeypat
     assert log.count("the model predicts no entities") == 1
     assert log.index("the model predicts no entities") > log.index(" 6 ")
     assert not training.stuck_at_zero([(0.0, 0), (0.7, 3), (0.0, 6)])
+
+
+def test_a_dev_set_without_gold_entities_is_named_not_the_learning_rate(setup, tmp_path):
+    """Every dev score is 0 then: the run says why at its start, and the
+    "stuck at zero" advice (a lower learning rate) would be wrong."""
+    dev = tmp_path / "dev.spacy"
+    docs = list(spacy.tokens.DocBin().from_disk(setup["corpus"]).get_docs(
+        spacy.blank("en").vocab))
+    for doc in docs:
+        doc.ents = []
+    spacy.tokens.DocBin(store_user_data=True, docs=docs).to_disk(dev)
+    log = run(setup, tmp_path / "out", **{"paths.dev": str(dev)})  # evaluations at 0, 3, 6, 9
+    assert log.count("The dev set has no gold entities") == 1
+    assert log.index("The dev set has no gold entities") < log.index(" 0 ")
+    assert "the model predicts no entities" not in log
