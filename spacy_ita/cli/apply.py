@@ -1,5 +1,6 @@
 """`python -m spacy_ita apply MODEL INPUT OUTPUT`: entities for a whole collection of posts."""
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -131,7 +132,11 @@ def _signals_end_the_run_cleanly() -> Iterator[None]:
     lock file goes with its note of the batch in flight, so that the next run
     does not take the post being tagged for one that killed the process. The
     exit status is the signal's usual one (143 for SIGTERM); a second signal
-    kills at once."""
+    kills at once. Only the main thread can take signals: elsewhere (the CLI
+    called from a thread) they are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     stopping = (signal.SIGTERM, signal.SIGHUP)
 
     def stop(signum, _frame) -> None:

@@ -480,3 +480,22 @@ def test_the_cli_refuses_an_output_another_run_holds_and_takes_over_a_killed_run
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     assert len(read_rows(out)) == 1 and not lock.exists()
+
+
+def test_the_cli_runs_from_a_thread_other_than_the_main_one(ruler, tmp_path):
+    """Only the main thread may take signals: the CLI's SIGTERM handler is
+    not installed elsewhere (it made the command fail there)."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from spacy_ita.cli import app
+
+    source = write_jsonl(tmp_path / "posts.jsonl", [{"text": "Kobe"}])
+    results = []
+    thread = threading.Thread(target=lambda: results.append(CliRunner().invoke(
+        app, ["apply", ruler, str(source), str(tmp_path / "out.jsonl"), "--no-context"])))
+    thread.start()
+    thread.join(120)
+    assert results and results[0].exit_code == 0, results and results[0].output
+    assert len(read_rows(tmp_path / "out.jsonl")) == 1
