@@ -12,6 +12,7 @@ OUTPUT's lock file, does the same (`_tag_in_process`).
 """
 import multiprocessing
 import os
+import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -176,8 +177,13 @@ def _usable_cpus() -> int:
 def _start_worker(spec: PipelineSpec, fetcher: Fetcher) -> None:
     """Load the pipeline; a failure is kept and raised by the first batch, so
     that a pipeline that cannot load stops the run (a failing initializer
-    would break the pool, which reads as a post that killed its worker)."""
+    would break the pool, which reads as a post that killed its worker). A
+    worker forked from the apply CLI drops its handler of SIGTERM and SIGHUP:
+    a worker stopped by one (an out-of-memory guard picks the largest
+    process) dies as any, and the run goes on without it."""
     global _WORKER
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
     try:
         _WORKER = Annotator(spec, "all", fetcher)
     except Exception as err:

@@ -131,7 +131,8 @@ def _signals_end_the_run_cleanly() -> Iterator[None]:
     run through its clean-up, as Ctrl-C does: the rows written stay, and the
     lock file goes with its note of the batch in flight, so that the next run
     does not take the post being tagged for one that killed the process. The
-    exit status is the signal's usual one (143 for SIGTERM); a second signal
+    exit status is the signal's usual one (143 for SIGTERM; Ray, once
+    started, puts its own handler in, which exits with 15); a second signal
     kills at once. Only the main thread can take signals: elsewhere (the CLI
     called from a thread) they are left as they are."""
     if threading.current_thread() is not threading.main_thread():

@@ -86,11 +86,11 @@ class MultimodalCorpus:
                     f"or not a .spacy file ({type(err).__name__}: {err})"
                 ) from err
             for index, doc in enumerate(doc_bin.get_docs(nlp.vocab)):
-                _check_doc(path, index, doc)
                 if self.max_length and len(doc) > self.max_length:
                     continue
                 if self.limit and count >= self.limit:
                     return
+                _check_doc(path, index, doc)  # only the docs read
                 count += 1
                 yield doc
 

@@ -218,26 +218,28 @@ class Checkpoints:
             recover_directory(path)
         if not self.last.exists() and not self.best.exists():
             return None
-        if not (self.last / "meta.json").exists():
-            raise CannotResume(f"there is no checkpoint {self.last / 'meta.json'}")
+        meta = self.last / "meta.json"
+        try:
+            srsly.read_json(meta)
+        except ValueError as err:  # missing or unreadable, beside a model-best or a model-last
+            raise DamagedCheckpoint(f"{meta} cannot be read ({err})") from None
         link = checkpoint_link(self.last)
         if not link:
             raise CannotResume(f"{self.last} was not saved at a resumable point (by "
-                               "`spacy train`, or its meta.json cannot be read)")
+                               "`spacy train`)")
         why_not = self._beyond(link, limits)
         if why_not:
             raise CannotResume(why_not)
         path = self.states / f"{link['run']}-{link['step']}.msgpack"
         try:
             state = srsly.msgpack_loads(path.read_bytes())
-        except FileNotFoundError:
-            raise DamagedCheckpoint(f"the training state of {self.last} is missing "
-                                    f"({path})") from None
+        except FileNotFoundError:  # deleted once no longer needed (the README says it may be)
+            raise CannotResume(f"the training state of {self.last} is missing ({path})") from None
         except ValueError as err:
             raise DamagedCheckpoint(f"the training state {path} cannot be read ({err})") from None
-        if state.get("format") != STATE_FORMAT:
-            raise DamagedCheckpoint(f"{path} has state format {state.get('format')}, "
-                                    f"not {STATE_FORMAT}")
+        if state.get("format") != STATE_FORMAT:  # written by another version
+            raise CannotResume(f"{path} has state format {state.get('format')}, "
+                               f"not {STATE_FORMAT}")
         changes = {"config": "the config differs from the one",
                    "data": "the training data differs from the data",
                    "versions": "the versions of spacy-ita and its libraries differ from those"}

@@ -512,6 +512,25 @@ def test_sigterm_ends_the_run_cleanly_so_the_rerun_blames_no_post(tiny_encoder, 
     assert [row["error"] for row in read_jsonl(out)] == [None] * 12
 
 
+def test_a_worker_stopped_by_sigterm_costs_the_run_nothing(tiny_encoder, images, tmp_path):
+    """Workers forked from the CLI inherited its SIGTERM handler, so a worker
+    stopped by SIGTERM (an out-of-memory guard) ended the whole run. It dies
+    as any worker now: its batch is redone post by post."""
+    import subprocess
+
+    records = posts(images, 8)
+    records[5]["text"] = "STOP here"
+    write_jsonl(tmp_path / "posts.jsonl", records)
+    model = build_pipeline(tiny_encoder, tmp_path, stop_marker=str(tmp_path / "stopped"))
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "spacy_ita", "apply", model, str(tmp_path / "posts.jsonl"),
+               str(out), "--code", CODE, "--batch-size", "2", "--n-process", "2",
+               "--image-root", str(images)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [row["error"] for row in read_jsonl(out)] == [None] * 8
+
+
 def test_the_note_of_the_posts_in_flight_reads_back_and_anything_else_reads_as_none():
     from spacy_ita.bulk.outputs import InFlight
 

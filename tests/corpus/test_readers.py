@@ -123,3 +123,5 @@ def test_a_broken_doc_is_named_by_file_and_index(nlp, tmp_path):
     with pytest.raises(CorpusError, match=rf"^{context}: Invalid Doc._.visual_context on "
                                           r"doc 1 .*captions must be a list of strings"):
         list(spacy.registry.readers.get(READER)(context)(nlp))
+    # A broken doc the reader does not return (past `limit`) is not read as one.
+    assert len(list(spacy.registry.readers.get(READER)(tags, limit=1)(nlp))) == 1

@@ -360,16 +360,32 @@ def test_resume_without_a_checkpoint_trains_from_the_start(setup, tmp_path):
     assert steps == [0, 1, 2]
 
 
-def test_a_missing_or_broken_training_state_stops_the_run_and_is_kept(setup, tmp_path):
+def test_a_broken_training_state_or_meta_stops_the_run_and_a_missing_state_starts_over(
+        setup, tmp_path):
+    """A training state may be deleted once no longer needed (the README says
+    so): the run starts over. A damaged checkpoint stops it, every file kept."""
     output = tmp_path / "out"
     run(setup, output, **{"training.max_steps": 3})
     (state,) = (output / "training-state").iterdir()
+    content = state.read_bytes()
     state.write_bytes(b"\xc1 not msgpack")
     assert_refused(setup, output, f"^the training state {state} cannot be read",
                    **{"training.max_steps": 3})
+    state.write_bytes(content)
+    meta = output / "model-last" / "meta.json"
+    meta.write_text(meta.read_text()[:20])  # cut short
+    assert_refused(setup, output, f"^{meta} cannot be read", **{"training.max_steps": 3})
+    meta.unlink()
+    assert_refused(setup, output, f"^{meta} cannot be read", **{"training.max_steps": 3})
+    shutil.rmtree(output / "model-last")
+    assert_refused(setup, output, f"^{meta} cannot be read", **{"training.max_steps": 3})
+    run(setup, output, **{"training.max_steps": 3})
+    (state,) = (output / "training-state").iterdir()
     state.unlink()
-    assert_refused(setup, output, "^the training state of .* is missing",
-                   **{"training.max_steps": 3})
+    steps = []
+    log = run(setup, output, resume=True, steps_seen=steps, **{"training.max_steps": 3})
+    assert "Not resuming: the training state of" in log and "is missing" in log
+    assert steps[0] == 0
 
 
 def test_a_run_stuck_at_a_zero_dev_score_says_so_once(setup, tmp_path, monkeypatch):
