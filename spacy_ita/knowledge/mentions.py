@@ -15,7 +15,12 @@ _HEADER = re.compile(r"named\s+entit(?:y|ies)\s*:", re.IGNORECASE)
 _REASONING = re.compile(r"\breasoning\s*:", re.IGNORECASE)
 # `X (type)`: a bracket may stand in the mention only before the type's (`f(x) (group)`),
 # and one inside the type (`Krystal (member of f(x))`).
-_TYPED_ITEM = re.compile(r"((?:[^()]|\([^()]*\)(?=\s*\())+?)\s*\(((?:[^()]|\([^()]*\))*)\)(?!\s*\()")
+# A mention and its type are short: bounded, the pattern's time grows with
+# the text's length, not its square (a 24,000-character piece took 13 s).
+MAX_ITEM_CHARS = 200  # a typed item's name, and its type, at most
+_TYPED_ITEM = re.compile(
+    r"((?:[^()]|\([^()]{0,200}\)(?=\s?\())" + "{1,%d}?)" % MAX_ITEM_CHARS
+    + r"\s?\(((?:[^()]|\([^()]{0,200}\)){0,%d})\)(?!\s?\()" % MAX_ITEM_CHARS)
 _NUMBERING = re.compile(r"^\s*(?:\d+\s*[.)]|[-*•;,])\s*")
 _NUMBERED = re.compile(r"^\s*\d+\s*[.)]")
 _HTML_ENTITY = re.compile(r"&(#?\w{1,10});")  # `&amp;` in tweets' text: its `;` splits nothing
@@ -49,8 +54,8 @@ def parse_mentions(text: str) -> List[Mention]:
     body = _REASONING.split(body, maxsplit=1)[0]
     mentions = []
     for piece in re.split(r"[;\n]", _HTML_ENTITY.sub("&\\1\0", body)):
-        piece = piece.replace("\0", ";")
-        typed = list(_TYPED_ITEM.finditer(piece))
+        piece = " ".join(piece.replace("\0", ";").split())  # one space between words
+        typed = list(_TYPED_ITEM.finditer(piece)) if "(" in piece else []
         mentions += [Mention(_clean(m[1]), " ".join(m[2].split()).lower()) for m in typed]
         rest = piece[typed[-1].end():] if typed else piece
         if (not typed or _NUMBERED.match(rest)) and len(_clean(rest).split()) <= MAX_UNTYPED_WORDS:
