@@ -6,6 +6,7 @@ alone (text-only) and the sentence followed by its visual context
 `loss.ItaLoss`). At inference one view per doc is used: cross-modal when the
 doc has visual context, text-only when it has none (`view = "auto"`).
 """
+import copy
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
@@ -255,12 +256,15 @@ class ItaNer(TrainablePipe):
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
     ) -> None:
-        """Collect the entity labels from the examples (or take `labels`) and
-        load the pretrained encoder with a CRF sized for them."""
+        """Collect the entity labels from the examples (with those added by
+        `add_label` before a first initialize), or take `labels`, and load the
+        pretrained encoder with a CRF sized for them. Again on an initialised
+        component, it starts afresh; if it fails, the component is as it was."""
         if labels is None:
             validate_get_examples(get_examples, "ItaNer.initialize")
+            added = [] if self.model.is_initialized else self.cfg["labels"]
             labels = sorted(
-                {ent.label_ for eg in get_examples() for ent in eg.reference.ents}
+                {*added, *(ent.label_ for eg in get_examples() for ent in eg.reference.ents)}
             )
         if not labels:
             raise ValueError(
@@ -270,17 +274,27 @@ class ItaNer(TrainablePipe):
         for label in labels:
             _check_label(label)
             self.vocab.strings.add(label)
-        self.cfg["labels"] = list(dict.fromkeys(labels))
-        self.model.set_dim("nO", len(self.tags))
-        # Saved with the weights, so a cfg with other labels cannot load them.
-        self.model.attrs["tags"] = list(self.tags)
-        self.model.attrs["allowed_moves"] = [
-            move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
-        ]
-        # The training inputs' knowledge mentions give the model its type words.
-        examples = get_examples() if self.use_context else []
-        cross = [self.cross_input(eg.predicted, i) for i, eg in enumerate(examples)]
-        self.model.initialize(X=[item for item in cross if item is not None])
+        before = (list(self.cfg["labels"]), dict(self.model.attrs),
+                  self.model.maybe_get_dim("nO"))
+        try:
+            self.cfg["labels"] = list(dict.fromkeys(labels))
+            self.model.set_dim("nO", len(self.tags), force=True)
+            # Saved with the weights, so a cfg with other labels cannot load them.
+            self.model.attrs["tags"] = list(self.tags)
+            self.model.attrs["allowed_moves"] = [
+                move.tolist() for move in allowed_moves(self.tags, self.tag_scheme)
+            ]
+            # The training inputs' knowledge mentions give the model its type words.
+            examples = get_examples() if self.use_context else []
+            cross = [self.cross_input(eg.predicted, i) for i, eg in enumerate(examples)]
+            self.model.initialize(X=[item for item in cross if item is not None])
+        except BaseException:
+            self.cfg["labels"], attrs, n_out = before
+            self.model.attrs.clear()
+            self.model.attrs.update(attrs)
+            if n_out is not None:
+                self.model.set_dim("nO", n_out, force=True)
+            raise
 
     def to_disk(self, path, *, exclude=tuple()):
         """As TrainablePipe.to_disk, but the weights file is replaced atomically
@@ -307,9 +321,12 @@ class ItaNer(TrainablePipe):
         foreign data become one error naming the source, and the weights must
         fit the labels. An untrained pipe (saved before initialize) has no
         weights: it loads untrained, to be initialised."""
+        cfg = copy.deepcopy(self.cfg)
         try:
             load()
         except ValueError as err:
+            self.cfg.clear()
+            self.cfg.update(cfg)  # the cfg loads first: it would not fit the weights kept
             raise ValueError(
                 f"{self.name}: cannot load {source}: it is truncated, corrupt or not "
                 f"from ita_ner ({type(err).__name__}: {err})"

@@ -51,6 +51,56 @@ def test_labels_and_tags_from_initialize(trained_tiny):
     assert ner.tags == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 
+def test_a_failed_initialize_leaves_the_component_as_it_was(tiny_encoder, monkeypatch):
+    """A second initialize set the new labels, then failed: the component went
+    on tagging with the old weights read against the new tags (wrong labels,
+    no error). Now it is as it was, and a second initialize that works starts
+    afresh with the new labels."""
+    from spacy_ita.ner import model as model_module
+
+    nlp = make_nlp(tiny_encoder)
+    examples = make_examples(nlp)
+    train(nlp, examples, 10, learn_rate=1e-3)
+    ner = nlp.get_pipe("ita_ner")
+    expected = entities(nlp.pipe(fresh_docs(examples)))
+    more = examples + [Example.from_dict(nlp.make_doc("Visit the Louvre"),
+                                         {"entities": [(10, 16, "FAC")]})]
+
+    def offline(*args, **kwargs):
+        raise OSError("no encoder here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_module, "load_pretrained", offline)
+        with pytest.raises(OSError, match="no encoder here"):
+            nlp.initialize(lambda: more)
+    assert ner.labels == ("LOC", "ORG", "PER")
+    assert entities(nlp.pipe(fresh_docs(examples))) == expected
+    nlp.from_bytes(nlp.to_bytes())  # the cfg and the weights still belong together
+    nlp.initialize(lambda: more)
+    assert ner.labels == ("FAC", "LOC", "ORG", "PER") and ner.model.n_scored_tags == 9
+
+
+def test_labels_added_before_initialize_are_kept(tiny_encoder):
+    nlp = make_nlp(tiny_encoder)
+    nlp.get_pipe("ita_ner").add_label("FAC")
+    nlp.initialize(lambda: make_examples(nlp))
+    assert nlp.get_pipe("ita_ner").labels == ("FAC", "LOC", "ORG", "PER")
+
+
+def test_weights_for_other_labels_do_not_load_and_leave_the_component_as_it_was(
+        tiny_encoder, trained_tiny):
+    nlp, examples = trained_tiny
+    ner = nlp.get_pipe("ita_ner")
+    expected = entities(nlp.pipe(fresh_docs(examples)))
+    other = make_nlp(tiny_encoder)
+    other.initialize(lambda: [eg for eg in make_examples(other)
+                              if all(ent.label_ != "ORG" for ent in eg.reference.ents)])
+    with pytest.raises(ValueError, match="cannot load its serialised data"):
+        ner.from_bytes(other.get_pipe("ita_ner").to_bytes())
+    assert ner.labels == ("LOC", "ORG", "PER")
+    assert entities(nlp.pipe(fresh_docs(examples))) == expected
+
+
 def test_inference_uses_one_view_per_doc(trained_tiny):
     nlp, examples = trained_tiny
     ner = nlp.get_pipe("ita_ner")
