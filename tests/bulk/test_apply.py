@@ -491,6 +491,18 @@ def test_overwrite_forgets_the_post_a_killed_run_died_on(pipeline, tiny_encoder,
     assert [row["error"] for row in read_jsonl(out)] == [None] * 8
 
 
+def _apply_command_that_meets_sigterm(encoder, images, folder, n_posts, *options):
+    """The apply CLI's command line over `n_posts` posts whose sixth SIGTERMs
+    the process tagging it, the first time only; and its OUTPUT."""
+    records = posts(images, n_posts)
+    records[5]["text"] = "STOP here"
+    write_jsonl(folder / "posts.jsonl", records)
+    model = build_pipeline(encoder, folder, stop_marker=str(folder / "stopped"))
+    out = folder / "out.jsonl"
+    return [sys.executable, "-m", "spacy_ita", "apply", model, str(folder / "posts.jsonl"),
+            str(out), "--code", CODE, "--image-root", str(images), *options], out
+
+
 def test_sigterm_ends_the_run_cleanly_so_the_rerun_blames_no_post(tiny_encoder, images,
                                                                   tmp_path):
     """A run stopped by SIGTERM (a scheduler, `timeout`) left its note as a
@@ -498,13 +510,8 @@ def test_sigterm_ends_the_run_cleanly_so_the_rerun_blames_no_post(tiny_encoder, 
     would have blamed an innocent post. It now ends as Ctrl-C does."""
     import subprocess
 
-    records = posts(images, 12)
-    records[5]["text"] = "STOP here"
-    write_jsonl(tmp_path / "posts.jsonl", records)
-    model = build_pipeline(tiny_encoder, tmp_path, stop_marker=str(tmp_path / "stopped"))
-    out = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "spacy_ita", "apply", model, str(tmp_path / "posts.jsonl"),
-               str(out), "--code", CODE, "--batch-size", "4", "--image-root", str(images)]
+    command, out = _apply_command_that_meets_sigterm(tiny_encoder, images, tmp_path, 12,
+                                                     "--batch-size", "4")
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 143, first.stderr[-2000:]
     assert len(read_jsonl(out)) == 4 and not (tmp_path / ".out.jsonl.lock").exists()
@@ -518,14 +525,8 @@ def test_a_worker_stopped_by_sigterm_costs_the_run_nothing(tiny_encoder, images,
     as any worker now: its batch is redone post by post."""
     import subprocess
 
-    records = posts(images, 8)
-    records[5]["text"] = "STOP here"
-    write_jsonl(tmp_path / "posts.jsonl", records)
-    model = build_pipeline(tiny_encoder, tmp_path, stop_marker=str(tmp_path / "stopped"))
-    out = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "spacy_ita", "apply", model, str(tmp_path / "posts.jsonl"),
-               str(out), "--code", CODE, "--batch-size", "2", "--n-process", "2",
-               "--image-root", str(images)]
+    command, out = _apply_command_that_meets_sigterm(tiny_encoder, images, tmp_path, 8,
+                                                     "--batch-size", "2", "--n-process", "2")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [row["error"] for row in read_jsonl(out)] == [None] * 8
