@@ -54,7 +54,8 @@ def train_cli(
         msg.fail(f"--gpu-id {use_gpu}: {err}; use --gpu-id -1 for the CPU", exits=1)
     with show_validation_error(config_path):
         config = util.load_config(config_path, overrides=overrides, interpolate=False)
-        eval_frequency = config.interpolate()["training"]["eval_frequency"]
+        # Unset, spaCy's default (200) fills it in at initialisation.
+        eval_frequency = config.interpolate().get("training", {}).get("eval_frequency", 1)
     if eval_frequency < 1:
         msg.fail(f"[training] eval_frequency must be at least 1 (steps between evaluations "
                  f"and checkpoints), got {eval_frequency}", exits=1)
