@@ -178,16 +178,18 @@ def count_rows(item: InputFile) -> int:
         return sum(1 for _ in _json_lines(file))
 
 
+_DIED_ALONE = "died while tagging this post alone (a crash in native code, or out of memory?)"
+
+
 def worker_died(post: Post) -> str:
     """The error of a post whose worker process died while tagging it alone."""
-    return (f"{post.where}: not tagged: the worker process died while tagging this post "
-            "alone (a crash in native code, or out of memory?)")
+    return f"{post.where}: not tagged: the worker process {_DIED_ALONE}"
 
 
 def process_died(post: Post) -> str:
     """The error of a post an earlier one-process run of apply died on, tagging it alone."""
-    return (f"{post.where}: not tagged: an earlier run of apply died while tagging this post "
-            "alone (a crash in native code, or out of memory?); --retry-errors tries it again")
+    return (f"{post.where}: not tagged: an earlier run of apply {_DIED_ALONE}; "
+            "--retry-errors tries it again")
 
 
 def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputFile]:

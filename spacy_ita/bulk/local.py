@@ -27,6 +27,9 @@ from .inputs import Post, process_died, worker_died
 from .outputs import InFlight, OutputLock
 
 _WORKER: Union[Annotator, Exception, None] = None
+# Signals that end a run (a scheduler, `timeout`, a closed terminal); the apply
+# CLI ends through its clean-up on them.
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -182,7 +185,7 @@ def _start_worker(spec: PipelineSpec, fetcher: Fetcher) -> None:
     a worker stopped by one (an out-of-memory guard picks the largest
     process) dies as any, and the run goes on without it."""
     global _WORKER
-    for number in (signal.SIGTERM, signal.SIGHUP):
+    for number in STOPPING_SIGNALS:
         signal.signal(number, signal.SIG_DFL)
     try:
         _WORKER = Annotator(spec, "all", fetcher)

@@ -57,6 +57,8 @@ ROW_START = b'{"input_file": '
 PARTS_MARKER = "_spacy_ita_apply.json"
 # What apply writes in the lock file beside OUTPUT (OutputLock).
 LOCK_TEXT = b"spacy_ita apply: the lock of a run writing OUTPUT\n"
+# The most of a lock file read: a note of a batch of ~1 million posts.
+MAX_LOCK_BYTES = 64 << 20
 # How much of its first line tells whether a JSONL file is apply's.
 CHECKED_BYTES = 1 << 20
 # A part, or one being written (`_replacing`; earlier versions: `.part-N.parquet.tmp`).
@@ -731,7 +733,7 @@ class OutputLock:
     def _claim(self) -> None:
         """Mark the lock file as apply's, and read what a killed run left in
         it; refuse one that holds anything else."""
-        content = os.pread(self.descriptor, os.fstat(self.descriptor).st_size, 0)
+        content = os.pread(self.descriptor, MAX_LOCK_BYTES, 0)  # a longer note reads as none
         if content and not content.startswith(LOCK_TEXT):
             os.close(self.descriptor)
             self.descriptor = None

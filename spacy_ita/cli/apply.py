@@ -9,6 +9,7 @@ import typer
 
 from ..bulk import (ApplySummary, Columns, Fetcher, LocalSettings, OutputSettings, RaySettings,
                     apply)
+from ..bulk.local import STOPPING_SIGNALS
 from ..bulk.run import ENGINES, engine_kind
 from ..context.config import OCREngine
 from .options import PIPELINE_OPTIONS, pipeline_settings
@@ -138,14 +139,12 @@ def _signals_end_the_run_cleanly() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping = (signal.SIGTERM, signal.SIGHUP)
-
     def stop(signum, _frame) -> None:
-        for number in stopping:
+        for number in STOPPING_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
         raise SystemExit(128 + signum)
 
-    before = {number: signal.signal(number, stop) for number in stopping}
+    before = {number: signal.signal(number, stop) for number in STOPPING_SIGNALS}
     try:
         yield
     finally:

@@ -13,14 +13,15 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 _HEADER = re.compile(r"named\s+entit(?:y|ies)\s*:", re.IGNORECASE)
 _REASONING = re.compile(r"\breasoning\s*:", re.IGNORECASE)
+# A typed item's name, its type, and a bracket in either, at most: bounded, the
+# pattern's time grows with the text's length, not its square (a 24,000-character
+# piece took 13 s).
+MAX_ITEM_CHARS = 200
 # `X (type)`: a bracket may stand in the mention only before the type's (`f(x) (group)`),
-# and one inside the type (`Krystal (member of f(x))`).
-# A mention and its type are short: bounded, the pattern's time grows with
-# the text's length, not its square (a 24,000-character piece took 13 s).
-MAX_ITEM_CHARS = 200  # a typed item's name, and its type, at most
+# and one inside the type (`Krystal (member of f(x))`). Pieces have one space between words.
 _TYPED_ITEM = re.compile(
-    r"((?:[^()]|\([^()]{0,200}\)(?=\s?\())" + "{1,%d}?)" % MAX_ITEM_CHARS
-    + r"\s?\(((?:[^()]|\([^()]{0,200}\)){0,%d})\)(?!\s?\()" % MAX_ITEM_CHARS)
+    r"((?:[^()]|\([^()]{0,%(n)d}\)(?=\s?\())" r"{1,%(n)d}?)"
+    r"\s?\(((?:[^()]|\([^()]{0,%(n)d}\)){0,%(n)d})\)(?!\s?\()" % {"n": MAX_ITEM_CHARS})
 _NUMBERING = re.compile(r"^\s*(?:\d+\s*[.)]|[-*•;,])\s*")
 _NUMBERED = re.compile(r"^\s*\d+\s*[.)]")
 _HTML_ENTITY = re.compile(r"&(#?\w{1,10});")  # `&amp;` in tweets' text: its `;` splits nothing

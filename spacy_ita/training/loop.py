@@ -138,21 +138,18 @@ def _start(run: _Run, settings: TrainingSettings, checkpoints: Optional[Checkpoi
     progress = Progress(run=uuid.uuid4().hex)
     if checkpoints is None:
         return progress, None
-    try:
-        restored = (checkpoints.restore(run.nlp, settings.optimizer, settings.resume_limits)
-                    if resume else None)
-    except CannotResume as why_not:
-        restored = None
+    if resume:
+        try:
+            restored = checkpoints.restore(run.nlp, settings.optimizer, settings.resume_limits)
+            why_not = f"there is no checkpoint in {checkpoints.output}"
+        except CannotResume as err:
+            restored, why_not = None, str(err)
+        if restored is not None:
+            progress, states = restored
+            run.say(run.msg.info(f"Resuming after step {progress.step} (epoch "
+                                 f"{progress.epoch}) from {checkpoints.last}"))
+            return progress, states
         run.say(run.msg.info(f"Not resuming: {why_not}. Training from the start."))
-    else:
-        if resume and restored is None:
-            run.say(run.msg.info(f"Not resuming: there is no checkpoint in "
-                                 f"{checkpoints.output}. Training from the start."))
-    if restored is not None:
-        progress, states = restored
-        run.say(run.msg.info(f"Resuming after step {progress.step} (epoch {progress.epoch}) "
-                             f"from {checkpoints.last}"))
-        return progress, states
     checkpoints.clean()
     return progress, None
 
