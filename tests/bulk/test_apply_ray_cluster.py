@@ -45,9 +45,18 @@ def test_both_nodes_tag_and_every_row_is_written_once(two_nodes, tiny_encoder, t
     apply(model, tmp_path / "posts.jsonl", tmp_path / "local.jsonl",
           pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
     nodes.unlink()  # the in-process run's lines
-    summary = apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
-                    engine=RaySettings(workers=2, worker_cpus=1),
-                    pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
+    # Ray Data hands batches to the actors that are up: on a busy machine the
+    # second node's actor can load its pipeline after the first has tagged all
+    # six batches. Starting with both up makes the test about placing and
+    # feeding, not about how fast a loaded machine starts a process.
+    context = ray.data.DataContext.get_current()
+    waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 300
+    try:
+        summary = apply(model, tmp_path / "posts.jsonl", tmp_path / "ray.jsonl",
+                        engine=RaySettings(workers=2, worker_cpus=1),
+                        pipeline=PipelineSettings(code=CODE), batch_size=4, progress=False)
+    finally:
+        context.wait_for_min_actors_s = waited
     assert summary.n_written == 24
     assert keyed(read_jsonl(tmp_path / "ray.jsonl")) == keyed(read_jsonl(tmp_path / "local.jsonl"))
     per_node = Counter(line.split()[0] for line in nodes.read_text().splitlines())
