@@ -34,6 +34,10 @@ MAX_LIST_BYTES = 16 << 20
 # HTTP statuses after which the same request may work later (a refused key or a
 # missing model, once the setup is fixed); other 4xx are final for that post.
 RETRYABLE_STATUSES = (401, 403, 404, 408, 409, 429)
+# The most characters of a message that quotes an endpoint (an error, an answer, model ids).
+MAX_MESSAGE_CHARS = 300
+# Where a request carries its watchdog, cap and refusal to each response it gets.
+_BOUNDS = "spacy_ita.bounds"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -93,20 +97,22 @@ def _refuse_compressed(content_encoding: str) -> None:
     codings = [coding.strip() for coding in content_encoding.lower().split(",")]
     if any(coding not in ("", "identity") for coding in codings):
         raise AnswerRefused(f"answer refused: compressed (Content-Encoding: "
-                            f"{content_encoding[:40]}) although the request asked for an "
+                            f"{content_encoding}) although the request asked for an "
                             "uncompressed answer")
 
 
 def bounded_http_client(seconds: float, max_bytes: int) -> Any:
     """An HTTP client for the openai client whose every request must be done,
-    from connecting to the last byte of the answer, within `seconds`, not
-    `seconds` per read: a SocketWatchdog shuts the connection down at the
-    deadline, however slowly the server drips headers or body. Answers to POST (chat
-    completions) are refused past `max_bytes` (Content-Length first, then while
-    reading), so a huge answer is never read whole; a compressed one is not
-    read at all, since it could decode to any size. Each request makes its own
-    connection (no keep-alive): the watchdog sees every socket it must shut,
-    and a late shutdown can never hit another request's connection."""
+    from connecting to the last byte of the answer, redirects included, within
+    `seconds`, not `seconds` per read: a SocketWatchdog shuts the connection down
+    at the deadline, however slowly the server drips headers or body. Answers to
+    POST (chat completions) are refused past `max_bytes` (Content-Length first,
+    then while reading), so a huge answer is never read whole; a compressed one
+    is not read at all, since it could decode to any size. A redirect's body is
+    never read: only its Location is followed, as bulk/fetch.py does. Each
+    request makes its own connection (no keep-alive): the watchdog sees every
+    socket it must shut, and a late shutdown can never hit another request's
+    connection."""
     openai = _openai()
     http = _http_module(openai)
 
@@ -136,10 +142,41 @@ def bounded_http_client(seconds: float, max_bytes: int) -> Any:
             self.watchdog.stop()
             self.stream.close()
 
+    class UnreadStream(http.SyncByteStream):
+        """A redirect's body, closed unread; the watchdog runs on for the request it leads to."""
+
+        def __init__(self, stream: Any):
+            self.stream = stream
+
+        def __iter__(self):
+            return iter(())
+
+        def close(self) -> None:
+            self.stream.close()
+
+    def bound(response: Any) -> None:
+        """httpx's response hook, run on every response (each redirect's too)
+        before httpx reads it: a redirect's body is left unread, any other
+        answer is checked and capped."""
+        if response.has_redirect_location:
+            response.stream = UnreadStream(response.stream)
+            return
+        watchdog, too_large, cap = response.request.extensions[_BOUNDS]
+        _refuse_compressed(response.headers.get("content-encoding", ""))
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            raise too_large
+        response.stream = BoundedStream(response.stream, watchdog, too_large, cap)
+
     class BoundedClient(openai.DefaultHttpxClient):
         def send(self, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
             watchdog = SocketWatchdog(time.monotonic() + seconds)
+            cap, limit = ((max_bytes, "max_answer_bytes") if request.method == "POST"
+                          else (MAX_LIST_BYTES, "the limit for a model list"))
+            too_large = AnswerRefused(f"answer refused: over {limit} ({cap:,} bytes)")
+            # Redirect requests get copies of these extensions.
             request.extensions["trace"] = partial(_watch_connection, watchdog)
+            request.extensions[_BOUNDS] = (watchdog, too_large, cap)
             try:
                 response = super().send(request, stream=True, **kwargs)
             except BaseException as err:
@@ -147,15 +184,7 @@ def bounded_http_client(seconds: float, max_bytes: int) -> Any:
                 if watchdog.fired and isinstance(err, http.TransportError):
                     raise timed_out() from None
                 raise
-            cap, limit = ((max_bytes, "max_answer_bytes") if request.method == "POST"
-                          else (MAX_LIST_BYTES, "the limit for a model list"))
-            too_large = AnswerRefused(f"answer refused: over {limit} ({cap:,} bytes)")
             try:
-                _refuse_compressed(response.headers.get("content-encoding", ""))
-                length = response.headers.get("content-length", "")
-                if length.isdigit() and int(length) > cap:
-                    raise too_large
-                response.stream = BoundedStream(response.stream, watchdog, too_large, cap)
                 if not stream:
                     response.read()
             except BaseException:
@@ -165,7 +194,8 @@ def bounded_http_client(seconds: float, max_bytes: int) -> Any:
             return response
 
     return BoundedClient(timeout=seconds, headers={"Accept-Encoding": "identity"},
-                         limits=http.Limits(max_keepalive_connections=0))
+                         limits=http.Limits(max_keepalive_connections=0),
+                         event_hooks={"response": [bound]})
 
 
 class OpenAICompatible:
@@ -248,9 +278,10 @@ class OpenAICompatible:
         return key
 
     def scrub(self, text: str) -> str:
-        """`text` with the API key, should a server echo it, masked."""
+        """`text` fit for a message: the API key masked, should a server echo it,
+        then cut to MAX_MESSAGE_CHARS; masked first, so that no cut leaves part of the key."""
         key = os.environ.get(self.api_key_env or "", "").strip()
-        return text.replace(key, "***") if len(key) >= 4 else text
+        return (text.replace(key, "***") if len(key) >= 4 else text)[:MAX_MESSAGE_CHARS]
 
     def load(self) -> Any:
         """This instance's client, made and checked once per process: a missing
@@ -291,7 +322,7 @@ class OpenAICompatible:
         except (openai.APIError, AnswerRefused) as err:
             raise SetupError(f"{where}/models: {self._reason(err)}") from None
         if served and not ({self.model, f"{self.model}:latest"} & set(served)):
-            listed = ", ".join(sorted(served)[:20])
+            listed = self.scrub(", ".join(sorted(served)[:20]))
             raise SetupError(f"{where} does not serve model {self.model!r}; it serves: {listed}")
 
     def preflight(self) -> None:
@@ -342,12 +373,12 @@ class OpenAICompatible:
         return status is None or status >= 500 or status in RETRYABLE_STATUSES
 
     def _reason(self, err: Exception) -> str:
-        """A short, key-free reason for a failed call."""
+        """A short, key-free reason for a failed call (see `scrub`)."""
         openai = _openai()
         if isinstance(err, openai.APITimeoutError):
             reason = f"timed out after {self.timeout:g}s"
         elif isinstance(err, openai.APIStatusError):
-            reason = f"HTTP {err.status_code}: {err.message[:200]}"
+            reason = f"HTTP {err.status_code}: {err.message}"
         else:
             cause = err.__cause__ or err.__context__
             reason = f"{err}" + (f" ({cause})" if cause is not None else "")

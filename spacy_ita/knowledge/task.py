@@ -154,10 +154,10 @@ def _json_mentions(data: Any) -> List[Mention]:
             text = next((item[key] for key in _TEXT_KEYS if isinstance(item.get(key), str)), None)
             kind = next((item[key] for key in _TYPE_KEYS if isinstance(item.get(key), str)), "")
             if text is None:
-                raise AnswerError(f"entity without a text: {json.dumps(item)[:80]}")
+                raise AnswerError(f"entity without a text: {json.dumps(item)}")
             mentions.append(Mention(text, kind))
         else:
-            raise AnswerError(f"unexpected entity {json.dumps(item)[:80]}")
+            raise AnswerError(f"unexpected entity {json.dumps(item)}")
     return mentions
 
 
@@ -246,7 +246,8 @@ class MentionsTask:
 
     def parse(self, answer: Any, finish_reason: Optional[str] = None) -> List[str]:
         """The knowledge texts for one answer ([] when it names no entity);
-        AnswerError says why an answer is unusable."""
+        AnswerError says why an answer is unusable, quoting it uncut: the model's
+        `scrub` masks an echoed key before it cuts the message."""
         if not isinstance(answer, str) or not answer.strip():
             raise AnswerError("empty answer")
         if len(answer) > self.max_answer_chars:
@@ -256,7 +257,7 @@ class MentionsTask:
             mentions = parse_answer(answer, list(self.labels))
         except AnswerError as err:
             cut = " (cut at max_tokens)" if finish_reason == "length" else ""
-            raise AnswerError(f"malformed answer{cut}: {err}: {answer[:80]!r}") from None
+            raise AnswerError(f"malformed answer{cut}: {err}: {answer!r}") from None
         return [render_mentions(mentions)] if mentions else []
 
 
