@@ -5,13 +5,17 @@ name and output-changing settings), so re-running a corpus never recomputes a
 context and changing one extractor's settings only recomputes that extractor.
 WAL journaling lets several processes read and write at once; every write is
 one atomic statement, so a writer killed at any moment leaves the file valid.
-A file that cannot be opened, read or written raises CacheError, which names it.
+A file that cannot be opened, read or written raises CacheError, which names it;
+a row that is not a context (another tool's, a hand edit) is a miss, and is
+overwritten when the context is computed again.
 """
 import json
 import os
 import sqlite3
 from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from ..visual_context import FIELDS
 
 Context = Dict[str, List[str]]  # field name -> texts, as extractors return them
 
@@ -23,6 +27,19 @@ CREATE TABLE IF NOT EXISTS contexts (
     PRIMARY KEY (image_hash, extractor)
 ) WITHOUT ROWID
 """
+
+
+def _context(text: Any) -> Optional[Context]:
+    """A stored row as a context, or None (a miss) when it is not one: JSON
+    mapping known fields to lists of strings, as `put` writes."""
+    try:
+        context = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    valid = isinstance(context, dict) and all(
+        name in FIELDS and isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+        for name, texts in context.items())
+    return context if valid else None
 
 
 class CacheError(RuntimeError):
@@ -89,7 +106,7 @@ class ContextCache:
                 "SELECT context FROM contexts WHERE image_hash = ? AND extractor = ?",
                 (image_hash, extractor),
             ).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else _context(row[0])
 
     def put(self, image_hash: str, extractor: str, context: Context) -> None:
         self.put_many([(image_hash, extractor, context)])

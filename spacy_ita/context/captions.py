@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..corpus.mner import numbered_lines
 from ..visual_context import FIELDS
 from .registry import Extractor, ImageExtractor, ImageRecord, PartialContext, extractors
-from .tags import hf_pipeline
+from .tags import hf_model_key, hf_pipeline
 
 _CAPTION_LINE = re.compile(r"^\s*(\S+?)\s*:(.*)$")
 
@@ -32,7 +32,7 @@ class HFCaptioner(ImageExtractor):
         self.batch_size = batch_size
 
     def settings(self) -> Dict[str, Any]:
-        return {"model": self.model, "revision": self.revision,
+        return {"model": hf_model_key(self.model), "revision": self.revision,
                 "max_new_tokens": self.max_new_tokens}
 
     def load(self):
@@ -61,10 +61,16 @@ def make_hf_captioner(
     return HFCaptioner(model, max_new_tokens, device, revision, batch_size)
 
 
-def _names(image: str) -> List[str]:
-    """The keys an image is known by: as written, its file name, and its stem."""
+def _names(image: str) -> Tuple[str, str, str]:
+    """The names an image is known by, most exact first: as written, its file
+    name, and its stem."""
     base = os.path.basename(image.replace("\\", "/"))
-    return list(dict.fromkeys([image, base, os.path.splitext(base)[0]]))
+    return image, base, os.path.splitext(base)[0]
+
+
+# The order in which (doc name, file entry name) forms are tried, as _names
+# numbers them: an exact match anywhere before a file name or stem fallback.
+_MATCH_ORDER = sorted(((i, j) for i in range(3) for j in range(3)), key=lambda p: (max(p), p))
 
 
 def _string_list(value: Any, where: str, name: str) -> List[str]:
@@ -86,7 +92,7 @@ def _parse_jsonl(lines: NumberedLines, path: str) -> List[Tuple[str, PartialCont
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # digits over the limit, deep nesting
             raise ValueError(f"{where}: invalid JSON: {err}") from None
         if not isinstance(record, dict) or "image" not in record:
             raise ValueError(f"{where}: expected an object with an 'image' key")
@@ -111,10 +117,14 @@ def _parse_caption_lines(
     return entries
 
 
+Index = List[Dict[str, PartialContext]]
+
+
 @lru_cache(maxsize=8)
-def load_precomputed(path: str, modified_ns: int, line_field: str) -> Dict[str, PartialContext]:
-    """Index a precomputed file by every name of its images (reloaded when it
-    changes); `<image> :<text>` lines fill `line_field`."""
+def load_precomputed(path: str, modified_ns: int, line_field: str) -> Index:
+    """Index a precomputed file by each form of its images' names, one table
+    per form of _names (reloaded when it changes); `<image> :<text>` lines
+    fill `line_field`."""
     lines = [(number, line.rstrip("\r\n")) for number, line in numbered_lines(Path(path))]
     first = next((line.strip() for _, line in lines if line.strip()), "")
     is_jsonl = path.endswith((".jsonl", ".json")) or first.startswith("{")
@@ -125,15 +135,16 @@ def load_precomputed(path: str, modified_ns: int, line_field: str) -> Dict[str, 
         target = merged.setdefault(image, {})
         for name, texts in context.items():
             target.setdefault(name, []).extend(texts)
-    index: Dict[str, PartialContext] = {}
+    index: Index = [{}, {}, {}]
     for image, context in merged.items():
-        for key in _names(image):
-            index.setdefault(key, context)
+        for table, key in zip(index, _names(image)):
+            table.setdefault(key, context)
     return index
 
 
 class PrecomputedContexts(Extractor):
-    """Looks contexts up by `Doc._.image_id`, then by the image's file name."""
+    """Looks contexts up by `Doc._.image_id` and the image's file name, exact
+    names before their forms without folder or extension."""
 
     name = "spacy-ita.precomputed.v1"
     needs_pixels = False
@@ -153,16 +164,20 @@ class PrecomputedContexts(Extractor):
     def settings(self) -> Dict[str, Any]:
         return {"path": self.path, "fields": self.fields, "line_field": self.line_field}
 
-    def load(self) -> Dict[str, PartialContext]:
+    def load(self) -> Index:
         return load_precomputed(self.path, os.stat(self.path).st_mtime_ns, self.line_field)
 
     def lookup(self, record: ImageRecord) -> PartialContext:
+        """The entry that matches the image id or file name most exactly: an
+        exact name before a file name or stem that two images may share."""
         index = self.load()
-        names = [name for name in (record.image_id, record.file_name) if name is not None]
-        for key in (key for name in names for key in _names(str(name))):
-            if key in index:
-                found = index[key]
-                return {field: list(found[field]) for field in self.fields if field in found}
+        names = [_names(str(name)) for name in (record.image_id, record.file_name)
+                 if name is not None]
+        for mine, theirs in _MATCH_ORDER:
+            for forms in names:
+                found = index[theirs].get(forms[mine])
+                if found is not None:
+                    return {field: list(found[field]) for field in self.fields if field in found}
         return {}
 
     def __call__(self, records: List[ImageRecord]) -> List[PartialContext]:
@@ -178,6 +193,6 @@ def make_precomputed(
     """Contexts read from a file: lines '<image> :<text>' (filling `line_field`,
     captions by default; repeated images add texts) or JSONL objects
     {"image": ..., "captions": [...], "object_tags": [...], "ocr_text": [...],
-    "knowledge": [...]}. Only `fields` are taken. Images are matched by id,
-    file name or file name without extension."""
+    "knowledge": [...]}. Only `fields` are taken. Images are matched by id or
+    file name, exact names first, then without folder, then without extension."""
     return PrecomputedContexts(path, fields, line_field)

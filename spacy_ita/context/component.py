@@ -145,10 +145,20 @@ class ItaContext:
         for post in posts:
             post.record.image = None
             post.doc._.visual_context = self._merge(post.doc, post.parts)
-            post.doc._.image_error = post.error
-            post.doc._.context_retryable = post.retryable
+            self._put_error(post)
             if post.error is not None:
                 self._report(post)
+
+    @staticmethod
+    def _put_error(post: _Post) -> None:
+        """Put the post's outcome on its doc. A doc without an image keeps the
+        error it came with (an image refused before this component) in front."""
+        doc = post.doc
+        if doc._.image is None and doc._.image_error is not None:
+            doc._.image_error = "; ".join(filter(None, (doc._.image_error, post.error)))
+            doc._.context_retryable = bool(doc._.context_retryable) or post.retryable
+        else:
+            doc._.image_error, doc._.context_retryable = post.error, post.retryable
 
     def _wants(self, doc: Doc) -> bool:
         if doc._.visual_context is not None and self.existing_context == "keep":

@@ -2,6 +2,7 @@
 (default) and any Hugging Face `object-detection` model.
 """
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -11,6 +12,9 @@ from .registry import ImageExtractor, extractors, file_digest
 IMAGENET_CLASSES = Path(__file__).parent.parent / "data" / "imagenet_classes.txt"
 EFFICIENTNET_SIZE = 224
 CENTER_CROP = 0.875  # the usual ImageNet evaluation crop: 224 out of 256
+# The files of a local Hugging Face model folder that change its output: config,
+# tokenizer and weights (not a checkpoint's optimizer state, nor a README).
+MODEL_FILE_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".h5", ".msgpack")
 
 
 def read_labels(path: Path) -> List[str]:
@@ -120,6 +124,32 @@ def hf_pipeline(task: str, model: str, device: str, revision: Optional[str]):
     return pipeline(task, model=model, device=device, revision=revision, trust_remote_code=False)
 
 
+def hf_model_key(model: str) -> str:
+    """The model as cache keys name it: a hub name as written; a local folder as
+    its absolute path and a digest of its files, so that another `./model`, or
+    new weights saved in the same one, does not get the old model's answers."""
+    if not os.path.isdir(model):
+        return model
+    folder = Path(model).resolve()
+    stats = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix in MODEL_FILE_SUFFIXES and path.is_file():
+            stat = path.stat()
+            stats.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return f"{folder} {_folder_digest(str(folder), tuple(stats))}"
+
+
+@lru_cache(maxsize=16)
+def _folder_digest(folder: str, stats: Tuple[Tuple[str, int, int], ...]) -> str:
+    """The start of a SHA-256 of the files' names and digests, computed again
+    only when a file's size or modification time changes."""
+    digest = hashlib.sha256()
+    for name, size, mtime_ns in stats:
+        digest.update(f"{name} {file_digest(os.path.join(folder, name), size, mtime_ns)}\n"
+                      .encode("utf8"))
+    return digest.hexdigest()[:16]
+
+
 class HFObjectDetector(ImageExtractor):
     """Labels of the boxes a Hugging Face object-detection model finds with a
     score of at least `threshold`, deduplicated, highest score first."""
@@ -137,8 +167,8 @@ class HFObjectDetector(ImageExtractor):
         self.batch_size = batch_size
 
     def settings(self) -> Dict[str, Any]:
-        return {"model": self.model, "revision": self.revision, "threshold": self.threshold,
-                "top_k": self.top_k}
+        return {"model": hf_model_key(self.model), "revision": self.revision,
+                "threshold": self.threshold, "top_k": self.top_k}
 
     def load(self):
         return hf_pipeline("object-detection", self.model, self.device, self.revision)

@@ -1,4 +1,4 @@
-"""The SQLite context cache: round trips, several processes, killed writers."""
+"""The SQLite context cache: round trips, several processes, killed writers, bad rows, keys."""
 import json
 import multiprocessing
 import os
@@ -6,6 +6,8 @@ import pickle
 import signal
 import sqlite3
 import time
+
+import pytest
 
 from spacy_ita.context.cache import ContextCache
 
@@ -100,3 +102,50 @@ def test_the_key_tells_engines_and_weights_apart(tmp_path):
         keys.append(EfficientNetTagger(3, 0.1, str(folder / "model.pth"), None).cache_key)
     assert keys[0] != keys[1]
     assert make_rapidocr().settings()["engine"] == package_version("rapidocr") != "not installed"
+
+
+@pytest.mark.parametrize("row", ["not json", "[1, 2]", '{"ocr_text": "STOP"}',
+                                 '{"bogus": ["x"]}', '{"ocr_text": [1]}', "[" * 100_000])
+def test_a_row_that_is_not_a_context_is_a_miss_and_is_overwritten(tmp_path, row):
+    """Another tool's row or a hand edit is computed again rather than read
+    as a context (or stopping the run); the new context replaces it."""
+    cache = ContextCache(str(tmp_path / "c.sqlite"))
+    cache.put("h", "ocr", {})
+    cache.connection().execute("UPDATE contexts SET context = ?", (row,))
+    assert cache.get("h", "ocr") is None
+    cache.put("h", "ocr", {"ocr_text": ["STOP"]})
+    assert cache.get("h", "ocr") == {"ocr_text": ["STOP"]}
+    cache.put("h", "knowledge", {"knowledge": ["Kobe Bryant"]})  # ita_knowledge's rows
+    assert cache.get("h", "knowledge") == {"knowledge": ["Kobe Bryant"]}
+
+
+def test_a_local_model_folder_is_keyed_by_place_and_content(tmp_path, monkeypatch):
+    """`./model` in two projects, or one folder saved again with new weights,
+    must not share cached answers; a hub name stays as written."""
+    from spacy_ita.context.captions import HFCaptioner
+    from spacy_ita.context.tags import HFObjectDetector
+
+    def keys():
+        return (HFCaptioner("./model", 30, "cpu", None, 8).cache_key,
+                HFObjectDetector("./model", 0.5, 10, "cpu", None, 8).cache_key)
+
+    for project in ("a", "b"):
+        model = tmp_path / project / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text('{"model_type": "blip"}')
+        (model / "model.safetensors").write_bytes(project.encode() * 1000)
+    monkeypatch.chdir(tmp_path / "a")
+    first = keys()
+    assert str(tmp_path / "a" / "model") in first[0]
+    (tmp_path / "a" / "model" / "README.md").write_text("notes")  # not the model
+    assert keys() == first
+    monkeypatch.chdir(tmp_path / "b")
+    other_project = keys()
+    weights = tmp_path / "a" / "model" / "model.safetensors"
+    weights.write_bytes(b"c" * 1000)  # new weights, same size
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    monkeypatch.chdir(tmp_path / "a")
+    retrained = keys()
+    for i in range(2):
+        assert len({first[i], other_project[i], retrained[i]}) == 3
+    assert '"model": "org/captioner"' in HFCaptioner("org/captioner", 30, "cpu", None, 8).cache_key

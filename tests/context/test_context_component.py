@@ -217,6 +217,25 @@ def test_precomputed_jsonl_fills_all_fields_and_mixes_with_live_tags(tmp_path):
     assert doc._.visual_context == VisualContext(captions=["a red square"])
 
 
+def test_an_image_refused_before_the_component_stays_reported(tmp_path):
+    """A doc whose image a reader refused (outside the image root, say) still
+    gets its precomputed context by id, and keeps the refusal as its error."""
+    captions = tmp_path / "captions.txt"
+    captions.write_text("secret.png :a caption by id\n")
+    nlp = colour_nlp(object_tags=None, captions={
+        "@spacy_ita_extractors": "spacy-ita.precomputed.v1", "path": str(captions)})
+    refused = make_doc(nlp, "post", None, image_id="secret")
+    refused._.image_error, refused._.context_retryable = "outside the image root", True
+    nlp(refused)
+    assert refused._.visual_context.captions == ["a caption by id"]
+    assert refused._.image_error == "outside the image root"
+    assert refused._.context_retryable
+    # A doc that has its image is read again: its outcome replaces an old error.
+    again = make_doc(nlp, "post", str(tmp_path / "secret.png"))
+    again._.image_error = "an earlier run's error"
+    assert nlp(again)._.image_error is None
+
+
 @pytest.mark.parametrize("content,where", [
     (b"1.jpg :fine\n2.jpg :caf\xe9\n", "latin1.txt:2: byte 0xe9"),
     ("1.jpg :fine\n".encode("utf-16"), "latin1.txt:1: byte 0xff at column 1 is not UTF-8"),
