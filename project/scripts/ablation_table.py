@@ -7,7 +7,7 @@ Rows are the variants (named by file stem), columns P/R/F1 per inference view,
 the shape of the ITA paper's ablation; then F1 per entity type.
 """
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import srsly
 import typer
@@ -20,6 +20,26 @@ VIEW_NAMES = {"cross": "cross-modal", "text": "text-only", "auto": "auto"}
 
 def _percent(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
+
+
+def metrics_problem(data: Any) -> Optional[str]:
+    """What keeps `data` from being the metrics of `evaluate` that the table
+    reads (views of P/R/F1 numbers and per-type objects), or None."""
+    views = data.get("views") if isinstance(data, dict) else None
+    if not isinstance(views, dict):
+        return "no 'views' object"
+    for view, scores in views.items():
+        if not isinstance(scores, dict):
+            return f"views.{view} is not an object"
+        per_type = scores.get("ents_per_type") or {}
+        if not isinstance(per_type, dict) or not all(
+                isinstance(type_scores, dict) for type_scores in per_type.values()):
+            return f"views.{view}.ents_per_type is not an object of objects"
+        numbers = [scores.get(key) for key in ("ents_p", "ents_r", "ents_f")]
+        numbers += [type_scores.get("f") for type_scores in per_type.values()]
+        if not all(number is None or isinstance(number, (int, float)) for number in numbers):
+            return f"views.{view} has a score that is not a number"
+    return None
 
 
 def comparison_table(results: Dict[str, Dict]) -> str:
@@ -56,9 +76,14 @@ def main(
     """One Markdown table comparing variants (named by file stem) on both views."""
     results = {}
     for path in metrics:
-        data = srsly.read_json(path)
-        if not isinstance(data, dict) or not isinstance(data.get("views"), dict):
-            msg.fail(f"{path} is not a metrics file of `python -m spacy_ita evaluate`", exits=1)
+        try:
+            data = srsly.read_json(path)
+            problem = metrics_problem(data)
+        except ValueError as err:  # cut short, or not JSON
+            problem = f"invalid JSON ({err})"
+        if problem is not None:
+            msg.fail(f"{path} is not a metrics file of `python -m spacy_ita evaluate`: {problem}",
+                     exits=1)
         results[path.stem] = data
     table = comparison_table(results)
     if output is None:

@@ -10,18 +10,19 @@ when a user's LM is not PGIM's ChatGPT (docs/benchmarks.md). `released` copies
 the training posts unchanged. Dev and test are always copied unchanged, so
 checkpoints are chosen and scored on PGIM's own knowledge.
 """
-import shutil
 from pathlib import Path
 
+import spacy
 import typer
 from spacy.tokens import DocBin
-from spacy.vocab import Vocab
 from wasabi import msg
 
-from spacy_ita.files import replace_json
+from spacy_ita.corpus.readers import CorpusError, MultimodalCorpus
+from spacy_ita.files import replace_file, replace_json
 from spacy_ita.knowledge.shift import augment
 
 KNOWLEDGE = ("augmented", "released")
+SPLITS = ("train", "dev", "test")
 
 
 def main(
@@ -36,23 +37,29 @@ def main(
     if knowledge not in KNOWLEDGE:
         raise typer.BadParameter(f"{knowledge!r}; choose from {', '.join(KNOWLEDGE)}",
                                  param_hint="--knowledge")
-    for split in ("train", "dev", "test"):
+    for split in SPLITS:
         if not (corpus / f"{split}.spacy").is_file():
             raise typer.BadParameter(f"{corpus / f'{split}.spacy'} not found (run convert-twitter)",
                                      param_hint="CORPUS")
+    # Every split read before anything is written: a truncated one leaves OUTPUT as it was.
+    nlp = spacy.blank("xx")
+    try:
+        docs = {split: list(MultimodalCorpus(corpus / f"{split}.spacy").read_docs(nlp))
+                for split in SPLITS}
+    except CorpusError as err:
+        msg.fail(str(err), exits=1)
     output.mkdir(parents=True, exist_ok=True)
     for split in ("dev", "test"):
-        shutil.copyfile(corpus / f"{split}.spacy", output / f"{split}.spacy")
+        replace_file(output / f"{split}.spacy", (corpus / f"{split}.spacy").read_bytes())
     if knowledge == "released":
-        shutil.copyfile(corpus / "train.spacy", output / "train.spacy")
+        replace_file(output / "train.spacy", (corpus / "train.spacy").read_bytes())
         replace_json(output / "augmentation.json", {"knowledge": knowledge})
         msg.good(f"{output / 'train.spacy'}: the training knowledge as released")
         return
-    docs = list(DocBin().from_disk(corpus / "train.spacy").get_docs(Vocab()))
-    augmented, counts = augment(docs, seed)
-    DocBin(docs=augmented, store_user_data=True).to_disk(output / "train.spacy")
+    augmented, counts = augment(docs["train"], seed)
+    replace_file(output / "train.spacy", DocBin(docs=augmented, store_user_data=True).to_bytes())
     replace_json(output / "augmentation.json", {"knowledge": knowledge, "seed": seed, "groups": counts})
-    msg.good(f"{output / 'train.spacy'}: {len(docs)} posts, their knowledge augmented",
+    msg.good(f"{output / 'train.spacy'}: {len(augmented)} posts, their knowledge augmented",
              ", ".join(f"{name}: {c['posts']}" for name, c in counts.items()))
 
 

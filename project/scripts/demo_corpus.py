@@ -164,16 +164,16 @@ def entity_offsets(text: str, entities: Sequence[Sequence[str]], where: str) -> 
     return spans
 
 
-def read_recipes(path: Path) -> Iterator[Dict[str, Any]]:
-    """The posts of a recipe file, each checked (an id that can name an image
-    file, a text, [surface, label] entities, an image recipe); ValueError
-    naming the file and line."""
+def read_recipes(path: Path) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """(where: file and line, post) for the posts of a recipe file, each checked
+    (an id that can name an image file, a text, [surface, label] entities, an
+    image recipe); ValueError naming the file and line."""
     for _, where, post, error, _ in jsonl_records(path):
         problem = error or recipe_problem(post)
         if problem is not None:
             raise ValueError(f"{where}: {problem}")
         post["spans"] = entity_offsets(post["text"], post.get("entities", []), where)
-        yield post
+        yield where, post
 
 
 def recipe_problem(post: Dict[str, Any]) -> Optional[str]:
@@ -191,12 +191,31 @@ def recipe_problem(post: Dict[str, Any]) -> Optional[str]:
     recipe = post["image"]
     if recipe.get("kind") not in KINDS:
         return f"unknown image kind {recipe.get('kind')!r}; expected one of {KINDS}"
-    if recipe["kind"] == "photo" and recipe.get("photo") not in PHOTOS:
+    photo = recipe.get("photo")
+    if recipe["kind"] == "photo" and not (isinstance(photo, str) and photo in PHOTOS):
         return f"a photo recipe needs 'photo', one of {sorted(PHOTOS)}"
     lines = recipe.get("lines", [])
-    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
-        return "the image recipe's 'lines' must be a list of strings"
+    if not isinstance(lines, list) or not all(
+            isinstance(line, str) and "\n" not in line for line in lines):
+        return "the image recipe's 'lines' must be a list of strings without line breaks"
+    for key in ("background", "foreground"):
+        if key in recipe and not _is_colour(recipe[key]):
+            return f"the image recipe's {key!r} must be a colour name or code, got {recipe[key]!r}"
     return None
+
+
+def _is_colour(value: Any) -> bool:
+    """Whether Pillow can draw in `value` (a name such as "navy" or a code such as
+    "#1f6f3f"), checked before drawing so that the error can name the line."""
+    from PIL import ImageColor
+
+    if not isinstance(value, str):
+        return False
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        return False
+    return True
 
 
 def post_to_doc(nlp: Language, post: Dict[str, Any], image: Path, where: str) -> Doc:
@@ -224,8 +243,7 @@ def build_split(nlp: Language, recipes: Path, output: Path, image_dir: Path,
     from PIL import Image
 
     doc_bin = DocBin(store_user_data=True)
-    for number, post in enumerate(read_recipes(recipes), start=1):
-        where = f"{recipes}, line {number}"
+    for where, post in read_recipes(recipes):
         if post["id"] in drawn:
             raise ValueError(f"{where}: id {post['id']!r} is used already ({drawn[post['id']]})")
         drawn[post["id"]] = where

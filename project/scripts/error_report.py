@@ -8,7 +8,7 @@ Per post: the image, its visual context, the gold and predicted entities
 """
 import base64
 import html
-import mimetypes
+import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,10 +16,12 @@ import typer
 from spacy.tokens import Doc
 from wasabi import msg
 
+from spacy_ita.context.images import ImageError, load_image
 from spacy_ita.files import replace_file
 from spacy_ita.visual_context import FIELDS, get_visual_context
 
 Span = Tuple[int, int, str]
+REPORT_IMAGE_SIDE = 600  # pixels: twice the width the page shows an image at
 
 
 def entity_errors(gold: Doc, predicted: Doc) -> Dict[str, List[Tuple[Span, Optional[str]]]]:
@@ -44,12 +46,19 @@ def entity_errors(gold: Doc, predicted: Doc) -> Dict[str, List[Tuple[Span, Optio
 
 
 def _image_html(doc: Doc) -> str:
-    """The post's image inlined as a data URI, or its id when the file is not here."""
+    """The post's image, decoded and shrunk, inlined as a PNG; its id when the
+    file is not here or is not an image (a path in a corpus from elsewhere
+    must not put some other file of this machine into a page that is shared)."""
     path = Path(doc._.image) if isinstance(doc._.image, (str, Path)) else None
-    if path is not None and path.is_file():
-        mime = mimetypes.guess_type(path.name)[0] or "image/png"
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        return f'<img src="data:{mime};base64,{data}" alt="{html.escape(path.name)}">'
+    try:
+        image = None if path is None else load_image(path, max_side=REPORT_IMAGE_SIDE)
+    except ImageError:
+        image = None
+    if image is not None:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        data = base64.b64encode(png.getvalue()).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
     name = doc._.image_id or (path.name if path is not None else None)
     label = f"image {html.escape(str(name))}" if name else "no image"
     return f'<div class="noimage">{label}<br>(file not available)</div>'
@@ -94,13 +103,22 @@ h3 { margin: 4px 0; font-size: 14px; color: #555; text-transform: uppercase; }
 """
 
 
-def report_html(title: str, posts: Sequence[Tuple[Doc, Doc]]) -> str:
-    """The whole page for (gold, predicted) Doc pairs."""
+def _ents_html(doc: Doc, colors: Dict[str, str]) -> str:
+    """displaCy's view of the doc's entities, in manual mode with the labels escaped:
+    displaCy escapes the text but not labels, kb ids or user_data titles."""
     from spacy import displacy
 
+    ents = [{"start": ent.start_char, "end": ent.end_char, "label": html.escape(ent.label_)}
+            for ent in doc.ents]
+    return displacy.render({"text": doc.text, "ents": ents}, style="ent", manual=True,
+                           page=False, options={"colors": colors})
+
+
+def report_html(title: str, posts: Sequence[Tuple[Doc, Doc]]) -> str:
+    """The whole page for (gold, predicted) Doc pairs."""
     labels = sorted({ent.label_ for gold, pred in posts for ent in (*gold.ents, *pred.ents)})
     palette = ["#7aecec", "#feca74", "#aa9cfc", "#bfe1d9", "#e4e7d2", "#ff9561", "#c887fb"]
-    options = {"colors": {label: palette[i % len(palette)] for i, label in enumerate(labels)}}
+    colors = {html.escape(label): palette[i % len(palette)] for i, label in enumerate(labels)}
     counts = {"missed": 0, "spurious": 0, "wrong type": 0}
     sections = []
     for number, (gold, predicted) in enumerate(posts, start=1):
@@ -108,8 +126,7 @@ def report_html(title: str, posts: Sequence[Tuple[Doc, Doc]]) -> str:
         for kind, spans in errors.items():
             counts[kind] += len(spans)
         has_errors = " has-errors" if any(errors.values()) else ""
-        gold_html = displacy.render(gold, style="ent", page=False, options=options)
-        pred_html = displacy.render(predicted, style="ent", page=False, options=options)
+        gold_html, pred_html = _ents_html(gold, colors), _ents_html(predicted, colors)
         sections.append(
             f"<section class='post{has_errors}'><div>{_image_html(gold)}"
             f"<h3>visual context</h3>{_context_html(predicted)}</div><div>"
@@ -136,12 +153,15 @@ def main(
     wrong type)."""
     import spacy
 
-    from spacy_ita.corpus.readers import MultimodalCorpus
+    from spacy_ita.corpus.readers import CorpusError, MultimodalCorpus
 
     nlp = spacy.load(model)
     if "ita_ner" in nlp.pipe_names:
         nlp.get_pipe("ita_ner").view = view
-    examples = list(MultimodalCorpus(data, limit=limit)(nlp))
+    try:
+        examples = list(MultimodalCorpus(data, limit=limit)(nlp))
+    except CorpusError as err:
+        msg.fail(str(err), exits=1)
     predicted = nlp.pipe([eg.predicted for eg in examples])
     posts = [(eg.reference, doc) for eg, doc in zip(examples, predicted)]
     output.parent.mkdir(parents=True, exist_ok=True)

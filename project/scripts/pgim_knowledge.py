@@ -10,6 +10,7 @@ post with the same tokens, which gives it the image id that convert reads.
 """
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
@@ -62,23 +63,26 @@ def main(
             return
         msg.fail(f"Neither {pgim_zip} nor {output} exists: run `spacy project assets`", exits=1)
     lines: List[str] = []
-    with zipfile.ZipFile(pgim_zip) as archive, tempfile.TemporaryDirectory() as tmp:
-        for split in SPLITS:
-            try:
-                member = split_member(archive.namelist(), split)
-            except ValueError as err:
-                msg.fail(f"{pgim_zip}: {err}", exits=1)
-            umt_file = umt_dir / f"{split}.txt"
-            if not umt_file.exists():
-                msg.fail(f"{umt_file} not found: the UMT files come with `spacy project "
-                         "assets`", exits=1)
-            path = Path(archive.extract(member, tmp))
-            try:
-                keyed, unmatched = keyed_knowledge(path, umt_file)
-            except ValueError as err:  # a malformed line, named in the zip, not the temporary copy
-                msg.fail(str(err).replace(str(path), f"{pgim_zip}:{member}"), exits=1)
-            lines.extend(f"{image_id}.jpg :{text}" for image_id, text in keyed.items())
-            msg.info(f"{split}: {len(keyed)} posts keyed, {unmatched} matched no UMT post")
+    try:  # a download cut short or an HTML page is no zip; a damaged member fails its CRC
+        with zipfile.ZipFile(pgim_zip) as archive, tempfile.TemporaryDirectory() as tmp:
+            for split in SPLITS:
+                try:
+                    member = split_member(archive.namelist(), split)
+                except ValueError as err:
+                    msg.fail(f"{pgim_zip}: {err}", exits=1)
+                umt_file = umt_dir / f"{split}.txt"
+                if not umt_file.exists():
+                    msg.fail(f"{umt_file} not found: the UMT files come with `spacy project "
+                             "assets`", exits=1)
+                path = Path(archive.extract(member, tmp))
+                try:
+                    keyed, unmatched = keyed_knowledge(path, umt_file)
+                except ValueError as err:  # a malformed line, named in the zip, not the copy
+                    msg.fail(str(err).replace(str(path), f"{pgim_zip}:{member}"), exits=1)
+                lines.extend(f"{image_id}.jpg :{text}" for image_id, text in keyed.items())
+                msg.info(f"{split}: {len(keyed)} posts keyed, {unmatched} matched no UMT post")
+    except (zipfile.BadZipFile, zlib.error) as err:
+        msg.fail(f"{pgim_zip} cannot be read as a zip: {err}", exits=1)
     replace_file(output, ("\n".join(lines) + "\n").encode("utf8"))
     msg.good(f"Wrote the knowledge of {len(lines)} posts to {output}")
 

@@ -61,10 +61,14 @@ def main(
     """Install the wheel into a fresh venv (`pip install --no-deps`, offline) and
     annotate an example post there, from a folder outside the repository and
     without PYTHONPATH, as a user of the package would."""
-    from spacy.tokens import DocBin
-    from spacy.vocab import Vocab
+    import spacy
 
-    docs = list(DocBin().from_disk(example).get_docs(Vocab()))
+    from spacy_ita.corpus.readers import CorpusError, MultimodalCorpus
+
+    try:
+        docs = list(MultimodalCorpus(example, limit=index + 1).read_docs(spacy.blank("xx")))
+    except CorpusError as err:
+        msg.fail(str(err), exits=1)
     if index >= len(docs):
         msg.fail(f"{example} has {len(docs)} posts; no post {index}", exits=1)
     doc = docs[index]

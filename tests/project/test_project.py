@@ -320,6 +320,15 @@ def test_demo_images_are_deterministic_and_entities_resolve(tmp_path):
     ({"image": {"kind": "photo", "photo": "download_all"}}, "a photo recipe needs 'photo'"),
     ({"image": {"kind": "mural"}}, "unknown image kind 'mural'"),
     ({"image": {"kind": "sign", "lines": "Paris"}}, "the image recipe's 'lines' must be a list of strings"),
+    ({"image": {"kind": "sign", "lines": ["ROMA\nNOTTE"]}},
+     "the image recipe's 'lines' must be a list of strings without line breaks"),
+    ({"image": {"kind": "photo", "photo": ["cat"]}}, "a photo recipe needs 'photo', one of"),
+    ({"image": {"kind": "sign", "background": {"r": 1}}},
+     "the image recipe's 'background' must be a colour name or code, got {'r': 1}"),
+    ({"image": {"kind": "sign", "foreground": "notacolour"}},
+     "the image recipe's 'foreground' must be a colour name or code, got 'notacolour'"),
+    ({"id": "b", "text": "Romeo"},
+     "entity 'Rome' (0-4) does not start and end on token boundaries"),
     ({}, "id 'a' is used already"),
 ])
 def test_a_bad_recipe_is_refused_naming_its_line_and_draws_nothing_outside(tmp_path, post,
@@ -328,13 +337,14 @@ def test_a_bad_recipe_is_refused_naming_its_line_and_draws_nothing_outside(tmp_p
     recipes.mkdir()
     first = {"id": "a", "text": "Rome at night", "entities": [["Rome", "LOC"]],
              "image": {"kind": "sign", "lines": ["ROMA"]}}
-    (recipes / "train.jsonl").write_bytes(  # a BOM is read as apply reads one
-        b"\xef\xbb\xbf" + srsly.json_dumps(first).encode() + b"\n"
+    (recipes / "train.jsonl").write_bytes(  # a BOM is read as apply reads one; blank lines count
+        b"\xef\xbb\xbf" + srsly.json_dumps(first).encode() + b"\n\n"
         + srsly.json_dumps({**first, **post}).encode() + b"\n")
     result = run_script(demo_corpus.main, str(recipes), str(tmp_path / "gold"),
                         "--image-dir", str(tmp_path / "images"))
     assert result.exit_code == 1
-    assert f"train.jsonl, line 2: {message}" in " ".join(result.output.split())
+    assert result.output.count("\n") == 1
+    assert f"{recipes / 'train.jsonl'}, line 3: {message}" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "recipes"]
 
 
