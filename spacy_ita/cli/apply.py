@@ -1,18 +1,14 @@
 """`python -m spacy_ita apply MODEL INPUT OUTPUT`: entities for a whole collection of posts."""
-import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
 from ..bulk import (ApplySummary, Columns, Fetcher, LocalSettings, OutputSettings, RaySettings,
                     apply)
-from ..bulk.local import STOPPING_SIGNALS
 from ..bulk.run import ENGINES, engine_kind
 from ..context.config import OCREngine
-from .options import PIPELINE_OPTIONS, pipeline_settings
+from .options import PIPELINE_OPTIONS, pipeline_settings, signals_end_the_run_cleanly
 from ..context.images import DEFAULT_MAX_BYTES
 from . import app
 
@@ -109,7 +105,7 @@ def apply_cli(
                                           extract_cpus)
         else:
             engine_settings = LocalSettings(n_process, threads)
-        with _signals_end_the_run_cleanly():
+        with signals_end_the_run_cleanly():
             summary = apply(
                 model, input_path, output, engine=engine_settings, batch_size=batch_size,
                 pipeline=pipeline_settings(add_context, ocr, tags, cache, gpu_id, precision,
@@ -124,32 +120,6 @@ def apply_cli(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
     _report(summary, output)
-
-
-@contextmanager
-def _signals_end_the_run_cleanly() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a scheduler, `timeout`, a closed terminal) end the
-    run through its clean-up, as Ctrl-C does: the rows written stay, and the
-    lock file goes with its note of the batch in flight, so that the next run
-    does not take the post being tagged for one that killed the process. The
-    exit status is the signal's usual one (143 for SIGTERM; Ray, once
-    started, puts its own handler in, which exits with 15); a second signal
-    kills at once. Only the main thread can take signals: elsewhere (the CLI
-    called from a thread) they are left as they are."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def stop(signum, _frame) -> None:
-        for number in STOPPING_SIGNALS:
-            signal.signal(number, signal.SIG_DFL)
-        raise SystemExit(128 + signum)
-
-    before = {number: signal.signal(number, stop) for number in STOPPING_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in before.items():
-            signal.signal(number, handler)
 
 
 def _report(summary: ApplySummary, output: Path) -> None:

@@ -2,10 +2,12 @@
 knowledge, stored in a `.spacy` DocBin."""
 import time
 import warnings
+import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import spacy
 import typer
@@ -14,17 +16,22 @@ from spacy.tokens import Doc, DocBin
 from tqdm import tqdm
 
 from ..bulk.fetch import Fetcher
-from ..bulk.inputs import jsonl_records
+from ..bulk.inputs import jsonl_records, shown_path
 from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
 from ..context.config import OCREngine, context_config
-from ..context.images import ImageError
+from ..context.images import ImageError, describe_image
 from ..knowledge import component as _knowledge  # noqa: F401  (and ita_knowledge's)
 from ..files import replace_file
+from ..visual_context import get_visual_context
 from . import app
+from .options import signals_end_the_run_cleanly
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_LISTED_FAILURES = 20
+# A doc read from the input, where it is there ("posts.jsonl, line 3"), and
+# why it cannot go through the pipeline (None: it can).
+Input = Tuple[Doc, str, Optional[str]]
 
 
 @dataclass
@@ -100,28 +107,46 @@ class _ImageFinder:
 
 
 def read_inputs(nlp: Language, input_path: Path, image_dir: Optional[Path],
-                image_root: Optional[Path] = None) -> Tuple[int, Iterator[Doc]]:
-    """The number of docs and the docs to process, from a folder of images, a
-    .spacy DocBin or a JSONL file of {"text", "image"[, "image_id"]} records.
-    An image a record or an image id names must resolve inside `image_root`
-    (default: the image folder, else the JSONL file's), as `apply` has it;
-    one outside is an image error of its doc."""
+                image_root: Optional[Path] = None) -> Tuple[int, Iterator[Input]]:
+    """The number of docs and the docs to process (see `Input`), from a folder
+    of images, a .spacy DocBin or a JSONL file of {"text", "image"[,
+    "image_id"]} records. An image a record or an image id names must resolve
+    inside `image_root` (default: the image folder, else the JSONL file's), as
+    `apply` has it; one outside is an image error of its doc."""
     finder = _ImageFinder(image_dir)
     root = image_root or image_dir or input_path.parent
     confine = partial(_confined, Fetcher(image_root=str(root)))
+    shown = shown_path(input_path)
     if input_path.is_dir():
         images = sorted(p for p in input_path.iterdir()
                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        return len(images), (make_doc(nlp, "", str(p), image_id=p.stem) for p in images)
+        return len(images), ((make_doc(nlp, "", str(p), image_id=p.stem), shown, None)
+                             for p in images)
     if input_path.suffix == ".spacy":
-        doc_bin = DocBin().from_disk(input_path)
+        try:
+            doc_bin = DocBin().from_disk(input_path)
+        except (ValueError, KeyError, TypeError):  # spaCy: zlib, msgpack, layout
+            raise ValueError(f"{shown} cannot be read: it is truncated or not a .spacy "
+                             "file") from None
 
-        def docs_from_bin() -> Iterator[Doc]:
-            for doc in doc_bin.get_docs(nlp.vocab):
+        def docs_from_bin() -> Iterator[Input]:
+            docs = doc_bin.get_docs(nlp.vocab)
+            for index in range(len(doc_bin)):
+                where = f"{shown}, doc {index}"
+                try:  # a context stored as a VisualContext is checked as it is read
+                    doc = next(docs)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{where}: {err}") from None
+                try:  # a dict becomes a VisualContext
+                    doc._.visual_context = get_visual_context(doc)
+                except (TypeError, ValueError) as err:
+                    doc._.visual_context = None
+                    yield doc, where, str(err)
+                    continue
                 if doc._.image is None and doc._.image_id is not None and image_dir:
                     doc._.image = finder.find(str(doc._.image_id), image_dir)
                     confine(doc)
-                yield doc
+                yield doc, where, None
 
         return len(doc_bin), docs_from_bin()
     if input_path.suffix in (".jsonl", ".json"):
@@ -138,11 +163,11 @@ def read_inputs(nlp: Language, input_path: Path, image_dir: Optional[Path],
             if warning is not None:
                 warnings.warn(f"{where}: {warning}")
             image = record.get("image")
-            records.append(confine(make_doc(
+            records.append((confine(make_doc(
                 nlp, record["text"],
                 None if image is None else finder.find(str(image), input_path.parent),
                 image_id=None if image_id is None else str(image_id),
-            )))
+            )), where, None))
         return len(records), iter(records)
     raise ValueError(f"{input_path}: expected a folder of images, a .spacy file or a "
                      ".jsonl file")
@@ -169,24 +194,95 @@ def extract_contexts(nlp: Language, input_path: Path, output_path: Path,
     for _, component in nlp.pipeline:
         if hasattr(component, "preflight"):
             component.preflight()
-    total, docs = read_inputs(nlp, input_path, image_dir, image_root)
+    total, inputs = read_inputs(nlp, input_path, image_dir, image_root)
     summary = ExtractSummary()
     doc_bin = DocBin(store_user_data=True)
-    processed = nlp.pipe(docs, batch_size=batch_size, n_process=n_process)
-    for doc in tqdm(processed, total=total, unit="doc", disable=not progress):
+    processed = _pipe(nlp, inputs, batch_size, n_process)
+    for doc, where in tqdm(processed, total=total, unit="doc", disable=not progress):
         summary.n_docs += 1
         context = doc._.visual_context
         summary.n_with_context += context is not None and not context.is_empty()
-        name = str(doc._.image_id or doc._.image or doc.text[:40])
         if doc._.image_error is not None:
-            summary.failures.append((name, doc._.image_error))
+            summary.failures.append((_failed_doc(where, doc), doc._.image_error))
         if doc._.knowledge_error is not None:
-            summary.knowledge_failures.append((name, doc._.knowledge_error))
+            summary.knowledge_failures.append((_failed_doc(where, doc), doc._.knowledge_error))
         doc_bin.add(doc)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(output_path, doc_bin.to_bytes())
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _pipe(nlp: Language, inputs: Iterable[Input], batch_size: int,
+          n_process: int) -> Iterator[Tuple[Doc, str]]:
+    """(doc, where) in input order: the docs through `nlp`, except those that
+    cannot go through it, which keep their place with the reason in
+    Doc._.image_error, so that one bad doc costs only itself."""
+    order: Deque[Tuple[str, Optional[Doc]]] = deque()  # every input; a doc if held back
+
+    def usable() -> Iterator[Doc]:
+        for doc, where, error in inputs:
+            order.append((where, None if error is None else doc))
+            if error is None:
+                yield doc
+            else:
+                doc._.image_error = error
+
+    for doc in nlp.pipe(usable(), batch_size=batch_size, n_process=n_process):
+        while order[0][1] is not None:  # nlp has read past the held docs before `doc`
+            where, held = order.popleft()
+            yield held, where
+        yield doc, order.popleft()[0]
+    yield from ((held, where) for where, held in order)
+
+
+def _failed_doc(where: str, doc: Doc) -> str:
+    """A failed doc's name: where it is in the input, and its image in short
+    (an image given as bytes is not printed)."""
+    if doc._.image is not None:
+        return f"{where} ({describe_image(doc._.image)})"
+    if doc._.image_id is not None:
+        return f"{where} (image_id {str(doc._.image_id)!r})"
+    return where
+
+
+def check_output(output: Path, read: Dict[str, Optional[Path]]) -> None:
+    """Refuse, before any work, an OUTPUT that extract must not replace: a file
+    the run reads (`read`, by what it is), a folder, or a file of data that is
+    not a DocBin (a typo naming the posts or the captions). A DocBin is replaced."""
+    if output.is_dir():
+        raise _refusal(output, "is a folder (extract writes one .spacy file)")
+    for what, path in read.items():
+        if path is not None and _same_file(output, path):
+            raise _refusal(output, f"is also {what}, which this run reads")
+    if output.exists() and output.stat().st_size and not _is_docbin(output):
+        raise _refusal(output, "is not a .spacy file")
+
+
+def _refusal(output: Path, why: str) -> ValueError:
+    return ValueError(f"OUTPUT {output} {why}, so extract leaves it as it is: choose "
+                      "another OUTPUT.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file, through links too; where one is not
+    made yet, whether they resolve to one path."""
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def _is_docbin(path: Path) -> bool:
+    """Whether the file begins as DocBin.to_bytes writes: zlib data that opens
+    a msgpack map whose first key is "version"."""
+    with open(path, "rb") as file_:
+        head = file_.read(1024)
+    try:
+        data = zlib.decompressobj().decompress(head, 9)
+    except zlib.error:
+        return False
+    return len(data) == 9 and data[0] & 0xF0 == 0x80 and data[1:] == b"\xa7version"
 
 
 def print_summary(summary: ExtractSummary, output_path: Path) -> None:
@@ -245,7 +341,9 @@ def extract_cli(
         help="A folder of images, a .spacy file (docs with Doc._.image or "
         "Doc._.image_id), or a JSONL file of {\"text\": ..., \"image\": path} records.",
     ),
-    output: Path = typer.Argument(..., metavar="OUTPUT", help="Output .spacy file."),
+    output: Path = typer.Argument(
+        ..., metavar="OUTPUT",
+        help="Output .spacy file; an existing one is replaced, any other file refused."),
     image_dir: Optional[Path] = typer.Option(
         None, "--image-dir", "-i", exists=True, file_okay=False, metavar="DIR",
         help="Folder that relative image paths and image ids (by file name or stem) "
@@ -296,14 +394,18 @@ def extract_cli(
     an empty context and their error in Doc._.image_error, failed knowledge its
     error in Doc._.knowledge_error; both are listed at the end."""
     try:
+        check_output(output, {"INPUT": input_path, "the --cache file": cache,
+                              "the --precomputed file": precomputed,
+                              "the --knowledge-examples file": knowledge_examples})
         knowledge = knowledge_config(knowledge_endpoint, knowledge_model, knowledge_key_env,
                                      send_image, knowledge_labels, knowledge_examples,
                                      knowledge_concurrency, knowledge_max_calls)
         nlp = build_extraction_nlp(lang, ocr, knowledge, tags=tags, detector=detector,
                                    captioner=captioner, precomputed=precomputed, cache=cache,
                                    gpu=gpu, batch_size=batch_size, existing_context=existing)
-        summary = extract_contexts(nlp, input_path, output, image_dir, n_process, batch_size,
-                                   image_root=image_root)
+        with signals_end_the_run_cleanly():
+            summary = extract_contexts(nlp, input_path, output, image_dir, n_process,
+                                       batch_size, image_root=image_root)
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None

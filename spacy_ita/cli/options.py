@@ -1,10 +1,14 @@
-"""Options that several commands share: how a trained pipeline is completed
-and run (`apply`, `serve`)."""
+"""What several commands share: how a trained pipeline is completed and run
+(`apply`, `serve`), and how a run ends on SIGTERM (`apply`, `extract`)."""
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
+from ..bulk.local import STOPPING_SIGNALS
 from ..context.config import OCREngine
 
 PIPELINE_OPTIONS = {
@@ -38,3 +42,29 @@ def pipeline_settings(add_context: bool, ocr: OCREngine, tags: bool, cache: Opti
     from ..bulk import PipelineSettings
 
     return PipelineSettings(add_context, ocr.value, tags, cache, gpu_id, precision, code)
+
+
+@contextmanager
+def signals_end_the_run_cleanly() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a scheduler, `timeout`, a closed terminal) end the
+    run through its clean-up, as Ctrl-C does: a half-written output goes, and
+    apply's rows written stay while its lock file goes with its note of the
+    batch in flight (the next run does not take the post being tagged for one
+    that killed the process). The exit status is the signal's usual one (143
+    for SIGTERM; Ray, once started, puts its own handler in, which exits with
+    15); a second signal kills at once. Only the main thread can take signals: elsewhere (the CLI
+    called from a thread) they are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def stop(signum, _frame) -> None:
+        for number in STOPPING_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    before = {number: signal.signal(number, stop) for number in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)

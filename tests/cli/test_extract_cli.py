@@ -147,3 +147,144 @@ def test_jsonl_images_must_lie_inside_the_image_root(tmp_path):
         assert "is outside the image root" in doc._.image_error
     assert run(source, output, *NO_MODELS, "--image-root", tmp_path).exit_code == 0
     assert all(doc._.image_error is None for doc in read_docs(output))
+
+
+def test_an_output_extract_must_not_replace_is_refused_before_any_work(tmp_path):
+    """OUTPUT was never checked: the INPUT, the captions file or any other
+    file was replaced by DocBin bytes, and a folder failed after all the work.
+    Each is refused at once, naming it, and left as it was; a DocBin is replaced."""
+    source = tmp_path / "posts.jsonl"
+    source.write_text(json.dumps({"text": "A post"}) + "\n")
+    captions = write_captions(tmp_path / "captions.txt", ["1"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a DocBin\n")
+    cache = tmp_path / "cache.sqlite"
+    (tmp_path / "folder.spacy").mkdir()
+    refusals = {source: "is also INPUT", captions: "is also the --precomputed file",
+                cache: "is also the --cache file", notes: "is not a .spacy file",
+                tmp_path / "folder.spacy": "is a folder"}
+    before = {path: path.read_bytes() for path in (source, captions, notes)}
+    for output, why in refusals.items():
+        result = run(source, output, *NO_MODELS, "--precomputed", captions, "--cache", cache)
+        assert result.exit_code == 1
+        assert result.output.startswith(f"Error: OUTPUT {output} {why}")
+        assert result.output.count("\n") == 1
+    assert {path: path.read_bytes() for path in before} == before and not cache.exists()
+    output = tmp_path / "out.spacy"
+    for text in ("First", "Second"):
+        source.write_text(json.dumps({"text": text}) + "\n")
+        assert run(source, output, *NO_MODELS).exit_code == 0
+        assert [doc.text for doc in read_docs(output)] == [text]
+
+
+def test_a_malformed_context_in_a_spacy_input_costs_only_its_doc(tmp_path):
+    """A context that is not a VisualContext or a dict of string lists stopped
+    the run with a traceback and nothing written. It is now that doc's error,
+    named by file and index; the others are written."""
+    nlp = spacy.blank("en")
+    captions = write_captions(tmp_path / "captions.txt", map(str, range(5)))
+    docs = [make_doc(nlp, f"post {i}", None, image_id=str(i)) for i in range(5)]
+    docs[0]._.visual_context = "a caption as plain text"
+    docs[4]._.visual_context = {"captions": 5}
+    source = tmp_path / "in.spacy"
+    DocBin(store_user_data=True, docs=docs).to_disk(source)
+    output = tmp_path / "out.spacy"
+    result = run(source, output, *NO_MODELS, "--precomputed", captions, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) failed" in result.output
+    assert f"  {source}, doc 0 (image_id '0'): Doc._.visual_context on doc " in result.output
+    assert f"  {source}, doc 4 (image_id '4'): Invalid Doc._.visual_context" in result.output
+    out = read_docs(output)
+    assert [doc.text for doc in out] == [f"post {i}" for i in range(5)]
+    assert [doc._.visual_context.captions for doc in out[1:4]] == [
+        [f"a photo called {i}"] for i in (1, 2, 3)]
+    for doc in (out[0], out[4]):
+        assert doc._.visual_context is None and "visual_context" in doc._.image_error
+
+
+
+def test_a_stored_visual_context_that_does_not_decode_is_one_line_naming_its_doc(tmp_path):
+    """A VisualContext made malformed before it was saved fails as DocBin
+    decodes it, which ends the reading: a traceback before, now one line."""
+    from spacy_ita import VisualContext
+
+    nlp = spacy.blank("en")
+    docs = [make_doc(nlp, f"post {i}", None) for i in range(3)]
+    docs[1]._.visual_context = VisualContext(captions=["a"])
+    docs[1]._.visual_context.captions.append(5)
+    source = tmp_path / "in.spacy"
+    DocBin(store_user_data=True, docs=docs).to_disk(source)
+    result = run(source, tmp_path / "out.spacy", *NO_MODELS)
+    assert result.exit_code == 1
+    assert result.output.endswith(f"\nError: {source}, doc 1: VisualContext.captions[1] must "
+                                  "be a string, got int: 5\n")
+
+def test_a_dict_context_in_a_spacy_input_is_read(tmp_path):
+    """A dict context (accepted by get_visual_context) made the summary fail
+    on dict.is_empty, with nothing written, under keep and on docs without an image."""
+    from spacy_ita import VisualContext
+
+    doc = make_doc(spacy.blank("en"), "A post", None)
+    doc._.visual_context = {"captions": ["a dog on a beach"]}
+    source = tmp_path / "in.spacy"
+    DocBin(store_user_data=True, docs=[doc]).to_disk(source)
+    for existing in ("keep", "merge"):
+        output = tmp_path / f"{existing}.spacy"
+        result = run(source, output, *NO_MODELS, "--existing", existing)
+        assert result.exit_code == 0, result.output
+        assert "1 have a non-empty visual context" in result.output
+        (out,) = read_docs(output)
+        assert out._.visual_context == VisualContext(captions=["a dog on a beach"])
+
+
+def test_failures_are_named_by_their_place_in_the_input_and_their_image_in_short(tmp_path):
+    """A doc was named by str(Doc._.image): an image given as bytes printed
+    megabytes on one line, and nothing said where the doc was."""
+    nlp = spacy.blank("en")
+    source = tmp_path / "in.spacy"
+    DocBin(store_user_data=True, docs=[make_doc(nlp, "ok", None),
+                                       make_doc(nlp, "bad", b"\x00garbage" * 100_000)]
+           ).to_disk(source)
+    result = run(source, tmp_path / "out.spacy", "--no-tags")  # an OCR reads the image
+    assert result.exit_code == 0, result.output
+    assert f"  {source}, doc 1 (<800000 bytes>): image <800000 bytes> is not" in result.output
+    assert max(map(len, result.output.splitlines())) < 200
+    jsonl = tmp_path / "posts.jsonl"
+    jsonl.write_text(json.dumps({"text": "ok"}) + "\n\n" +
+                     json.dumps({"text": "gone", "image": "gone.png"}) + "\n")
+    result = run(jsonl, tmp_path / "out.spacy", "--no-tags")
+    assert f"  {jsonl}, line 3 ('{tmp_path / 'gone.png'}'): image file" in result.output
+
+
+def test_a_damaged_spacy_input_is_one_line_naming_it(tmp_path):
+    nlp = spacy.blank("en")
+    good = DocBin(docs=[nlp(f"post {i}") for i in range(50)]).to_bytes()
+    source = tmp_path / "in.spacy"
+    for data in (good[:len(good) // 2], b"hello, not a DocBin\n"):
+        source.write_bytes(data)
+        result = run(source, tmp_path / "out.spacy", *NO_MODELS)
+        assert result.exit_code == 1
+        assert result.output == (f"Error: {source} cannot be read: it is truncated or not "
+                                 "a .spacy file\n")
+
+
+def test_sigterm_while_writing_the_output_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (a scheduler, `timeout`) killed extract inside its atomic write,
+    leaving `.OUTPUT.tmp-<pid>` for good. It now ends the run through its
+    clean-up, as apply does, with the signal's exit status."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "posts.jsonl"
+    source.write_text(json.dumps({"text": "A post"}) + "\n")
+    output = tmp_path / "out.spacy"
+    script = ("import os, signal, sys\n"
+              "fsync = os.fsync\n"
+              "os.fsync = lambda fd: (os.kill(os.getpid(), signal.SIGTERM), fsync(fd))\n"
+              "import spacy_ita.cli.extract\n"
+              "from spacy_ita.cli import app\n"
+              "app(['extract', *sys.argv[1:]])\n")
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(output),
+                             *NO_MODELS], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == [source]

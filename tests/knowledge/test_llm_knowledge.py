@@ -565,7 +565,7 @@ def test_extract_cli_adds_knowledge_from_an_endpoint(tmp_path):
             "--knowledge-key-env", KEY_ENV, "--send-image", "--knowledge-labels", "PER,LOC"])
         assert result.exit_code == 0, result.output
         assert "1 post(s) got no knowledge:" in result.output
-        assert "fail now: spacy-ita.openai_compatible.v1 failed: HTTP 400" in result.output
+        assert "posts.jsonl, line 2: spacy-ita.openai_compatible.v1 failed: HTTP 400" in result.output
         images = [r for r in server.requests if isinstance(r["messages"][-1]["content"], list)]
         assert len(images) == 1 and "- LOC: a location" in images[0]["messages"][0]["content"]
         result = CliRunner().invoke(app, [
