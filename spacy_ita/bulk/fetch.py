@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..about import __version__
@@ -50,6 +50,10 @@ class Fetcher:
     threads: int = 8
     image_root: Optional[str] = None  # local images must resolve inside it; None: no local file
     allow_private_urls: bool = False  # also fetch from loopback, private, ... addresses
+    # Called with the bytes a download brings and its name: the declared length before the
+    # body, then what arrives beyond it (say to cap several downloads together); an
+    # ImageError it raises ends that download.
+    count_bytes: Optional[Callable[[int, str], None]] = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout) and self.timeout > 0):
@@ -183,8 +187,10 @@ class Fetcher:
 
     def _read_body(self, response: http.client.HTTPResponse, what: str) -> bytes:
         length = response.getheader("Content-Length")
-        if length and length.isdigit():
-            _check_size(int(length), self.max_bytes, what)
+        declared = int(length) if length and length.isdigit() else 0
+        _check_size(declared, self.max_bytes, what)
+        if self.count_bytes is not None:
+            self.count_bytes(declared, what)
         chunks, size = [], 0
         while True:
             chunk = response.read1(CHUNK)  # what has arrived, not a full CHUNK
@@ -194,6 +200,8 @@ class Fetcher:
             if size > self.max_bytes:
                 raise ImageError(f"{what} sent more than the limit of {self.max_bytes:,} "
                                  "bytes (--max-image-bytes)")
+            if self.count_bytes is not None and size > declared:  # chunked, or none declared
+                self.count_bytes(min(len(chunk), size - declared), what)
             chunks.append(chunk)
 
     def _checked_addresses(self, host: str, port: int, what: str, deadline: float) -> Addresses:

@@ -6,10 +6,12 @@ from typing import Optional
 import typer
 
 from ..context.config import OCREngine
+from ..serve.batching import MAX_WAIT
 from .options import PIPELINE_OPTIONS, pipeline_settings
 from . import app
 
 MIB = 2**20
+MAX_WAIT_MS = int(MAX_WAIT * 1000)  # --batch-wait-ms and --batch-gap-ms at most
 
 
 def read_api_key(env_name: Optional[str]) -> Optional[str]:
@@ -46,10 +48,15 @@ def serve_cli(
                                        help="Longer post texts are refused (422)."),
     max_context_chars: int = typer.Option(
         20_000, "--max-context-chars", min=0, metavar="N",
-        help="Posts whose context items have more characters in all are refused (422)."),
+        help="Posts whose context items have more characters in all are refused (422); an "
+        "item counts as at least 1 character, and empty or blank items are dropped."),
     max_image_bytes: int = typer.Option(
         10 * MIB, "--max-image-bytes", min=1, metavar="N",
         help="Larger images (data: URLs or downloads) are refused."),
+    max_download_bytes: Optional[int] = typer.Option(
+        None, "--max-download-bytes", min=1, metavar="N",
+        help="Bytes one request's image URLs may download together; posts past it get an "
+        "error (default: --max-body-bytes, as much as its data: URLs could bring)."),
     max_image_pixels: Optional[int] = typer.Option(
         None, "--max-image-pixels", min=1, metavar="N",
         help="Images with more pixels are refused (default: ita_context's 50 million)."),
@@ -59,11 +66,13 @@ def serve_cli(
                                    help="A batch takes waiting requests until it holds N "
                                    "posts (a request with more runs whole)."),
     batch_wait_ms: float = typer.Option(
-        5.0, "--batch-wait-ms", min=0, metavar="MS",
-        help="Milliseconds a batch waits for more requests once it has one."),
+        5.0, "--batch-wait-ms", metavar="MS",
+        help=f"Milliseconds a batch waits for more requests once it has one (at most "
+        f"{MAX_WAIT_MS:,})."),
     batch_gap_ms: float = typer.Option(
-        1.0, "--batch-gap-ms", min=0, metavar="MS",
-        help="Milliseconds it waits for the next request: a quiet queue ends the batch."),
+        1.0, "--batch-gap-ms", metavar="MS",
+        help=f"Milliseconds it waits for the next request: a quiet queue ends the batch (at "
+        f"most {MAX_WAIT_MS:,})."),
     queue_size: int = typer.Option(256, "--queue-size", min=1, metavar="N",
                                    help="Requests waiting at most; more get 503."),
     access_log: bool = typer.Option(
@@ -94,6 +103,10 @@ def serve_cli(
     try:
         if not 0 <= port <= 65535:
             raise ValueError(f"--port must be from 0 to 65535, got {port}")
+        for option, ms in (("--batch-wait-ms", batch_wait_ms), ("--batch-gap-ms", batch_gap_ms)):
+            if not 0 <= ms <= MAX_WAIT_MS:  # NaN fails both comparisons
+                raise ValueError(f"{option} must be from 0 to {MAX_WAIT_MS:,} milliseconds, "
+                                 f"got {ms:g}")
         api_key = read_api_key(api_key_env)
         spec = PipelineSpec(model, pipeline_settings(add_context, ocr, tags, cache, gpu_id,
                                                      precision, code))
@@ -103,6 +116,7 @@ def serve_cli(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
             max_posts=max_posts, max_text_chars=max_text_chars,
             max_context_chars=max_context_chars, max_image_bytes=max_image_bytes,
+            max_download_bytes=max_download_bytes,
             fetch_timeout=fetch_timeout, allow_private_urls=allow_private_urls,
             batch_size=batch_size, batch_wait=batch_wait_ms / 1000, batch_gap=batch_gap_ms / 1000,
             queue_size=queue_size,

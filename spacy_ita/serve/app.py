@@ -3,11 +3,14 @@ the page at `/` to try a model on a post and its photo.
 
 The pipeline is loaded once by the caller and handed to `create_app`. A
 request is checked (body size, JSON, fields), its image URLs are fetched
-under `apply`'s trust model, and its posts are tagged by the batching worker
+under `apply`'s trust model (unless no component reads images; a request's
+downloads together are capped), and its posts are tagged by the batching worker
 together with the other requests waiting (see batching.py). A bad post gets
 its errors in its result, never a 500.
 """
+import dataclasses
 import hmac
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from spacy.language import Language
 
 from ..bulk.fetch import Fetcher
-from ..context.images import DEFAULT_MAX_PIXELS
-from .batching import Batcher, PostTagger, QueueFull
+from ..context.images import DEFAULT_MAX_PIXELS, ImageError
+from .batching import BatchFailed, Batcher, PostTagger, QueueFull
 from .schema import PostLimits, RequestError, parse_request
 
 STATIC = Path(__file__).with_name("static")
@@ -42,6 +45,8 @@ class ServeSettings:
     max_context_chars: int = 20_000  # per post, its context items together
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    # Per request, its image URLs together; None: max_body_bytes, what data: URLs could bring.
+    max_download_bytes: Optional[int] = None
     fetch_timeout: float = 10.0  # seconds for the whole download of one image URL
     allow_private_urls: bool = False
     batch_size: int = 32  # posts per pipeline call at most
@@ -60,6 +65,8 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
                       allow_private_urls=settings.allow_private_urls)
     status = health_status(nlp, tagger, settings)
     limits = PostLimits(settings.max_text_chars, settings.max_context_chars)
+    download_limit = (settings.max_body_bytes if settings.max_download_bytes is None
+                      else settings.max_download_bytes)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -85,10 +92,14 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
 
     @app.post("/annotate", dependencies=needs_key)
     async def annotate(request: Request) -> JSONResponse:
-        body = await read_body(request, settings.max_body_bytes)
-        parsed = parse_request(body, settings.max_posts, limits)
-        if any(post.image is not None for post in parsed.posts):
-            await run_in_threadpool(fetcher.fetch_posts, parsed.posts)
+        # The body is not kept: a request waiting for its batch holds only its posts.
+        parsed = parse_request(await read_body(request, settings.max_body_bytes),
+                               settings.max_posts, limits)
+        # Without a context component no image is read: nothing to fetch (PostTagger says so).
+        if tagger.context_names and any(post.image is not None for post in parsed.posts):
+            budget = DownloadBudget(download_limit)
+            request_fetcher = dataclasses.replace(fetcher, count_bytes=budget.take)
+            await run_in_threadpool(request_fetcher.fetch_posts, parsed.posts)
         results = await batcher.submit(parsed.posts, parsed.text_view)
         # Results are plain JSON already: FastAPI's encoder would walk them again.
         return JSONResponse({"results": results} if parsed.batch else results[0])
@@ -97,12 +108,36 @@ def create_app(nlp: Language, settings: Optional[ServeSettings] = None) -> FastA
     def refuse(_request: Request, err: RequestError) -> JSONResponse:
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
+    @app.exception_handler(BatchFailed)
+    def failed(_request: Request, err: BatchFailed) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=500)
+
     @app.exception_handler(QueueFull)
     def overloaded(_request: Request, err: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": f"the server is busy: {err}; try again shortly"},
                             status_code=503, headers={"Retry-After": "1"})
 
     return app
+
+
+class DownloadBudget:
+    """The bytes one request's image URLs may download together, shared by the
+    fetching threads: the body limit does not bound them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._left = limit
+        self._lock = threading.Lock()
+
+    def take(self, size: int, what: str) -> None:
+        """Count `size` more bytes of `what`; ImageError, counting none, when they do not fit."""
+        with self._lock:
+            fits = size <= self._left
+            if fits:
+                self._left -= size
+        if not fits:
+            raise ImageError(f"{what}: the request's image downloads would go over the limit "
+                             f"of {self.limit:,} bytes in all (--max-download-bytes)")
 
 
 def health_status(nlp: Language, tagger: PostTagger, settings: ServeSettings) -> Dict[str, Any]:

@@ -9,15 +9,17 @@ together come back together, and waiting for those that do not come left
 the pipeline idle), and tags them as one batch. Under load, requests
 queue up while a batch runs and the next batch takes them all, so the server
 tags in batches as `nlp.pipe` does in-process. One thread also means that
-ita_ner's view can be switched for the text-only view without a lock.
+ita_ner's view can be switched for the text-only view without a lock. A
+failure of the worker fails the requests it holds, never the worker.
 """
 import asyncio
+import logging
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -28,11 +30,17 @@ from ..visual_context import VisualContext, get_visual_context
 
 Result = Dict[str, Any]
 RunBatch = Callable[[List[Post], List[bool]], List[Result]]
+MAX_WAIT = 60.0  # seconds, for max_wait and max_gap: every client in a batch waits as long
 _STOP = object()  # the worker's signal to finish
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     """More requests are waiting than the queue holds: the server is overloaded."""
+
+
+class BatchFailed(RuntimeError):
+    """The worker failed on a request's batch (a bug, not a bad post): the request gets a 500."""
 
 
 @dataclass
@@ -48,10 +56,11 @@ class Batcher:
 
     def __init__(self, run: RunBatch, max_posts: int = 32, max_wait: float = 0.005,
                  queue_size: int = 256, max_gap: float = 0.001):
-        if max_posts < 1 or queue_size < 1 or max_wait < 0 or max_gap < 0:
+        if not (max_posts >= 1 and queue_size >= 1 and 0 <= max_wait <= MAX_WAIT
+                and 0 <= max_gap <= MAX_WAIT):  # NaN fails every comparison
             raise ValueError(f"max_posts and queue_size must be at least 1, max_wait and "
-                             f"max_gap at least 0, got {max_posts}, {queue_size}, {max_wait} "
-                             f"and {max_gap}")
+                             f"max_gap from 0 to {MAX_WAIT:g} seconds, got {max_posts}, "
+                             f"{queue_size}, {max_wait} and {max_gap}")
         self.run = run
         self.max_posts = max_posts
         self.max_wait = max_wait
@@ -93,17 +102,25 @@ class Batcher:
     def _work(self) -> None:
         stopping = False
         while not stopping:
-            jobs, stopping = self._collect()
-            if jobs:
-                self._run(jobs)
+            jobs: List[_Job] = []
+            try:
+                stopping = self._collect(jobs)
+                if jobs:
+                    self._run(jobs)
+            except Exception as err:  # a bug, not a bad post: the requests in hand get a 500
+                logger.exception("the batching worker failed on %d requests", len(jobs))
+                for job in jobs:
+                    _notify(job, BatchFailed(f"the server failed on this request's batch: "
+                                             f"{type(err).__name__}: {err}"))
 
-    def _collect(self) -> Tuple[List[_Job], bool]:
-        """The next batch of jobs (at least one, unless stopping), and whether
-        the stop signal came."""
+    def _collect(self, jobs: List[_Job]) -> bool:
+        """Put the next batch's jobs in `jobs` (at least one, unless stopping),
+        there for the worker to fail if this raises; whether the stop signal came."""
         first = self._queue.get()
         if first is _STOP:
-            return [], True
-        jobs, n_posts = [first], len(first.posts)
+            return True
+        jobs.append(first)
+        n_posts = len(first.posts)
         deadline = time.monotonic() + self.max_wait
         while n_posts < self.max_posts:
             # As many posts as the recent batches had: the clients they answered
@@ -117,28 +134,30 @@ class Batcher:
             except queue.Empty:
                 break
             if job is _STOP:
-                return jobs, True
+                return True
             jobs.append(job)
             n_posts += len(job.posts)
         self._recent_posts.append(n_posts)
-        return jobs, False
+        return False
 
     def _run(self, jobs: List[_Job]) -> None:
         posts = [post for job in jobs for post in job.posts]
         text_view = [job.text_view for job in jobs for _ in job.posts]
-        try:
-            results: Any = self.run(posts, text_view)
-        except Exception as err:  # a bug, not a bad post: each request gets a 500
-            results = err
+        results = self.run(posts, text_view)
         start = 0
         for job in jobs:
             end = start + len(job.posts)
-            outcome = results if isinstance(results, Exception) else results[start:end]
+            _notify(job, results[start:end])
             start = end
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, outcome)
-            except RuntimeError:  # the event loop has closed: nobody waits any more
-                pass
+
+
+def _notify(job: _Job, outcome: Any) -> None:
+    """Hand `outcome` (results, or an exception to raise) to the request
+    waiting for `job`, in its event loop."""
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+    except RuntimeError:  # the event loop has closed: nobody waits any more
+        pass
 
 
 def _settle(future: asyncio.Future, outcome: Any) -> None:

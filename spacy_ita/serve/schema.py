@@ -74,7 +74,7 @@ class PostLimits:
     single batching worker, and every other client, for minutes."""
 
     text_chars: int  # the post's text
-    context_chars: int  # all the items of its context together
+    context_chars: int  # all the items of its context together, each at least 1 (even "")
 
 
 def parse_request(body: bytes, max_posts: int, limits: PostLimits) -> AnnotateRequest:
@@ -106,21 +106,27 @@ def parse_request(body: bytes, max_posts: int, limits: PostLimits) -> AnnotateRe
 def _to_post(post: PostIn, index: int, where: str, field_prefix: str,
              limits: PostLimits) -> Post:
     """A validated post as `apply`'s Post, the image as a URL or the bytes of
-    its data: URL. `where` starts the post's errors in its result;
-    `field_prefix` names its fields in a refusal."""
+    its data: URL, its context without empty or blank items. `where` starts
+    the post's errors in its result; `field_prefix` names its fields in a refusal."""
     _check_text(post.text, f"{field_prefix}text")
     if len(post.text) > limits.text_chars:
         raise RequestError(422, f"{field_prefix}text: {len(post.text):,} characters, over the "
                                 f"limit of {limits.text_chars:,} (--max-text-chars)")
     context = post.context.model_dump() if post.context is not None else None
+    # An item counts as 1 at least: millions of "" cost the worker as much as text (C-level
+    # sums, so that a refusal costs the event loop little).
+    context_chars = sum(sum(map(len, items)) + items.count("")
+                        for items in (context or {}).values())
+    if context_chars > limits.context_chars:
+        raise RequestError(422, f"{field_prefix}context: {context_chars:,} characters in all "
+                                f"(an item counts as 1 at least), over the limit of "
+                                f"{limits.context_chars:,} (--max-context-chars)")
     for name, items in (context or {}).items():
         for i, item in enumerate(items):
             _check_text(item, f"{field_prefix}context.{name}[{i}]")
-    context_chars = sum(len(item) for items in (context or {}).values() for item in items)
-    if context_chars > limits.context_chars:
-        raise RequestError(422, f"{field_prefix}context: {context_chars:,} characters in all, "
-                                f"over the limit of {limits.context_chars:,} "
-                                "(--max-context-chars)")
+    if context is not None:
+        context = {name: [item for item in items if item.strip()]
+                   for name, items in context.items()}
     image = None if post.image is None else image_input(post.image, f"{field_prefix}image")
     return Post(file="request", row=index, where=where, text=post.text, image=image,
                 visual_context=context)

@@ -1,7 +1,7 @@
 """Fixtures of the `spacy_ita serve` tests: a tiny trained pipeline whose
 ita_context reads an image's dominant colour (tests/bulk/apply_code.py), saved to
-disk; red and blue PNGs; a local image server; and the CLI's server on a
-free loopback port, with an API key."""
+disk; red, blue and noise PNGs; a local image server that records what it is
+asked for; and the CLI's server on a free loopback port, with an API key."""
 import os
 import socket
 import subprocess
@@ -11,12 +11,13 @@ import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import spacy
 
 from helpers import REPO_ROOT, trained_pipeline
-from serve_helpers import API_KEY, API_KEY_ENV, png_bytes
+from serve_helpers import API_KEY, API_KEY_ENV, noise_png, png_bytes
 
 APPLY_CODE = REPO_ROOT / "tests" / "bulk" / "apply_code.py"
 if "apply_code" not in sys.modules:  # tests/bulk imports it by that name too: once only
@@ -42,20 +43,39 @@ def nlp(model_dir):
 
 
 @pytest.fixture(scope="session")
-def image_server(tmp_path_factory):
-    """An HTTP server on 127.0.0.1 serving red.png and blue.png: its base URL."""
+def image_httpd(tmp_path_factory):
+    """An HTTP server on 127.0.0.1 serving red.png, blue.png and noise.png, and
+    under /unsized/ the same without a Content-Length; the paths it was asked
+    for are in its `requested` list."""
     folder = tmp_path_factory.mktemp("serve_images")
     (folder / "red.png").write_bytes(png_bytes((230, 20, 20)))
     (folder / "blue.png").write_bytes(png_bytes((20, 20, 230)))
-    handler = partial(_QuietHandler, directory=str(folder))
+    (folder / "noise.png").write_bytes(noise_png())
+    handler = partial(_RecordingHandler, directory=str(folder))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.requested = []
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
     httpd.shutdown()
     httpd.server_close()
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+@pytest.fixture(scope="session")
+def image_server(image_httpd) -> str:
+    """The image server's base URL."""
+    return f"http://127.0.0.1:{image_httpd.server_address[1]}"
+
+
+class _RecordingHandler(SimpleHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requested.append(self.path)
+        if not self.path.startswith("/unsized/"):
+            return super().do_GET()
+        body = Path(self.directory, urlsplit(self.path).path[len("/unsized/"):]).read_bytes()
+        self.send_response(200)
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 

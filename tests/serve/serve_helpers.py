@@ -15,5 +15,17 @@ def png_bytes(colour, size=(24, 16)) -> bytes:
     return buffer.getvalue()
 
 
+def noise_png(size=(64, 64)) -> bytes:
+    """A PNG of seeded random pixels: it does not compress, so its size is about 3 bytes a pixel."""
+    import random
+
+    from PIL import Image
+
+    pixels = random.Random(0).randbytes(size[0] * size[1] * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", size, pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

@@ -7,7 +7,7 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_helpers import data_url, png_bytes
+from serve_helpers import data_url, noise_png, png_bytes
 
 from spacy_ita.serve.app import ServeSettings, create_app
 from spacy_ita.visual_context import VisualContext
@@ -153,11 +153,29 @@ def test_a_post_context_over_the_limit_is_refused_naming_the_post(nlp):
         fits = api.post("/annotate", json={"text": "b", "image": data_url(RED),
                                            "context": {"captions": ["a dog"] * 20}})
     assert many.status_code == 422
-    assert ("posts[1].context: 111 characters in all, over the limit of 100 "
-            "(--max-context-chars)") in many.json()["detail"]
+    assert ("posts[1].context: 111 characters in all (an item counts as 1 at least), over the "
+            "limit of 100 (--max-context-chars)") in many.json()["detail"]
     assert fits.status_code == 200  # merged with the photo's context, repeats dropped
     assert fits.json()["context"] == {"captions": ["a dog"], "object_tags": ["red"],
                                       "ocr_text": [], "knowledge": []}
+
+
+def test_empty_context_items_count_against_the_limit_and_are_dropped(nlp):
+    """Each item costs the worker something, even "": millions of them passed
+    any limit, 0 included, and came back in the answer."""
+    with client(nlp, max_context_chars=0) as api:
+        empty = api.post("/annotate", json={"text": "a", "context": {"captions": [""]}})
+    with client(nlp, max_context_chars=10) as api:
+        many = api.post("/annotate", json={"text": "a", "context": {"captions": [""] * 11}})
+        blank = api.post("/annotate", json={"text": "b", "context": {
+            "captions": ["", " ", "a dog", "\n"], "knowledge": ["\t"]}})
+    assert empty.status_code == many.status_code == 422
+    assert ("context: 1 characters in all (an item counts as 1 at least), over the limit of 0 "
+            "(--max-context-chars)") in empty.json()["detail"]
+    assert "context: 11 characters in all" in many.json()["detail"]
+    assert blank.status_code == 200  # 9 with an item counted as 1 at least
+    assert blank.json()["context"] == {"captions": ["a dog"], "object_tags": [], "ocr_text": [],
+                                       "knowledge": []}
 
 
 def test_images_over_the_byte_or_pixel_limit_are_errors_of_their_post(nlp):
@@ -199,6 +217,56 @@ def test_image_urls_follow_applys_trust_model(nlp, image_server):
                                  "HTTP 404 File not found"]
 
 
+def test_a_requests_downloads_are_capped_together(nlp, image_server):
+    """By default at the body limit: a small body naming many large images held
+    them all at once. A declared length counts before the download, so the
+    first posts get their whole image and those past the cap an error; without
+    one the bytes count as they arrive."""
+    noise = noise_png()
+    limit = len(noise) * 5 // 2  # room for two downloads, not three
+    with client(nlp, allow_private_urls=True, max_body_bytes=limit) as api:
+        sized = downloads_read(api, f"{image_server}/noise.png", noise, limit)
+        unsized = downloads_read(api, f"{image_server}/unsized/noise.png", noise, limit)
+    assert sized == 2 and unsized <= 2
+
+
+def downloads_read(api, url, image, limit) -> int:
+    """How many of 4 downloads of `url` one request read, the errors of the
+    others checked; a data: URL of `image` after them is not counted."""
+    posts = [{"text": "Rain in London", "image": f"{url}?{i}"} for i in range(4)]
+    answer = api.post("/annotate", json={"posts": [
+        *posts, {"text": "Rain in London", "image": data_url(image)}]})
+    assert answer.status_code == 200
+    *downloads, inline = answer.json()["results"]
+    assert inline["errors"] == [] and inline["context"]["object_tags"]
+    for i, (post, result) in enumerate(zip(posts, downloads)):
+        if result["errors"]:
+            assert result["errors"] == [
+                f"posts[{i}]: image URL '{post['image']}': the request's image downloads would "
+                f"go over the limit of {limit:,} bytes in all (--max-download-bytes)"]
+            assert result["context"] is None
+        else:
+            assert result["context"]["object_tags"]
+    return sum(not result["errors"] for result in downloads)
+
+
+def test_a_failing_batch_answers_500_with_what_failed(nlp, monkeypatch):
+    from spacy_ita.serve.batching import PostTagger
+
+    def broken(self, posts, text_view):
+        raise RuntimeError("a bug in the tagger")
+
+    with TestClient(create_app(nlp), raise_server_exceptions=False) as api:
+        monkeypatch.setattr(PostTagger, "__call__", broken)
+        failed = api.post("/annotate", json={"text": "Rain"})
+        monkeypatch.undo()
+        served = api.post("/annotate", json={"text": "Rain"})
+    assert failed.status_code == 500
+    assert failed.json() == {"detail": "the server failed on this request's batch: "
+                                       "RuntimeError: a bug in the tagger"}
+    assert served.status_code == 200 and served.json()["errors"] == []
+
+
 def test_a_post_the_pipeline_fails_on_costs_only_its_result(nlp):
     nlp.max_length = 40  # spaCy refuses longer texts in make_doc
     with client(nlp) as api:
@@ -213,14 +281,22 @@ def test_a_post_the_pipeline_fails_on_costs_only_its_result(nlp):
     assert bad["errors"][0].startswith("posts[1]: the pipeline failed on this post: ValueError:")
 
 
-def test_an_image_without_ita_context_is_reported(nlp):
+def test_an_image_without_ita_context_is_reported_and_never_fetched(nlp, image_httpd,
+                                                                   image_server):
+    """No component reads it: a download would be a request to a URL the client
+    chose, and a wait, for nothing."""
     nlp.remove_pipe("ita_context")
-    with client(nlp) as api:
+    url = f"{image_server}/red.png?without-context"
+    with client(nlp, allow_private_urls=True) as api:
         assert api.get("/health").json()["reads_images"] is False
         with pytest.warns(UserWarning, match="ita_ner ignores the image"):  # once, in the log
-            result = api.post("/annotate", json={"text": "Rain", "image": data_url(RED)}).json()
-    assert result["errors"] == ["post: the image was not read: the pipeline has no "
-                                "ita_context component (the server runs with --no-context)"]
+            results = api.post("/annotate", json={"posts": [
+                {"text": "Rain", "image": data_url(RED)},
+                {"text": "Rain", "image": url}]}).json()["results"]
+    assert [result["errors"] for result in results] == [
+        [f"posts[{i}]: the image was not read: the pipeline has no ita_context component "
+         "(the server runs with --no-context)"] for i in range(2)]
+    assert "/red.png?without-context" not in image_httpd.requested
 
 
 def test_the_api_key_guards_annotate_but_not_the_page(nlp):

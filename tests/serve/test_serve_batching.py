@@ -1,7 +1,9 @@
 """The batching worker of `spacy_ita serve`: requests that wait together run
 as one batch, up to its size, each getting back its own results in order; a
-full queue is refused; a failing batch fails only its own requests."""
+full queue is refused; a failing batch fails only its own requests, and the
+worker goes on."""
 import asyncio
+import math
 import threading
 
 import pytest
@@ -144,8 +146,37 @@ def test_a_batcher_nobody_started_starts_at_the_first_request():
     assert recorder.batches == [["a"], ["b"]]
 
 
+async def submit_twice(batcher):
+    """One request while the waits are infinite, then one with them back at 0."""
+    first, = await asyncio.gather(asyncio.wait_for(batcher.submit(posts("a"), False), 10),
+                                  return_exceptions=True)
+    batcher.max_wait = batcher.max_gap = 0.0
+    return first, await asyncio.wait_for(batcher.submit(posts("b"), False), 10)
+
+
+def test_a_worker_failure_fails_the_requests_it_holds_and_the_worker_goes_on():
+    """An infinite wait made queue.get raise OverflowError in the worker, which
+    died: that request and every later one waited for ever."""
+    recorder = Recorder()
+    recorder.release.set()
+    batcher = Batcher(recorder, max_wait=0.0)
+    batcher.max_wait = batcher.max_gap = math.inf  # past the checks, as a bug would be
+    batcher.start()
+    try:
+        failure, answer = asyncio.run(submit_twice(batcher))
+    finally:
+        batcher.stop()
+    assert isinstance(failure, RuntimeError)
+    assert str(failure).startswith("the server failed on this request's batch: OverflowError")
+    assert answer == [{"text": "B", "text_view": False}]
+    assert recorder.batches == [["b"]]
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_posts and queue_size must be at least 1"):
         Batcher(lambda posts, views: [], max_posts=0)
-    with pytest.raises(ValueError, match="max_wait and max_gap at least 0"):
-        Batcher(lambda posts, views: [], max_gap=-1)
+    for wait in (math.inf, math.nan, 1e10, 60.5, -1):
+        with pytest.raises(ValueError, match="max_wait and max_gap from 0 to 60 seconds"):
+            Batcher(lambda posts, views: [], max_gap=wait)
+        with pytest.raises(ValueError, match="max_wait and max_gap from 0 to 60 seconds"):
+            Batcher(lambda posts, views: [], max_wait=wait)

@@ -103,3 +103,28 @@ def test_the_command_checks_its_setup_before_serving(model_dir, tmp_path, monkey
     assert served == []
     result = runner.invoke(app, ["serve", str(model_dir)])
     assert result.exit_code == 0 and len(served) == 1  # the same command, set up right
+
+
+def test_the_command_refuses_batch_waits_not_finite_or_over_a_minute(model_dir, monkeypatch):
+    """An infinite wait killed the batching worker at the first request: every
+    request then hung. The limits given are those the app gets."""
+    import uvicorn
+
+    from spacy_ita.serve import app as serve_app
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: served.append(args))
+    monkeypatch.setattr(serve_app, "create_app", lambda nlp, settings: settings)
+    runner = CliRunner()
+    for option, value in (("--batch-wait-ms", "inf"), ("--batch-gap-ms", "nan"),
+                          ("--batch-wait-ms", "60001"), ("--batch-gap-ms", "-1")):
+        result = runner.invoke(app, ["serve", str(model_dir), option, value])
+        assert result.exit_code == 1, result.output
+        assert result.output == (f"Error: {option} must be from 0 to 60,000 milliseconds, "
+                                 f"got {value}\n")
+    assert served == []
+    result = runner.invoke(app, ["serve", str(model_dir), "--batch-wait-ms", "60000",
+                                 "--max-download-bytes", "5000"])
+    assert result.exit_code == 0, result.output
+    (settings,), = served
+    assert (settings.batch_wait, settings.max_download_bytes) == (60.0, 5000)
