@@ -248,10 +248,14 @@ def _failed_doc(where: str, doc: Doc) -> str:
 
 def check_output(output: Path, read: Dict[str, Optional[Path]]) -> None:
     """Refuse, before any work, an OUTPUT that extract must not replace: a file
-    the run reads (`read`, by what it is), a folder, or a file of data that is
-    not a DocBin (a typo naming the posts or the captions). A DocBin is replaced."""
+    the run reads (`read`, by what it is), a folder or a path below a file, or
+    a file of data that is not a DocBin (a typo naming the posts or the
+    captions). A DocBin is replaced."""
     if output.is_dir():
         raise _refusal(output, "is a folder (extract writes one .spacy file)")
+    above = next((folder for folder in output.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise _refusal(output, f"is below {above}, which is a file, not a folder")
     for what, path in read.items():
         if path is not None and _same_file(output, path):
             raise _refusal(output, f"is also {what}, which this run reads")

@@ -151,7 +151,8 @@ def test_jsonl_images_must_lie_inside_the_image_root(tmp_path):
 
 def test_an_output_extract_must_not_replace_is_refused_before_any_work(tmp_path):
     """OUTPUT was never checked: the INPUT, the captions file or any other
-    file was replaced by DocBin bytes, and a folder failed after all the work.
+    file was replaced by DocBin bytes, and a folder (or a path below a file)
+    failed after all the work.
     Each is refused at once, naming it, and left as it was; a DocBin is replaced."""
     source = tmp_path / "posts.jsonl"
     source.write_text(json.dumps({"text": "A post"}) + "\n")
@@ -162,7 +163,8 @@ def test_an_output_extract_must_not_replace_is_refused_before_any_work(tmp_path)
     (tmp_path / "folder.spacy").mkdir()
     refusals = {source: "is also INPUT", captions: "is also the --precomputed file",
                 cache: "is also the --cache file", notes: "is not a .spacy file",
-                tmp_path / "folder.spacy": "is a folder"}
+                tmp_path / "folder.spacy": "is a folder",
+                notes / "sub" / "out.spacy": f"is below {notes}, which is a file"}
     before = {path: path.read_bytes() for path in (source, captions, notes)}
     for output, why in refusals.items():
         result = run(source, output, *NO_MODELS, "--precomputed", captions, "--cache", cache)
