@@ -62,6 +62,8 @@ def main(
             msg.info(f"{pgim_zip} not found; keeping the knowledge already at {output}")
             return
         msg.fail(f"Neither {pgim_zip} nor {output} exists: run `spacy project assets`", exits=1)
+    if not pgim_zip.is_file():
+        msg.fail(f"{pgim_zip} cannot be read as a zip: it is not a file", exits=1)
     lines: List[str] = []
     try:  # a download cut short or an HTML page is no zip; a damaged member fails its CRC
         with zipfile.ZipFile(pgim_zip) as archive, tempfile.TemporaryDirectory() as tmp:

@@ -278,10 +278,12 @@ class OpenAICompatible:
         return key
 
     def scrub(self, text: str) -> str:
-        """`text` fit for a message: the API key masked, should a server echo it,
-        then cut to MAX_MESSAGE_CHARS; masked first, so that no cut leaves part of the key."""
+        """`text` fit for a one-line message: the API key masked, should a server
+        echo it, runs of whitespace (line breaks) made one space, then cut to
+        MAX_MESSAGE_CHARS; masked first, so that no cut leaves part of the key."""
         key = os.environ.get(self.api_key_env or "", "").strip()
-        return (text.replace(key, "***") if len(key) >= 4 else text)[:MAX_MESSAGE_CHARS]
+        masked = text.replace(key, "***") if len(key) >= 4 else text
+        return " ".join(masked.split())[:MAX_MESSAGE_CHARS]
 
     def load(self) -> Any:
         """This instance's client, made and checked once per process: a missing

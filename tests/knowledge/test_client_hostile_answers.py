@@ -81,6 +81,16 @@ def test_model_ids_that_echo_the_key_are_masked_in_the_setup_error():
     assert key_pieces(str(caught.value)) == []
 
 
+def test_an_error_on_several_lines_is_one_line(tmp_path):
+    """A server's error message with line breaks (an HTML page, a stack trace)
+    spread over several lines of Doc._.knowledge_error and the printed list."""
+    page = "<html>\n<body>\n  upstream\r\n  failed\n</body>\n</html>"
+    with FakeLLM(lambda request: Reply(page, 400)) as server:
+        doc = llm_nlp(server)(make_doc(spacy.blank("en"), "a post"))
+    assert "<html> <body> upstream failed </body> </html>" in doc._.knowledge_error
+    assert not any(character in doc._.knowledge_error for character in "\r\n")
+
+
 def gzip_bomb(mebibytes: int) -> bytes:
     """A gzip body that decodes to `mebibytes` MiB of spaces."""
     gzip = zlib.compressobj(9, zlib.DEFLATED, 31)

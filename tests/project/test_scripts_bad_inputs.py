@@ -115,6 +115,7 @@ def bad_crc_zip(path):
 @pytest.mark.parametrize("write, reason", [
     (lambda path: path.write_text("<html>rate limited</html>"), "File is not a zip file"),
     (bad_crc_zip, "Bad CRC-32 for file '2015/train.txt'"),
+    (lambda path: path.mkdir(), "it is not a file"),
 ])
 def test_a_broken_pgim_zip_is_named(tmp_path, capsys, write, reason):
     umt = tmp_path / "umt"
