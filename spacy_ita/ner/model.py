@@ -220,8 +220,9 @@ def build_ita_tagger(
     knowledge-mention vectors next to the encoder's (0: off).
     mention_type_words: how many of the training data's type words get a vector.
     shape_place / mention_place: "emission" (next to the encoder's output) or
-    "encoder" (added to the first subword's input embedding; the width then
-    follows the encoder's hidden size, and 0 still switches it off).
+    "encoder" (added to the input embeddings of the subwords the token is
+    pooled from: its first under "first" pooling, all under "mean"; the width
+    then follows the encoder's hidden size, and 0 still switches it off).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unknown pooling {pooling!r}; expected one of {POOLINGS}")

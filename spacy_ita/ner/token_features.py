@@ -124,8 +124,9 @@ class TokenFeatureEmbedding(nn.Module):
     words). A width of 0 switches that feature off.
 
     A feature's place "emission" puts its vector next to the encoder's output;
-    "encoder" adds it to the input embedding of the token's first subword, so
-    that the encoder reads it in context. An encoder-side feature has the
+    "encoder" adds it to the input embeddings of the subwords the token is
+    pooled from (its first with "first" pooling, all with "mean"), so that the
+    encoder reads it in context. An encoder-side feature has the
     encoder's width and starts at zero: the encoder's input is unchanged until
     training says otherwise.
     """
