@@ -4,29 +4,48 @@ where a good one was."""
 import ctypes
 import errno
 import os
+import secrets
 import shutil
+import stat
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Tuple, Union
 
 import srsly
 
 
 def replace_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over `path`. Text is written as UTF-8."""
-    path = Path(path)
+    """Write `data` to `path` atomically: a new temporary file in the same
+    folder (a fresh name, created exclusively, so never a file or link already
+    there), flushed to disk, renamed over `path`, the folder synced. A symlink
+    at `path` keeps pointing at its target, which is replaced; a replaced file
+    keeps its permissions. Text is written as UTF-8."""
+    path = Path(os.path.realpath(path))
     if isinstance(data, str):
         data = data.encode("utf8")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    descriptor, tmp = _new_file_beside(path)
     try:
-        with open(tmp, "wb") as file_:
+        with os.fdopen(descriptor, "wb") as file_:
             file_.write(data)
             file_.flush()
+            if path.exists():
+                os.fchmod(file_.fileno(), stat.S_IMODE(path.stat().st_mode))
             os.fsync(file_.fileno())
         os.replace(tmp, path)
+        _sync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)  # there only when the write failed
+
+
+def _new_file_beside(path: Path) -> Tuple[int, Path]:
+    """A new file, open for writing, named `.<name>.tmp-<random>` beside `path`,
+    with the permissions a new file gets (the umask's, unlike mkstemp's 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def replace_json(path: Union[str, Path], data) -> None:

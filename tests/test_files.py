@@ -96,3 +96,50 @@ def test_recover_directory_keeps_the_one_whole_folder(tmp_path, left, kept):
 def test_recover_directory_of_a_missing_folder_does_nothing(tmp_path):
     recover_directory(tmp_path / "nowhere" / "model-best")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replace_file_keeps_the_file_s_permissions_and_gives_a_new_one_the_umask_s(tmp_path):
+    private = tmp_path / "metrics.json"
+    private.write_text("{}")
+    private.chmod(0o600)
+    replace_file(private, "{}")
+    assert private.stat().st_mode & 0o777 == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    replace_file(tmp_path / "new.json", "{}")
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_replace_file_through_a_symlink_replaces_its_target(tmp_path):
+    """`corpus/train.spacy -> /data/train.spacy`: the link stays and the data
+    it points at is the new one (the link was replaced by a plain file)."""
+    target = tmp_path / "data" / "train.spacy"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "train.spacy"
+    link.symlink_to(target)
+    replace_file(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["train.spacy"]
+
+
+def test_replace_file_never_writes_into_a_file_or_link_already_at_a_temporary_name(tmp_path):
+    """The temporary name was `.NAME.tmp-<pid>`, opened without O_EXCL: a link
+    placed there had the data written through it onto another file, then
+    became OUTPUT; a user's file of that name was truncated and deleted."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    path = tmp_path / "out.spacy"
+    (tmp_path / f".out.spacy.tmp-{os.getpid()}").symlink_to(victim)
+    (tmp_path / ".out.spacy.tmp-1").write_text("a user's file")
+    replace_file(path, "data")
+    assert victim.read_text() == "keep" and not path.is_symlink() and path.read_text() == "data"
+    assert (tmp_path / ".out.spacy.tmp-1").read_text() == "a user's file"
+
+
+def test_replace_file_syncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """Without it a power cut can undo the rename: the old file, or none, comes back."""
+    synced = []
+    monkeypatch.setattr(files, "_sync_dir", lambda folder: synced.append(folder))
+    replace_file(tmp_path / "out.json", "{}")
+    assert synced == [tmp_path.resolve()]

@@ -45,6 +45,12 @@ def strip_image_extension(image_id: str) -> str:
     return image_id
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """`text` quoted for a one-line message: its first `limit` characters, and
+    its length when it is longer (a line of a broken file can be megabytes)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def token_error(token: str) -> Optional[str]:
     """Why `token` can't be a token line of the format, or None if it can.
 
@@ -56,10 +62,10 @@ def token_error(token: str) -> Optional[str]:
     if not token:
         return "empty token"
     if any(char in token for char in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"):
-        return f"token {token!r} contains a tab or line break"
+        return f"token {_quoted(token)} contains a tab or line break"
     if not token.isspace() and any(char.isspace() for char in token):
         return (
-            f"token {token!r} contains whitespace; a token must not contain "
+            f"token {_quoted(token)} contains whitespace; a token must not contain "
             "whitespace (split it into one token per line, or join its parts)"
         )
     return None
@@ -126,7 +132,7 @@ def read_captions(path: PathLike) -> Dict[str, str]:
         match = _CAPTION_RE.match(line)
         if match is None:
             raise ValueError(
-                f"{path}:{lineno}: malformed caption line {line[:80]!r}; expected "
+                f"{path}:{lineno}: malformed caption line {_quoted(line)}; expected "
                 "'<image id>[.jpg] :<caption>'"
             )
         image_id = strip_image_extension(match.group(1))
@@ -150,7 +156,7 @@ def _split_token_line(line: str, where: str, inline: bool) -> Tuple[str, str]:
     if len(fields) != 2:
         expected = "'token<TAB>tag' or 'token tag'" if inline else "'token<TAB>tag'"
         found = "no TAB" if len(fields) == 1 else f"{len(fields) - 1} TABs"
-        raise ValueError(f"{where}: expected {expected}, found {found} in {line[:80]!r}")
+        raise ValueError(f"{where}: expected {expected}, found {found} in {_quoted(line)}")
     token, tag = fields
     problem = token_error(token)
     if problem is not None:
@@ -265,7 +271,7 @@ def _header_image_id(line: str, where: str, has_imgid: Optional[bool],
     image_id = line[len(IMGID_PREFIX):].strip()
     if not image_id or any(char.isspace() for char in image_id):
         raise ValueError(
-            f"{where}: invalid image id {image_id!r} (empty or containing whitespace)"
+            f"{where}: invalid image id {_quoted(image_id)} (empty or containing whitespace)"
         )
     return image_id
 

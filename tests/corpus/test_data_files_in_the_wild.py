@@ -154,6 +154,19 @@ def test_tags_without_a_type_name_file_and_line(tmp_path, vocab, tag):
     assert "unknown tag" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("post", ["IMGID:1 " + "x" * 2_000_000 + "\nKobe\tB-PER\n",
+                                  "IMGID:1\nKobe " + "y" * 1_000_000 + "\tB-PER\n"],
+                         ids=["image-id", "token"])
+def test_a_megabyte_line_is_named_in_a_short_message(tmp_path, vocab, post):
+    """A broken file's line of megabytes was quoted whole in its one-line error."""
+    path = _write(tmp_path / "huge.txt", post.encode())
+    with pytest.raises(ValueError) as excinfo:
+        list(read_mner(path, nlp_or_vocab=vocab))
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}:") and "whitespace" in message
+    assert len(message) < 400 and "characters)" in message
+
+
 # --- .spacy files for the corpus reader ---------------------------------
 
 def _docbin_bytes(vocab, n=30):
