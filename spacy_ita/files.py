@@ -7,29 +7,39 @@ import os
 import secrets
 import shutil
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Tuple, Union
+from typing import Callable, Iterator, Tuple, Union
 
 import srsly
 
 
 def replace_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
-    """Write `data` to `path` atomically: a new temporary file in the same
-    folder (a fresh name, created exclusively, so never a file or link already
-    there), flushed to disk, renamed over `path`, the folder synced. A symlink
-    at `path` keeps pointing at its target, which is replaced; a replaced file
-    keeps its permissions. Text is written as UTF-8."""
-    path = Path(os.path.realpath(path))
+    """Write `data` to `path` atomically (see `replacing`). Text is written as UTF-8."""
     if isinstance(data, str):
         data = data.encode("utf8")
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextmanager
+def replacing(path: Union[str, Path]) -> Iterator[Path]:
+    """A new temporary file beside `path` for the caller to write: a fresh name,
+    created exclusively (never a file or link already there), with the
+    permissions `path` has (a new file's otherwise). Once written it is
+    flushed to disk and renamed over `path`, and the folder synced; a symlink
+    at `path` keeps pointing at its target, which is replaced. On an error it
+    is removed and `path` left as it was."""
+    path = Path(os.path.realpath(path))
     descriptor, tmp = _new_file_beside(path)
     try:
-        with os.fdopen(descriptor, "wb") as file_:
-            file_.write(data)
-            file_.flush()
+        try:
             if path.exists():
-                os.fchmod(file_.fileno(), stat.S_IMODE(path.stat().st_mode))
-            os.fsync(file_.fileno())
+                os.fchmod(descriptor, stat.S_IMODE(path.stat().st_mode))
+        finally:
+            os.close(descriptor)
+        yield tmp
+        _sync_file(tmp)
         os.replace(tmp, path)
         _sync_dir(path.parent)
     finally:
@@ -112,6 +122,15 @@ def _sync_tree(folder: Path) -> None:
         elif path.is_dir():
             _sync_dir(path)
     _sync_dir(folder)
+
+
+def _sync_file(path: Path) -> None:
+    """Flush a written file to disk, so that a rename cannot outlive its content."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _sync_dir(folder: Path) -> None:

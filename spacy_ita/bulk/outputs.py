@@ -32,19 +32,18 @@ import datetime
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
 
+from ..files import replacing
 from .inputs import DoneRows, join_warnings, repair_columns, require_pyarrow, surrogates_warning
 
 # The columns that make a row or a Parquet file recognisably apply's: every
@@ -61,8 +60,8 @@ LOCK_TEXT = b"spacy_ita apply: the lock of a run writing OUTPUT\n"
 MAX_LOCK_BYTES = 64 << 20
 # How much of its first line tells whether a JSONL file is apply's.
 CHECKED_BYTES = 1 << 20
-# A part, or one being written (`_replacing`; earlier versions: `.part-N.parquet.tmp`).
-PART_FILE = re.compile(r"part-\d{6}\.parquet|\.part-\d{6}\.parquet(\.\w+)?\.tmp")
+# A part, or one being written (`replacing`; earlier versions: `.part-N.parquet[.X].tmp`).
+PART_FILE = re.compile(r"part-\d{6}\.parquet|\.part-\d{6}\.parquet(\.\w+)?\.tmp(-\w+)?")
 Row = Dict[str, Any]
 
 
@@ -153,7 +152,7 @@ class JsonlWriter:
         with open(self.path, "rb") as file:
             dropped = sum(map(redone, file))
         if dropped:
-            with open(self.path, "rb") as source, _replacing(self.path) as tmp, \
+            with open(self.path, "rb") as source, replacing(self.path) as tmp, \
                     open(tmp, "wb") as kept:
                 kept.writelines(line for line in source if not redone(line))
         return dropped
@@ -340,7 +339,7 @@ class ParquetWriter:
     def _part_files(self) -> List[Path]:
         if not self.parts.exists():
             return []
-        for stale in self.parts.glob(".*.tmp"):
+        for stale in self.parts.glob(".*.tmp*"):
             stale.unlink()
         return sorted(self.parts.glob("part-*.parquet"))
 
@@ -388,7 +387,7 @@ class ParquetWriter:
             self._make_parts_folder()
             existing = self._part_files()
             number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-            with _replacing(self.parts / _part_name(number)) as tmp:
+            with replacing(self.parts / _part_name(number)) as tmp:
                 pq.write_table(rows_to_table(self.buffer, self.types), tmp)
             self.buffer = []
         self.buffer_since = time.monotonic()
@@ -412,7 +411,7 @@ class ParquetWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"the parts in {self.parts} disagree on a column's type: {err}. "
                              "Keep such columns out (--keep) or write JSONL.") from None
-        with _replacing(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        with replacing(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
                 table = pq.read_table(part)
                 for name in schema.names:
@@ -428,31 +427,6 @@ class ParquetWriter:
         batch to a temporary file, then renamed."""
         files = ([self.path] if self.path.exists() else []) + self._part_files()
         return sum(_drop_parquet_rows(path, retry_errors) for path in files)
-
-
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A new temporary file beside `path` to write, under a fresh name (never
-    a file that is there already); once written, it is synced and renamed to
-    `path`. On an error it is removed and `path` left as it was."""
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    tmp = Path(name)
-    try:
-        yield tmp
-        _sync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # there only when the write failed
-
-
-def _sync(path: Path) -> None:
-    """Flush a written file to disk, so that a rename cannot outlive its content."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _check_own_parquet(path: Path) -> None:
@@ -501,7 +475,7 @@ def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
     if all(keep):
         return 0
     start = 0
-    with _replacing(path) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
         for batch in source.iter_batches():
             writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
             start += len(batch)

@@ -178,6 +178,7 @@ class ItaContext:
         pixel_slots = self.pixel_extractors
         if not pixel_slots:
             return
+        keys = {slot: self.cache_key(extractor) for slot, extractor in pixel_slots.items()}
         for post in posts:
             if post.doc._.image is None:
                 continue
@@ -185,9 +186,8 @@ class ItaContext:
                 post.source = read_image_source(post.doc._.image, self.max_bytes,
                                                 self.max_pixels)
                 if self.cache is not None:
-                    for slot, extractor in pixel_slots.items():
-                        cached = self.cache.get(post.source.content_hash,
-                                                self.cache_key(extractor))
+                    for slot, key in keys.items():
+                        cached = self.cache.get(post.source.content_hash, key)
                         if cached is not None:
                             post.parts[slot] = cached
                 if any(slot not in post.parts for slot in pixel_slots):
@@ -217,14 +217,14 @@ class ItaContext:
                               retryable=isinstance(err, MAY_PASS))
             return
         self._check_outputs(extractor, outputs, len(posts))
-        rows = []
+        key, rows = self.cache_key(extractor), []
         for post, output in zip(posts, outputs):
             if isinstance(output, ExtractorFailure):
                 post.fail(f"{extractor.name} failed: {output.reason}", output.retryable)
                 continue
             post.parts[slot] = output
             if self.cache is not None and extractor.cacheable and post.source is not None:
-                rows.append((post.source.content_hash, self.cache_key(extractor), output))
+                rows.append((post.source.content_hash, key, output))
         if self.cache is not None:
             self.cache.put_many(rows)
 

@@ -434,6 +434,18 @@ def test_temporary_files_never_overwrite_a_file_of_the_same_name(tmp_path):
         ".out.jsonl.tmp", ".out.parquet.tmp", "out.jsonl", "out.parquet"]
 
 
+def test_a_parquet_output_has_a_new_file_s_permissions(tmp_path):
+    """Its rewrites went through mkstemp, whose files are 0600: other users of a
+    shared folder could not read what apply wrote (a JSONL OUTPUT they could)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    writer = open_writer(tmp_path / "out.parquet")
+    writer.done_rows()
+    writer.write([Post("a.jsonl", 0, "", carried={"id": 0}).output_row()])
+    writer.finish()
+    assert (tmp_path / "out.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
 def test_a_second_run_on_the_same_output_is_refused_at_once(ruler, tmp_path, monkeypatch,
                                                             suffix):
