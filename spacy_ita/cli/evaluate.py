@@ -20,6 +20,7 @@ from ..corpus.readers import MultimodalCorpus
 from ..files import replace_json
 from ..ner.views import VIEWS
 from . import app
+from .options import same_file
 
 
 def evaluate_views(
@@ -97,6 +98,15 @@ def check_gold(examples: List[Example], data: Path, labels) -> None:
                  f"(its labels: {', '.join(labels)}); they count as missed")
 
 
+def check_output(output: Path, data: Path, pipeline: Path) -> None:
+    """Refuse, before scoring, an --output that would replace what evaluate
+    reads: DATA (or a file in it, when it is a folder) or a pipeline file."""
+    for what, read in (("DATA", data), ("the pipeline", pipeline)):
+        if same_file(output, read) or output.resolve().is_relative_to(read.resolve()):
+            msg.fail(f"--output {output} is {what} ({read}) or in it, which evaluate reads; "
+                     "write the metrics elsewhere", exits=1)
+
+
 def _cell(value: Optional[float], spec: str) -> str:
     """A table cell; "-" for a score with nothing to count (no gold and no
     predicted entities: spaCy's scorer gives None) or an unmeasured speed."""
@@ -145,6 +155,7 @@ def evaluate_cli(
         msg.fail(str(err), exits=1)
     check_gold(examples, data, ner.labels)
     if output is not None:
+        check_output(output, data, nlp.path)
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file where a folder should be, no permission

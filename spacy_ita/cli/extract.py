@@ -25,7 +25,7 @@ from ..knowledge import component as _knowledge  # noqa: F401  (and ita_knowledg
 from ..files import replace_file
 from ..visual_context import get_visual_context
 from . import app
-from .options import signals_end_the_run_cleanly
+from .options import same_file, signals_end_the_run_cleanly
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_LISTED_FAILURES = 20
@@ -257,7 +257,7 @@ def check_output(output: Path, read: Dict[str, Optional[Path]]) -> None:
     if above is not None and not above.is_dir():
         raise _refusal(output, f"is below {above}, which is a file, not a folder")
     for what, path in read.items():
-        if path is not None and _same_file(output, path):
+        if path is not None and same_file(output, path):
             raise _refusal(output, f"is also {what}, which this run reads")
     if output.exists() and output.stat().st_size and not _is_docbin(output):
         raise _refusal(output, "is not a .spacy file")
@@ -266,15 +266,6 @@ def check_output(output: Path, read: Dict[str, Optional[Path]]) -> None:
 def _refusal(output: Path, why: str) -> ValueError:
     return ValueError(f"OUTPUT {output} {why}, so extract leaves it as it is: choose "
                       "another OUTPUT.")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file, through links too; where one is not
-    made yet, whether they resolve to one path."""
-    try:
-        return a.samefile(b)
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
 
 
 def _is_docbin(path: Path) -> bool:

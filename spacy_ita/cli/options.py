@@ -1,5 +1,7 @@
 """What several commands share: how a trained pipeline is completed and run
-(`apply`, `serve`), and how a run ends on SIGTERM (`apply`, `extract`)."""
+(`apply`, `serve`), how a run ends on SIGTERM (`apply`, `extract`, `package`),
+and how outputs are checked against what a run reads or cannot write."""
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -7,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
+from wasabi import msg
 
 from ..bulk.local import STOPPING_SIGNALS
 from ..context.config import OCREngine
@@ -68,3 +71,20 @@ def signals_end_the_run_cleanly() -> Iterator[None]:
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file, through links too; where one is not
+    made yet, whether they resolve to one path."""
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def refuse_a_broken_link(path: Path, what: str) -> None:
+    """Refuse, up front, a symlink to nothing where a folder is to be made:
+    mkdir and rename fail on it only once the work is done."""
+    if path.is_symlink() and not path.exists():
+        msg.fail(f"{what}: {path} is a link to {os.readlink(path)}, which does not exist",
+                 exits=1)

@@ -8,19 +8,27 @@ that a package works where it is installed.
 """
 import json
 import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional, Union
 
 import typer
+from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 from spacy.language import Language
 from wasabi import msg
 
 from ..corpus.readers import MultimodalCorpus
+from ..files import replace_directory
 from ..ner.encoders import ENCODER_DISTRIBUTIONS
 from . import app
 from .extract import OCREngine, build_extraction_nlp
+from .options import refuse_a_broken_link, signals_end_the_run_cleanly
+
+# The longest file name a build makes is the wheel's, "{lang}_{name}-{version}-py3-none-any.whl":
+# a name and version this long together leave it (and a language code) within a file system's 255.
+MAX_NAME_AND_VERSION = 200
 
 
 def _minor_range(distribution: str) -> str:
@@ -53,26 +61,44 @@ def _check_name_and_version(name: str, version: str) -> None:
     if normal != version:
         msg.fail(f"--version {version}: write it as {normal}, PEP 440's normal form (the "
                  "wheel's)", exits=1)
+    if len(name) + len(version) > MAX_NAME_AND_VERSION:
+        msg.fail(f"--version {version}: too long with --name {name} ({len(name) + len(version)} "
+                 f"characters together; at most {MAX_NAME_AND_VERSION} keep the wheel's file name "
+                 "within 255)", exits=1)
 
 
-def _load_pipeline(model: Path) -> Language:
-    """spacy.load(model), or a one-line error naming what stops it: spaCy's own
-    error for a broken meta.json does not say which file it read."""
+def _load_pipeline(model: Union[str, Path]) -> Language:
+    """spacy.load(model), a folder or an installed package, or a one-line error
+    naming what stops it: spaCy's own error for a broken meta.json does not say
+    which file it read."""
     import spacy
     from spacy.util import load_meta
 
-    meta = model / "meta.json"
-    if not meta.is_file():
-        msg.fail(f"{model} is not a pipeline: it has no meta.json", exits=1)
-    try:
-        load_meta(meta)
-    except (OSError, ValueError) as err:
-        msg.fail(f"{meta} is broken: {err}", exits=1)
+    if Path(model).is_dir():
+        meta = Path(model) / "meta.json"
+        if not meta.is_file():
+            msg.fail(f"{model} is not a pipeline: it has no meta.json", exits=1)
+        try:
+            load_meta(meta)
+        except (OSError, ValueError) as err:
+            msg.fail(f"{meta} is broken: {err}", exits=1)
     try:
         return spacy.load(model)
     except (OSError, ValueError) as err:
         msg.fail(f"{model} is not a pipeline spaCy can load: {' '.join(str(err).split())}",
                  exits=1)
+
+
+def _normal(requirements: Iterable[str]) -> List[str]:
+    """Requirements as packaging writes them, sorted: one spelling for one requirement."""
+    return sorted(str(Requirement(requirement)) for requirement in requirements)
+
+
+def _wheel_requirements(wheel: Path) -> List[str]:
+    """The Requires-Dist of the wheel's METADATA, as `_normal` writes them."""
+    dist_info = next(path for path in zipfile.Path(wheel).iterdir()
+                     if path.name.endswith(".dist-info"))
+    return _normal(metadata.PathDistribution(dist_info).requires or [])
 
 
 @app.command("package")
@@ -109,6 +135,7 @@ def package_cli(
     target = output_dir / f"{nlp.lang}_{name}-{version}"
     if target.exists() and not force:
         msg.fail(f"{target} exists already; --force replaces it", exits=1)
+    refuse_a_broken_link(target, f"OUTPUT_DIR {output_dir}")
     try:
         uses_images = context_from is not None and _uses_images(context_from, nlp.lang)
     except (OSError, ValueError) as err:
@@ -125,15 +152,23 @@ def package_cli(
     encoder = nlp.config["components"]["ita_ner"]["model"]["name"]
     if isinstance(encoder, dict):
         requirements.extend(map(_minor_range, ENCODER_DISTRIBUTIONS.get(encoder.get("@misc"), [])))
+    # spaCy's package names its folders from the meta's lang, and its setup.py
+    # requires the meta's setup_requires too: the pipeline's meta.json sets neither.
+    nlp.meta["lang"] = nlp.lang
+    setup_requires = nlp.meta.pop("setup_requires", None)
+    if setup_requires:
+        msg.warn(f"{model / 'meta.json'}: its setup_requires ({setup_requires}) are left out of "
+                 "the wheel's requirements")
     nlp.meta["requirements"] = requirements
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         msg.fail(f"OUTPUT_DIR {output_dir}: cannot make the folder ({err})", exits=1)
-    # Built beside the target and moved into place only when complete: a failed
-    # build (or a check of it) leaves nothing in OUTPUT_DIR, and an old package
-    # it was to replace stays.
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{target.name}.") as tmp:
+    # Built beside the target and swapped into place only when complete: a failed
+    # or stopped build (or a check of it) leaves nothing in OUTPUT_DIR, and an
+    # old package it was to replace stays.
+    with signals_end_the_run_cleanly(), \
+            tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{target.name}.") as tmp:
         staged, build = Path(tmp) / "pipeline", Path(tmp) / "build"
         nlp.to_disk(staged)
         build.mkdir()
@@ -142,10 +177,13 @@ def package_cli(
         built = json.loads((build / target.name / "meta.json").read_text())
         if not any(req.startswith("spacy-ita") for req in built["requirements"]):
             msg.fail("The package does not require spacy-ita", built["requirements"], exits=1)
-        if target.exists():
-            target.rename(Path(tmp) / "replaced")
-        (build / target.name).rename(target)
-    wheel = next((target / "dist").glob("*.whl"))
+        wheel = next((build / target.name / "dist").glob("*.whl"))
+        required = _wheel_requirements(wheel)
+        if required != _normal(built["requirements"]):
+            msg.fail(f"The wheel requires {', '.join(required) or 'nothing'}, not "
+                     f"{', '.join(built['requirements'])}", exits=1)
+        replace_directory(target, (build / target.name).rename)
+    wheel = target / "dist" / wheel.name
     msg.good(f"Built {wheel}: pipeline {', '.join(nlp.pipe_names)}; requirements: "
              f"{', '.join(built['requirements'])}")
 
@@ -164,17 +202,22 @@ def annotate_cli(
     A pipeline with ita_context reads the image; any other gets the
     precomputed context attached to the Doc.
     """
-    import spacy
-
     from ..visual_context import VisualContext
 
-    nlp = spacy.load(model)
+    nlp = _load_pipeline(model)
     doc = nlp.make_doc(text)
-    if "ita_context" in nlp.pipe_names and image is not None:
+    reads_images = "ita_context" in nlp.pipe_names
+    if image is not None and not reads_images:
+        msg.warn(f"--image {image} is not read: the pipeline has no ita_context (--context "
+                 "gives it a precomputed one)")
+    if reads_images and image is not None:
         doc._.image = str(image)
         source = f"ita_context on {image.name}"
     elif context is not None:
-        doc._.visual_context = VisualContext.from_dict(json.loads(context))
+        try:
+            doc._.visual_context = VisualContext.from_dict(json.loads(context))
+        except (TypeError, ValueError) as err:  # not JSON, or not a visual context
+            msg.fail(f"--context: {err}", exits=1)
         source = "precomputed"
     else:
         source = "none"

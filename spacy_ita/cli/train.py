@@ -4,6 +4,7 @@ kill, and `--resume` to go on from the last one.
 Same arguments and config overrides as `spacy train`; for the same config and
 seed it makes the same updates. See `spacy_ita.training.loop`.
 """
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,7 @@ from wasabi import msg
 
 from ..corpus.readers import CorpusError
 from . import app
+from .options import refuse_a_broken_link
 from .spacy_cli import import_code, parse_config_overrides, setup_gpu, show_validation_error
 
 
@@ -44,7 +46,9 @@ def train_cli(
     if resume and output_path is None:
         msg.fail("--resume needs --output: the checkpoints are in that folder", exits=1)
     if output_path is not None:
-        existing = next(path for path in (output_path, *output_path.parents) if path.exists())
+        existing = next(path for path in (output_path, *output_path.parents)
+                        if os.path.lexists(path))
+        refuse_a_broken_link(existing, f"--output {output_path}")
         if not existing.is_dir():
             msg.fail(f"--output {output_path}: {existing} is a file, not a folder", exits=1)
         msg.info(f"Saving to output directory: {output_path}")
@@ -56,9 +60,9 @@ def train_cli(
         config = util.load_config(config_path, overrides=overrides, interpolate=False)
         # Unset, spaCy's default (200) fills it in at initialisation.
         eval_frequency = config.interpolate().get("training", {}).get("eval_frequency", 1)
-    if eval_frequency < 1:
-        msg.fail(f"[training] eval_frequency must be at least 1 (steps between evaluations "
-                 f"and checkpoints), got {eval_frequency}", exits=1)
+    if not isinstance(eval_frequency, int) or eval_frequency < 1:
+        msg.fail(f"[training] eval_frequency must be at least 1 (a whole number of steps "
+                 f"between evaluations and checkpoints), got {eval_frequency!r}", exits=1)
     msg.divider("Initializing pipeline")
     try:
         with show_validation_error(config_path, hint_fill=False):

