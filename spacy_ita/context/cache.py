@@ -15,7 +15,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ..visual_context import FIELDS
+from ..visual_context import VisualContext
 
 Context = Dict[str, List[str]]  # field name -> texts, as extractors return them
 
@@ -31,15 +31,14 @@ CREATE TABLE IF NOT EXISTS contexts (
 
 def _context(text: Any) -> Optional[Context]:
     """A stored row as a context, or None (a miss) when it is not one: JSON
-    mapping known fields to lists of strings, as `put` writes."""
+    mapping known fields to lists of texts, as `put` writes (a lone surrogate,
+    `"\\ud83d"`, is half an emoji, not text)."""
     try:
         context = json.loads(text)
-    except (ValueError, RecursionError):
+        VisualContext(**context)  # TypeError unless a mapping of fields to lists of strings
+    except (ValueError, TypeError, RecursionError):
         return None
-    valid = isinstance(context, dict) and all(
-        name in FIELDS and isinstance(texts, list) and all(isinstance(t, str) for t in texts)
-        for name, texts in context.items())
-    return context if valid else None
+    return context
 
 
 class CacheError(RuntimeError):

@@ -184,15 +184,22 @@ class ItaKnowledge(Pipe):
             doc._.image_error = str(err)
 
     def _take(self, question: _Question, answer: Any) -> None:
-        """The knowledge in one answer, or the reason (key-free) why there is none."""
+        """The knowledge in one answer, or the reason (key-free) why there is none.
+        Any error reading the answer is this question's, not the batch's: the
+        knowledge is checked here, before it is cached or written."""
         question.image = None
         if isinstance(answer, CallFailure):
             question.error, question.retryable = answer.reason, answer.retryable
             return
         try:
-            question.knowledge = self.task.parse(answer.text, answer.finish_reason)
+            knowledge = self.task.parse(answer.text, answer.finish_reason)
+            VisualContext(knowledge=knowledge)  # raises unless a list of texts
         except AnswerError as err:
             question.error = self.model.scrub(str(err))
+        except Exception as err:  # a task's bug, or knowledge that is not text
+            question.error = self.model.scrub(f"{type(err).__name__}: {err}")
+        else:
+            question.knowledge = knowledge
 
     def _write(self, question: _Question) -> None:
         """Put the answer (merged or in place of the doc's knowledge) and the error on the doc."""

@@ -14,10 +14,10 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from spacy.tokens import DocBin
+import spacy
 from spacy.util import registry
-from spacy.vocab import Vocab
 
+from ..corpus.readers import CorpusError, MultimodalCorpus
 from ..visual_context import get_visual_context
 from .mentions import Mention, parse_mentions, render_mentions
 
@@ -50,9 +50,17 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
 # Characters that would break the compact form `X (type) ; Y`.
 _NOT_IN_MENTIONS = re.compile(r"[();\s]+")
+# Half of a UTF-16 pair (`"\ud83d"` in JSON, a cut emoji): not text; no cache or
+# tokenizer takes it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TEXT_KEYS = ("text", "mention", "name", "entity")
 _TYPE_KEYS = ("type", "label", "category")
 _LIST_KEYS = ("entities", "mentions", "named_entities")
+# Where JSON starts in an answer: an object, or a list of objects, lists or
+# strings (not the `[1]` of prose).
+_JSON_START = re.compile(r'\{|\[\s*[\[{"\]]')
+# What the text form never has and JSON (or a Python dict) has: a brace, a quoted list key.
+_JSON_SIGN = re.compile("[{}]|[\"'](?:%s)[\"']" % "|".join(_LIST_KEYS))
 
 Messages = List[Dict[str, Any]]
 Example = Tuple[str, Dict[str, List[str]], str]  # text, image context, answer
@@ -107,32 +115,38 @@ def entities_json(mentions: Sequence[Mention]) -> str:
     return json.dumps({"entities": items}, ensure_ascii=False)
 
 
-def parse_answer(answer: str, labels: Sequence[str] = ()) -> List[Mention]:
-    """The mentions in a model's answer: JSON (bare, in a code fence or after
-    some prose; `{"entities": [...]}` or a bare list of `{"text", "type"}`
-    objects, `[text, type]` pairs or `"X (type)"` strings), else the text form
-    `X (type) ; Y (type)`. A type matching a label but for case is spelled as
-    the label; brackets and `;` become spaces, so the compact form stays
-    readable. Raises AnswerError when JSON is there but not entities."""
+def parse_answer(answer: str, labels: Sequence[str] = (), text_form: bool = True) -> List[Mention]:
+    """The mentions in a model's answer: JSON (bare, in a code fence, after
+    some prose or before some; `{"entities": [...]}` or a bare list of
+    `{"text", "type"}` objects, `[text, type]` pairs or `"X (type)"` strings),
+    else, with `text_form`, the text form `X (type) ; Y (type)`. A type matching
+    a label but for case is spelled as the label; brackets and `;` become
+    spaces, so the compact form stays readable, and half an emoji becomes
+    U+FFFD. Raises AnswerError when the answer looks like JSON (a `{`, a `[`
+    opening a list, a quoted list key) but is not JSON entities, or when it is
+    the text form and `text_form` is false."""
     fenced = _FENCE.search(answer)
     text = (fenced.group(1) if fenced else answer).strip()
-    data: Any = None
-    if text[:1] in ("{", "["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
+    start = _JSON_START.search(text)
+    if start is None and not _JSON_SIGN.search(text):
+        if not text_form:
+            raise AnswerError("not JSON, and a text form cut short may miss entities")
+        mentions = parse_mentions(text)
+    else:
+        try:  # the text after the JSON is a remark, left out
+            data, _ = json.JSONDecoder().raw_decode(text, start.start() if start else 0)
+        except (ValueError, RecursionError) as err:  # also too deep, or over the int digit limit
             raise AnswerError(f"invalid JSON: {err}") from None
-    elif "{" in text:  # prose, then the JSON object
-        try:
-            data, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
-        except json.JSONDecodeError:
-            pass
-    mentions = parse_mentions(text) if data is None else _json_mentions(data)
+        mentions = _json_mentions(data)
     by_lower = {label.lower(): label for label in labels}
-    cleaned = [Mention(_NOT_IN_MENTIONS.sub(" ", m.text).strip(),
-                       by_lower.get(m.type.lower(), _NOT_IN_MENTIONS.sub(" ", m.type).strip()))
+    cleaned = [Mention(_compact(m.text), by_lower.get(m.type.lower(), _compact(m.type)))
                for m in mentions]
     return list(dict.fromkeys(m for m in cleaned if m.text))
+
+
+def _compact(text: str) -> str:
+    """`text` as it can stand in the compact form: no brackets, `;` or lone surrogates."""
+    return _SURROGATE.sub("\ufffd", _NOT_IN_MENTIONS.sub(" ", text)).strip()
 
 
 def _json_mentions(data: Any) -> List[Mention]:
@@ -171,10 +185,14 @@ def image_data_url(image: Any) -> str:
 def load_examples(path: str, n: int, labels: Sequence[str]) -> List[Example]:
     """Up to n (text, context, answer) few-shot examples from a .spacy file:
     posts with gold entities, first one for each label in turn, then the next
-    posts in file order; the answer lists the gold entities."""
+    posts in file order; the answer lists the gold entities. A file that
+    cannot be read is a CorpusError naming the setting, the file and the doc."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{NAME}: examples_path {path} does not exist")
-    docs = [doc for doc in DocBin().from_disk(path).get_docs(Vocab()) if doc.ents]
+    try:
+        docs = [doc for doc in MultimodalCorpus(path).read_docs(spacy.blank("xx")) if doc.ents]
+    except CorpusError as err:
+        raise CorpusError(f"{NAME}: examples_path: {err}") from None  # err names the file
     chosen: List[int] = []
     for label in labels:
         first = next((i for i, doc in enumerate(docs) if i not in chosen
@@ -247,14 +265,15 @@ class MentionsTask:
     def parse(self, answer: Any, finish_reason: Optional[str] = None) -> List[str]:
         """The knowledge texts for one answer ([] when it names no entity);
         AnswerError says why an answer is unusable, quoting it uncut: the model's
-        `scrub` masks an echoed key before it cuts the message."""
+        `scrub` masks an echoed key before it cuts the message. An answer cut at
+        max_tokens (`finish_reason` "length") counts only as whole JSON."""
         if not isinstance(answer, str) or not answer.strip():
             raise AnswerError("empty answer")
         if len(answer) > self.max_answer_chars:
             raise AnswerError(f"answer of {len(answer)} characters is over "
                               f"max_answer_chars ({self.max_answer_chars})")
         try:
-            mentions = parse_answer(answer, list(self.labels))
+            mentions = parse_answer(answer, list(self.labels), text_form=finish_reason != "length")
         except AnswerError as err:
             cut = " (cut at max_tokens)" if finish_reason == "length" else ""
             raise AnswerError(f"malformed answer{cut}: {err}: {answer!r}") from None
