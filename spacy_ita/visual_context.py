@@ -140,9 +140,14 @@ def encode_visual_context(obj: Any, chain: Optional[Callable] = None) -> Any:
 
 
 def decode_visual_context(obj: Any, chain: Optional[Callable] = None) -> Any:
-    """srsly msgpack decoder hook for VisualContext."""
+    """srsly msgpack decoder hook for VisualContext. A malformed value stays
+    wrapped, so that `get_visual_context` names the doc holding it instead of
+    msgpack failing the whole file."""
     if isinstance(obj, dict) and _MSGPACK_KEY in obj:
-        return VisualContext.from_dict(obj[_MSGPACK_KEY])
+        try:
+            return VisualContext.from_dict(obj[_MSGPACK_KEY])
+        except (TypeError, ValueError):
+            return obj
     return obj if chain is None else chain(obj)
 
 

@@ -41,6 +41,15 @@ def main(
         if not (corpus / f"{split}.spacy").is_file():
             raise typer.BadParameter(f"{corpus / f'{split}.spacy'} not found (run convert-twitter)",
                                      param_hint="CORPUS")
+    blocking = next((path for path in (output, *output.parents)
+                     if path.exists() and not path.is_dir()), None)
+    if blocking is not None:
+        raise typer.BadParameter(f"{blocking} is a file, not a folder", param_hint="OUTPUT")
+    train = output / "train.spacy"
+    if train.exists() and train.samefile(corpus / "train.spacy"):  # the same folder, or a link
+        # Overwritten, PGIM's knowledge would be lost and a second run augment augmented posts.
+        raise typer.BadParameter(f"{train} is CORPUS's own train.spacy; choose another folder",
+                                 param_hint="OUTPUT")
     # Every split read before anything is written: a truncated one leaves OUTPUT as it was.
     nlp = spacy.blank("xx")
     try:

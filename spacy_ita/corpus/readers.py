@@ -18,6 +18,10 @@ from spacy.training import Example
 from ..visual_context import get_visual_context
 
 
+# What spaCy's DocBin raises on bytes it cannot decode (zlib, msgpack, the arrays' layout).
+_UNREADABLE = (ValueError, KeyError, TypeError, zlib.error)
+
+
 class CorpusError(ValueError):
     """A corpus that cannot be read as it is: the message names the file (and
     the doc), so that commands can print it instead of a traceback."""
@@ -74,18 +78,26 @@ class MultimodalCorpus:
 
     def read_docs(self, nlp: Language) -> Iterator[Doc]:
         """Reference Docs in file order, skipping those over max_length, up to
-        limit; a doc whose entity tags or visual context are malformed is a
-        CorpusError naming the file and the doc's index in it."""
+        limit; a doc that cannot be decoded, or whose entity tags or visual
+        context are malformed, is a CorpusError naming the file and the doc's
+        index in it."""
         count = 0
         for path in self.files():
             try:
                 doc_bin = DocBin().from_disk(path)
-            except (ValueError, KeyError, TypeError, zlib.error) as err:
+            except _UNREADABLE as err:
                 raise CorpusError(
                     f"spacy-ita.MultimodalCorpus.v1: cannot read {path}: it is truncated "
                     f"or not a .spacy file ({type(err).__name__}: {err})"
                 ) from err
-            for index, doc in enumerate(doc_bin.get_docs(nlp.vocab)):
+            docs = doc_bin.get_docs(nlp.vocab)
+            for index in range(len(doc_bin)):
+                try:
+                    doc = next(docs)  # decodes the doc's user data (invalid UTF-8, say)
+                except _UNREADABLE as err:
+                    raise CorpusError(
+                        f"{path}: doc {index}: cannot be decoded ({type(err).__name__}: {err})"
+                    ) from err
                 if self.max_length and len(doc) > self.max_length:
                     continue
                 if self.limit and count >= self.limit:

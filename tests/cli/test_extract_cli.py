@@ -205,9 +205,11 @@ def test_a_malformed_context_in_a_spacy_input_costs_only_its_doc(tmp_path):
 
 
 
-def test_a_stored_visual_context_that_does_not_decode_is_one_line_naming_its_doc(tmp_path):
-    """A VisualContext made malformed before it was saved fails as DocBin
-    decodes it, which ends the reading: a traceback before, now one line."""
+def test_a_stored_visual_context_that_does_not_decode_is_its_doc_s_error(tmp_path):
+    """A VisualContext made malformed before it was saved failed as DocBin
+    decoded it, which ended the reading (a traceback, later one line and
+    nothing written): now that doc's error, named by file and index, and the
+    other docs written."""
     from spacy_ita import VisualContext
 
     nlp = spacy.blank("en")
@@ -217,9 +219,14 @@ def test_a_stored_visual_context_that_does_not_decode_is_one_line_naming_its_doc
     source = tmp_path / "in.spacy"
     DocBin(store_user_data=True, docs=docs).to_disk(source)
     result = run(source, tmp_path / "out.spacy", *NO_MODELS)
-    assert result.exit_code == 1
-    assert result.output.endswith(f"\nError: {source}, doc 1: VisualContext.captions[1] must "
-                                  "be a string, got int: 5\n")
+    assert result.exit_code == 0, result.output
+    assert (f"1 image(s) failed:\n  {source}, doc 1: Invalid Doc._.visual_context on doc "
+            "('post 1'): VisualContext.captions[1] must be a string, got int: 5") in result.output
+    out = read_docs(tmp_path / "out.spacy")
+    assert [doc.text for doc in out] == ["post 0", "post 1", "post 2"]
+    assert out[0]._.image_error is None and out[2]._.image_error is None
+    assert "captions[1] must be a string" in out[1]._.image_error
+
 
 def test_a_dict_context_in_a_spacy_input_is_read(tmp_path):
     """A dict context (accepted by get_visual_context) made the summary fail

@@ -125,3 +125,30 @@ def test_a_broken_doc_is_named_by_file_and_index(nlp, tmp_path):
         list(spacy.registry.readers.get(READER)(context)(nlp))
     # A broken doc the reader does not return (past `limit`) is not read as one.
     assert len(list(spacy.registry.readers.get(READER)(tags, limit=1)(nlp))) == 1
+
+
+WRAPPER = "__spacy_ita_visual_context__"  # how the msgpack hook stores a VisualContext
+
+
+@pytest.mark.parametrize(
+    "stored, message",
+    [
+        ({WRAPPER: {"bogus": ["x"]}}, r"Invalid Doc._.visual_context on doc 1 .*\['bogus'\]"),
+        ({WRAPPER: {"captions": [1]}}, r"Invalid Doc._.visual_context on doc 1 .*captions\[0\]"),
+        ({WRAPPER: 5}, r"Doc._.visual_context on doc 1 .* must be a spacy_ita.VisualContext"),
+        ("XYZW", r"doc 1: cannot be decoded \(UnicodeDecodeError"),  # bytes made invalid UTF-8
+    ],
+)
+def test_user_data_that_fails_to_decode_is_named_by_file_and_index(nlp, tmp_path, stored, message):
+    """msgpack decodes user data inside DocBin.get_docs, before the doc is
+    checked: its errors were tracebacks without the file."""
+    from spacy_ita.corpus.readers import CorpusError
+
+    docs = make_docs(nlp)
+    key = next(key for key in docs[0].user_data if key[1] == "visual_context")
+    docs[1].user_data[key] = stored
+    doc_bin = DocBin(docs=docs, store_user_data=True)
+    doc_bin.user_data[1] = doc_bin.user_data[1].replace(b"XYZW", b"\xed\xa0\xbdW")
+    doc_bin.to_disk(tmp_path / "train.spacy")
+    with pytest.raises(CorpusError, match=rf"^{tmp_path / 'train.spacy'}: {message}"):
+        list(spacy.registry.readers.get(READER)(tmp_path / "train.spacy")(nlp))

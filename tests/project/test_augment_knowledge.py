@@ -78,3 +78,22 @@ def test_released_knowledge_is_copied_and_an_unknown_choice_or_missing_split_ref
     with pytest.raises(typer.BadParameter, match="dev.spacy not found"):
         augment_knowledge.main(corpus, tmp_path / "bad", knowledge="augmented", seed=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_output_that_is_the_corpus_or_a_file_is_refused_before_any_work(tmp_path):
+    """Into CORPUS itself the released train.spacy was overwritten (a second run
+    augmenting augmented posts); a file as OUTPUT, or above it, was a traceback."""
+    corpus = write_corpus(tmp_path / "released")
+    released = (corpus / "train.spacy").read_bytes()
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "train.spacy").symlink_to(corpus / "train.spacy")
+    for output in (corpus, tmp_path / "released" / ".." / "released", tmp_path / "linked"):
+        with pytest.raises(typer.BadParameter, match="is CORPUS's own train.spacy"):
+            augment_knowledge.main(corpus, output, knowledge="augmented", seed=0)
+    assert (corpus / "train.spacy").read_bytes() == released
+    (tmp_path / "a_file").write_text("")
+    for output in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        with pytest.raises(typer.BadParameter, match=f"^{tmp_path / 'a_file'} is a file"):
+            augment_knowledge.main(corpus, output, knowledge="released", seed=0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "linked", "released"]
+    assert sorted(path.name for path in (tmp_path / "linked").iterdir()) == ["train.spacy"]
