@@ -7,6 +7,7 @@ whereas loading them silently would keep a second way to configure knowledge
 and the image component's special cases alive. A slot set to null (every
 pipeline saved without knowledge) loads as before.
 """
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
@@ -19,6 +20,8 @@ LEGACY_NAME = "spacy-ita.llm_knowledge.v1"
 # Which new block each setting of the old slot belongs to.
 TASK_SETTINGS = ("labels", "system_prompt", "prompt", "examples_path", "n_examples",
                  "send_image", "max_answer_chars")
+# The user:key@ of a URL (its scheme optional): everything up to the authority's last `@`.
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/?#]*@", re.IGNORECASE)
 
 
 @dataclass
@@ -69,6 +72,8 @@ def moved_message(slot: Any, component: str, context_settings: Dict[str, Any]) -
                 "see docs/knowledge.md")
     task = {key: value for key, value in slot.settings.items() if key in TASK_SETTINGS}
     model = {key: value for key, value in slot.settings.items() if key not in TASK_SETTINGS}
+    # A key in the URL must not reach a log; the new client refuses it, saying where it goes.
+    model["base_url"] = _USERINFO.sub(r"\1***@", model["base_url"])
     block = {"factory": "ita_knowledge", "on_error": context_settings["on_error"],
              "cache_path": context_settings["cache_path"],
              "max_side": context_settings["max_side"],

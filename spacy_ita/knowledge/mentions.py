@@ -5,9 +5,12 @@ Answers come in many shapes. PGIM's released ChatGPT answers read
 `Named entities: 1. X (type) 2. Y (type) Reasoning: ...`; spacy-ita's own
 extractor writes `X (type) ; Y (type)`. Both parse to the same mentions; the
 reasoning is dropped, since a small encoder cannot pull entities out of long
-free text while it can use a short list of them.
+free text while it can use a short list of them. The compact form is read
+one mention a piece, so that names such as `NA (ORG)` or `Reasoning: The
+Musical` survive a round trip.
 """
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -27,6 +30,9 @@ _NUMBERED = re.compile(r"^\s*\d+\s*[.)]")
 _HTML_ENTITY = re.compile(r"&(#?\w{1,10});")  # `&amp;` in tweets' text: its `;` splits nothing
 _POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
 _NO_MENTION = {"", "none", "na", "n/a", "nil", "null"}
+# A piece of the compact form: `X (type)` or `X`, neither with a bracket or `;` (see
+# `spacy_ita.knowledge.task.parse_answer`); linear, a bracket ends the name.
+_COMPACT_ITEM = re.compile(r"([^();\s](?:[^();]*[^();\s])?)(?: \(([^();]+)\))?")
 # An untyped item longer than this is prose ("The sentence has no entities"), not a mention.
 MAX_UNTYPED_WORDS = 6
 # Longest mention, in tokens, looked for in a post.
@@ -44,12 +50,41 @@ class Mention:
 def parse_mentions(text: str) -> List[Mention]:
     """The mentions in one knowledge text, in order, without repeats.
 
-    The text after an optional `Named entities:` header and before an optional
-    `Reasoning:` is split at `;` (not an HTML entity's) and line breaks; in
-    each piece, typed items `X (type)` are read wherever they stand, and a
-    piece without any, or a numbered item after the last, is one untyped
-    mention if it is short (a long one is prose, not a mention).
+    Text in the compact form (one line of `X (type)` or `X` joined by ` ; `,
+    not starting with a `Named entities:` header) has one mention a piece: a
+    header, `Reasoning:` or a typed `None` in it is a name or part of one. (A
+    leading number is still taken for a list's: nothing tells it from one, and
+    PGIM's `1. X (type), 2. Y (type)` gives the mention `2. Y`.) Else the text
+    after an optional header and before an optional `Reasoning:` is split at
+    `;` (not an HTML entity's) and line breaks; in each piece, typed items
+    `X (type)` are read wherever they stand, and a piece without any, or a
+    numbered item after the last, is one untyped mention if it is short (a
+    long one is prose, not a mention).
     """
+    compact = _compact_mentions(text)
+    return list(dict.fromkeys(_answer_mentions(text) if compact is None else compact))
+
+
+def _compact_mentions(text: str) -> Optional[List[Mention]]:
+    """The mentions of text in the compact form (see `parse_mentions`), or None
+    if it is not in that form."""
+    if "\n" in text or _HEADER.match(text):
+        return None
+    items = [_COMPACT_ITEM.fullmatch(piece) for piece in text.split(" ; ")]
+    if not all(items):
+        return None
+    mentions = []
+    for item in items:
+        name = _clean(item[1])
+        if item[2] and name:
+            mentions.append(Mention(name, " ".join(item[2].split()).lower()))
+        elif not item[2] and _is_untyped_mention(name):
+            mentions.append(Mention(name))
+    return mentions
+
+
+def _answer_mentions(text: str) -> List[Mention]:
+    """The mentions of an answer in any other shape (see `parse_mentions`)."""
     header = _HEADER.search(text)
     body = text[header.end():] if header else text
     body = _REASONING.split(body, maxsplit=1)[0]
@@ -59,9 +94,14 @@ def parse_mentions(text: str) -> List[Mention]:
         typed = list(_TYPED_ITEM.finditer(piece)) if "(" in piece else []
         mentions += [Mention(_clean(m[1]), " ".join(m[2].split()).lower()) for m in typed]
         rest = piece[typed[-1].end():] if typed else piece
-        if (not typed or _NUMBERED.match(rest)) and len(_clean(rest).split()) <= MAX_UNTYPED_WORDS:
+        if (not typed or _NUMBERED.match(rest)) and _is_untyped_mention(_clean(rest)):
             mentions.append(Mention(_clean(rest)))  # untyped: alone, or numbered after typed
-    return list(dict.fromkeys(m for m in mentions if m.text.lower() not in _NO_MENTION))
+    return [m for m in mentions if m.text.lower() not in _NO_MENTION]
+
+
+def _is_untyped_mention(text: str) -> bool:
+    """Whether an item without a type names something: not prose, not "none"."""
+    return len(text.split()) <= MAX_UNTYPED_WORDS and text.lower() not in _NO_MENTION
 
 
 def _clean(item: str) -> str:
@@ -75,9 +115,12 @@ def render_mentions(mentions: Iterable[Mention]) -> str:
 
 
 def _normalize(text: str) -> str:
-    """Lower-cased letters and digits only: `#NewYorkMets`, `New York Mets` and
-    `@newyorkmets` all become `newyorkmets`."""
-    return "".join(char for char in text.lower() if char.isalnum())
+    """Case-folded letters and digits only, in compatibility form without accents
+    (combining marks are not alphanumeric): `#NewYorkMets`, `New York Mets` and
+    `@newyorkmets` all become `newyorkmets`, `Beyoncé` (either Unicode form)
+    `beyonce`, `ＮＡＳＡ` `nasa`."""
+    return "".join(char for char in unicodedata.normalize("NFKD", text.casefold())
+                   if char.isalnum())
 
 
 def align_mentions(

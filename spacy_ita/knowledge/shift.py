@@ -83,11 +83,15 @@ def label_for_type(kind: str, labels: Sequence[str] = DEFAULT_LABELS) -> str:
     return catch_all
 
 
+def as_stored(mentions: Sequence[Mention]) -> List[Mention]:
+    """The mentions as the LM extractor would store its JSON answer (`parse_answer`:
+    brackets and `;`, which would break the compact form, made spaces; repeats merged)."""
+    return parse_answer(entities_json(mentions), DEFAULT_LABELS)
+
+
 def rename_types(mentions: Sequence[Mention]) -> List[Mention]:
-    """The mentions typed with the label set, as the LM extractor would store its
-    JSON answer (`parse_answer`: cleaned texts, repeats merged)."""
-    answer = entities_json([Mention(m.text, label_for_type(m.type)) for m in mentions])
-    return parse_answer(answer, DEFAULT_LABELS)
+    """The mentions typed with the label set, as the LM extractor would store them."""
+    return as_stored([Mention(m.text, label_for_type(m.type)) for m in mentions])
 
 
 def knowledge_mentions(example: Example) -> Optional[List[Mention]]:
@@ -106,9 +110,9 @@ def aligned_tokens(words: Sequence[str], mentions: Sequence[Mention]) -> Set[int
 
 def spurious_mention(example: Example, blocked: Set[int], rng: random.Random) -> Optional[Mention]:
     """A random span of the post's words (at most MAX_SPURIOUS_TOKENS, each with
-    a letter or digit, no URL) that spells no token of `blocked` (gold
-    entities, known mentions) wherever it aligns, with a random label; None if
-    the post has no such span."""
+    a letter or digit, no URL), as the extractor would store it, that spells no
+    token of `blocked` (gold entities, known mentions) wherever it aligns, with
+    a random label; None if the post has no such span."""
     words = [token.text for token in example.predicted]
     wordlike = [any(c.isalnum() for c in word) and not _URL.match(word) for word in words]
     candidates = []
@@ -116,7 +120,7 @@ def spurious_mention(example: Example, blocked: Set[int], rng: random.Random) ->
         for end in range(start + 1, min(len(words), start + MAX_SPURIOUS_TOKENS) + 1):
             if not wordlike[end - 1]:
                 break
-            mention = Mention(example.predicted[start:end].text, "")
+            (mention,) = as_stored([Mention(example.predicted[start:end].text)])  # `(via` is `via`
             covered = aligned_tokens(words, [mention])
             if covered and not covered & blocked:
                 candidates.append(mention)

@@ -93,3 +93,21 @@ def test_spurious_mentions_are_typed_spans_of_the_post_that_touch_no_entity():
         covered = {i for i, item in enumerate(align_mentions(WORDS, added)) if item}
         assert len(covered) >= len(added) and not covered & gold_tokens
     assert n_added == 12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_spurious_mention_is_stored_as_the_extractor_would_and_read_back_as_added(seed):
+    """Spans with `(`, `)` or `;` were stored as they stand: `hi;Obama (LOC)` read
+    back as `hi` and `Obama`, a gold entity, and `lol;) (ORG)` lost its type."""
+    words = ["Obama", "(via", "@AP)", "hi;Obama", "lol;)"]
+    vocab = spacy.blank("en").vocab
+    predicted, reference = Doc(vocab, words=words), Doc(vocab, words=words)
+    reference.ents = [Span(reference, 0, 1, "PER")]
+    predicted._.visual_context = VisualContext(knowledge=["Obama (person)"])
+    rewritten, counts = shift.rewrite_knowledge([Example(predicted, reference)], 0.0, 1.0, seed)
+    assert counts["spurious_added"] == 1
+    obama, added = knowledge_of(rewritten[0])
+    assert obama == Mention("Obama", "PER") and added.type in shift.DEFAULT_LABELS
+    assert not set("();") & set(added.text)
+    covered = {i for i, item in enumerate(align_mentions(words, [added])) if item}
+    assert covered and 0 not in covered

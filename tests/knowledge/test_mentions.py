@@ -1,4 +1,6 @@
 """Knowledge as mentions: parsing language-model answers, the compact form, alignment."""
+import unicodedata
+
 import pytest
 
 from spacy_ita.knowledge.mentions import (
@@ -43,6 +45,11 @@ def test_pgim_answer_parses_to_mentions_without_the_reasoning():
           Mention("Tower", "location")]),
         ("1. Obama (person) 2. White House", [Mention("Obama", "person"), Mention("White House")]),
         ("Obama (person), and others", [Mention("Obama", "person")]),
+        # PGIM's answers without a header, and with a typed `None`.
+        ("1. Miss Alaska MAO (organization) 2. Malie Delgado (person) Reasoning: It names "
+         "Miss Alaska (a title).", [Mention("Miss Alaska MAO", "organization"),
+                                    Mention("Malie Delgado", "person")]),
+        ("Named entities: None (or possibly Cech, a surname)", []),
     ],
 )
 def test_answer_shapes(text, expected):
@@ -52,6 +59,17 @@ def test_answer_shapes(text, expected):
 def test_compact_form_round_trips():
     mentions = [Mention("Kawhi Leonard", "person"), Mention("NBA")]
     assert render_mentions(mentions) == "Kawhi Leonard (person) ; NBA"
+    assert parse_mentions(render_mentions(mentions)) == mentions
+
+
+@pytest.mark.parametrize("mentions", [
+    [Mention("Reasoning: The Musical", "other"), Mention("Broadway", "loc")],
+    [Mention("Biden", "per"), Mention("Named Entity: Recognition", "other"), Mention("Obama")],
+    [Mention("None", "per"), Mention("NA", "org")],
+])
+def test_names_that_look_like_parts_of_an_answer_round_trip(mentions):
+    """Read as an answer's reasoning, header or `None`, they were lost: all the
+    knowledge, Biden, both mentions."""
     assert parse_mentions(render_mentions(mentions)) == mentions
 
 
@@ -75,6 +93,18 @@ def test_alignment_ignores_case_spaces_hashtags_and_handles():
         (1, 2, "New York Mets"), (4, 5, "New York Mets"), (6, 8, "Citifield"),
         (9, 11, "George Zimmerman"),
     ]
+
+
+def test_alignment_ignores_unicode_forms_width_and_accents():
+    """PGIM names the post's `@NikaJaneckova` `Nika Janečková`; a post may hold
+    `Beyoncé` decomposed (NFD) or `ＮＡＳＡ` in full width. The spans are the
+    post's own tokens, and the mentions keep their text."""
+    beyonce = {form: unicodedata.normalize(form, "Beyoncé") for form in ("NFC", "NFD")}
+    words = ["@NikaJaneckova", beyonce["NFD"], "and", "ＮＡＳＡ", "in", "Straße"]
+    mentions = [Mention("Nika Janečková", "person"), Mention(beyonce["NFC"]), Mention("NASA"),
+                Mention("STRASSE")]
+    assert spans(words, mentions) == [(0, 1, "Nika Janečková"), (1, 2, beyonce["NFC"]),
+                                      (3, 4, "NASA"), (5, 6, "STRASSE")]
 
 
 def test_alignment_prefers_the_longest_span_and_skips_punctuation_edges():
