@@ -11,6 +11,7 @@ import typer
 from spacy.tokens import Doc, DocBin
 
 from ..corpus.mner import EOS_TOKEN, detect_format, format_mner, read_mner
+from ..corpus.readers import MultimodalCorpus
 from ..files import replace_file
 from ..visual_context import FIELDS
 from . import app
@@ -189,7 +190,8 @@ def export_cli(
     format the research code reads (default), or plain MNER. An IMGID line
     starts each post when the docs have image ids; `convert` reads it back."""
     try:
-        docs = DocBin().from_disk(input_path).get_docs(spacy.blank(lang).vocab)
+        # The corpus reader names the file and the doc that does not decode.
+        docs = MultimodalCorpus(input_path).read_docs(spacy.blank(lang))
         field = inline_field if file_format == TextFormat.inline else None
         posts = list(format_mner(docs, inline_field=field))
         output.parent.mkdir(parents=True, exist_ok=True)

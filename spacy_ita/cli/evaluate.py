@@ -100,11 +100,19 @@ def check_gold(examples: List[Example], data: Path, labels) -> None:
 
 def check_output(output: Path, data: Path, pipeline: Path) -> None:
     """Refuse, before scoring, an --output that would replace what evaluate
-    reads: DATA (or a file in it, when it is a folder) or a pipeline file."""
-    for what, read in (("DATA", data), ("the pipeline", pipeline)):
-        if same_file(output, read) or output.resolve().is_relative_to(read.resolve()):
-            msg.fail(f"--output {output} is {what} ({read}) or in it, which evaluate reads; "
-                     "write the metrics elsewhere", exits=1)
+    reads: DATA, a .spacy file under a DATA folder (the reader takes every one)
+    or an existing file of the pipeline; any other file beside them is fine."""
+    inside = output.resolve().is_relative_to
+    if same_file(output, data):
+        what = f"DATA ({data})"
+    elif data.is_dir() and output.suffix == ".spacy" and inside(data.resolve()):
+        what = f"a .spacy file in DATA ({data})"
+    elif output.exists() and inside(pipeline.resolve()):
+        what = f"a file of the pipeline ({pipeline})"
+    else:
+        return
+    msg.fail(f"--output {output} is {what}, which evaluate reads; write the metrics elsewhere",
+             exits=1)
 
 
 def _cell(value: Optional[float], spec: str) -> str:

@@ -21,6 +21,7 @@ from ..context import make_doc
 from ..context import component  # noqa: F401  (registers the ita_context factory)
 from ..context.config import OCREngine, context_config
 from ..context.images import ImageError, describe_image
+from ..corpus.readers import UNREADABLE
 from ..knowledge import component as _knowledge  # noqa: F401  (and ita_knowledge's)
 from ..files import replace_file
 from ..visual_context import get_visual_context
@@ -125,7 +126,7 @@ def read_inputs(nlp: Language, input_path: Path, image_dir: Optional[Path],
     if input_path.suffix == ".spacy":
         try:
             doc_bin = DocBin().from_disk(input_path)
-        except (ValueError, KeyError, TypeError):  # spaCy: zlib, msgpack, layout
+        except UNREADABLE:
             raise ValueError(f"{shown} cannot be read: it is truncated or not a .spacy "
                              "file") from None
 
@@ -135,7 +136,7 @@ def read_inputs(nlp: Language, input_path: Path, image_dir: Optional[Path],
                 where = f"{shown}, doc {index}"
                 try:  # a context stored as a VisualContext is checked as it is read
                     doc = next(docs)
-                except (TypeError, ValueError) as err:
+                except UNREADABLE as err:
                     raise ValueError(f"{where}: {err}") from None
                 try:  # a dict becomes a VisualContext
                     doc._.visual_context = get_visual_context(doc)

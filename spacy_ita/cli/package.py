@@ -133,6 +133,11 @@ def package_cli(
         msg.fail(f"--name {name}: leave out the language prefix '{nlp.lang}_' (spaCy adds "
                  "it)", exits=1)
     target = output_dir / f"{nlp.lang}_{name}-{version}"
+    # --force would replace the pipeline itself (or the folder holding it) with the package.
+    here, pipeline = target.resolve(), model.resolve()
+    if here.is_relative_to(pipeline) or pipeline.is_relative_to(here):
+        msg.fail(f"The package folder {target} is MODEL ({model}), holds it or is in it; "
+                 "choose another OUTPUT_DIR", exits=1)
     if target.exists() and not force:
         msg.fail(f"{target} exists already; --force replaces it", exits=1)
     refuse_a_broken_link(target, f"OUTPUT_DIR {output_dir}")

@@ -19,7 +19,7 @@ from ..visual_context import get_visual_context
 
 
 # What spaCy's DocBin raises on bytes it cannot decode (zlib, msgpack, the arrays' layout).
-_UNREADABLE = (ValueError, KeyError, TypeError, zlib.error)
+UNREADABLE = (ValueError, KeyError, TypeError, zlib.error)
 
 
 class CorpusError(ValueError):
@@ -85,7 +85,7 @@ class MultimodalCorpus:
         for path in self.files():
             try:
                 doc_bin = DocBin().from_disk(path)
-            except _UNREADABLE as err:
+            except UNREADABLE as err:
                 raise CorpusError(
                     f"spacy-ita.MultimodalCorpus.v1: cannot read {path}: it is truncated "
                     f"or not a .spacy file ({type(err).__name__}: {err})"
@@ -94,7 +94,7 @@ class MultimodalCorpus:
             for index in range(len(doc_bin)):
                 try:
                     doc = next(docs)  # decodes the doc's user data (invalid UTF-8, say)
-                except _UNREADABLE as err:
+                except UNREADABLE as err:
                     raise CorpusError(
                         f"{path}: doc {index}: cannot be decoded ({type(err).__name__}: {err})"
                     ) from err

@@ -22,6 +22,8 @@ TASK_SETTINGS = ("labels", "system_prompt", "prompt", "examples_path", "n_exampl
                  "send_image", "max_answer_chars")
 # The user:key@ of a URL (its scheme optional): everything up to the authority's last `@`.
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/?#]*@", re.IGNORECASE)
+# Each value of a query string (`key=…`), or a parameter without `=` as a whole.
+_QUERY_VALUE = re.compile(r"(?<=[?&])(?:([^=&#]*=)[^&#]*|[^=&#]+)")
 
 
 @dataclass
@@ -58,6 +60,13 @@ def make_knowledge_slot(
     return KnowledgeSlot(dict(locals()))
 
 
+def _masked(url: str) -> str:
+    """The URL with its user:key@ and its query string's values as ***: a key
+    in the URL must not reach a log (the new client refuses it, saying where it goes)."""
+    head, question, query = _USERINFO.sub(r"\1***@", url).partition("?")
+    return head + _QUERY_VALUE.sub(r"\1***", question + query)
+
+
 def moved_message(slot: Any, component: str, context_settings: Dict[str, Any]) -> str:
     """How to move an old `knowledge` slot of the ita_context `component` to
     an ita_knowledge component: the config blocks, filled in when the slot
@@ -72,8 +81,7 @@ def moved_message(slot: Any, component: str, context_settings: Dict[str, Any]) -
                 "see docs/knowledge.md")
     task = {key: value for key, value in slot.settings.items() if key in TASK_SETTINGS}
     model = {key: value for key, value in slot.settings.items() if key not in TASK_SETTINGS}
-    # A key in the URL must not reach a log; the new client refuses it, saying where it goes.
-    model["base_url"] = _USERINFO.sub(r"\1***@", model["base_url"])
+    model["base_url"] = _masked(model["base_url"])
     block = {"factory": "ita_knowledge", "on_error": context_settings["on_error"],
              "cache_path": context_settings["cache_path"],
              "max_side": context_settings["max_side"],

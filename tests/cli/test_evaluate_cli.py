@@ -123,18 +123,38 @@ def test_broken_data_a_file_in_the_way_or_no_gpu_stop_with_one_line(pipeline_dir
 
 def test_an_output_that_is_what_evaluate_reads_is_refused_before_scoring(pipeline_dir, tmp_path):
     """`-o DATA` replaced the gold docs with the metrics (and `-o MODEL/meta.json`
-    the pipeline's meta)."""
+    the pipeline's meta); a .spacy file under a DATA folder is read as gold next time."""
     model = tmp_path / "pipeline"
     shutil.copytree(pipeline_dir, model)
     gold = tmp_path / "golds" / "gold.spacy"
     gold.parent.mkdir()
     DocBin(docs=gold_docs(spacy.load(model).vocab), store_user_data=True).to_disk(gold)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    for data, output, what in ((gold, gold, f"DATA ({gold})"),
-                               (gold.parent, gold.parent / "metrics.json", f"DATA ({gold.parent})"),
-                               (gold, model / "meta.json", f"the pipeline ({model})")):
+    for data, output, what in (
+            (gold, gold, f"DATA ({gold})"),
+            (gold.parent, gold, f"a .spacy file in DATA ({gold.parent})"),
+            (gold.parent, gold.parent / "metrics.spacy", f"a .spacy file in DATA ({gold.parent})"),
+            (gold, model / "meta.json", f"a file of the pipeline ({model})")):
         code, output_text = evaluate(model, data, "-o", output)
         assert code == 1, output_text
-        assert f"--output {output} is {what} or in it, which evaluate reads" in output_text
+        assert f"--output {output} is {what}, which evaluate reads" in output_text
         assert "words/s" not in output_text
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_an_output_beside_what_evaluate_reads_is_written(pipeline_dir, tmp_path, monkeypatch):
+    """A new file in the pipeline's folder, a JSON file in a DATA folder and
+    `-o metrics.json` with DATA `.` replace nothing evaluate reads: they were refused."""
+    model = tmp_path / "pipeline"
+    shutil.copytree(pipeline_dir, model)
+    golds = tmp_path / "golds"
+    golds.mkdir()
+    DocBin(docs=gold_docs(spacy.load(model).vocab), store_user_data=True).to_disk(
+        golds / "gold.spacy")
+    monkeypatch.chdir(golds)
+    for data, output in ((golds / "gold.spacy", model / "metrics.json"),
+                         (golds, golds / "metrics.json"),
+                         (".", "metrics.json")):
+        code, output_text = evaluate(model, data, "--views", "text", "-o", output)
+        assert code == 0, output_text
+        assert json.loads((golds / output).read_text())["data"] == str(data)

@@ -277,6 +277,24 @@ def test_a_damaged_spacy_input_is_one_line_naming_it(tmp_path):
                                  "a .spacy file\n")
 
 
+def test_a_doc_whose_arrays_do_not_decode_is_one_line_naming_it(tmp_path):
+    """extract caught fewer of DocBin's decode errors than the corpus reader: a
+    KeyError from a doc's damaged arrays was a traceback."""
+    import zlib
+
+    import srsly
+
+    nlp = spacy.blank("en")
+    layout = srsly.msgpack_loads(zlib.decompress(
+        DocBin(docs=[nlp(f"post {i}") for i in range(2)]).to_bytes()))
+    layout["flags"] = {0: {}}  # doc 1's flags gone
+    source = tmp_path / "in.spacy"
+    source.write_bytes(zlib.compress(srsly.msgpack_dumps(layout)))
+    result = run(source, tmp_path / "out.spacy", *NO_MODELS)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exc_info
+    assert result.output.splitlines()[-1] == f"Error: {source}, doc 1: 1"
+
+
 def test_sigterm_while_writing_the_output_leaves_no_temporary_file(tmp_path):
     """SIGTERM (a scheduler, `timeout`) killed extract inside its atomic write,
     leaving `.OUTPUT.tmp-<pid>` for good. It now ends the run through its

@@ -150,6 +150,23 @@ def test_a_link_to_nothing_as_the_package_folder_is_refused_before_the_build(
     assert list((tmp_path / "out").iterdir()) == [link]
 
 
+@pytest.mark.parametrize("model, output_dir", [
+    ("out/en_x-0.1.0", "out"),  # the package folder is MODEL
+    ("out/en_x-0.1.0/pipeline", "out"),  # it holds MODEL
+    ("pipeline", "pipeline"),  # it is in MODEL
+])
+def test_a_package_folder_that_is_holds_or_is_in_the_model_is_refused(
+        pipeline_dir, tmp_path, model, output_dir):
+    """--force replaced the pipeline with its own package (its config.cfg gone)."""
+    shutil.copytree(pipeline_dir, tmp_path / model)
+    before = sorted(tmp_path.rglob("*"))
+    code, output = package(tmp_path / model, tmp_path / output_dir, "--name", "x", "--force")
+    assert code == 1 and (f"The package folder {tmp_path / output_dir / 'en_x-0.1.0'} is MODEL "
+                          f"({tmp_path / model}), holds it or is in it") in output
+    assert "Building package artifacts" not in output
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def with_meta(pipeline_dir, path, **meta):
     """A copy of the pipeline at `path` whose meta.json also holds `meta`."""
     shutil.copytree(pipeline_dir, path)

@@ -199,3 +199,24 @@ def test_cli_errors(tmp_path):
     result = run("convert", no_ids, tmp_path / "x.spacy", "--n-sents", "2")
     assert result.exit_code == 1 and "different contexts" in result.output
     assert not (tmp_path / "x.spacy").exists()
+
+
+def test_export_names_the_file_and_the_doc_it_cannot_read(tmp_path, vocab):
+    """export read the DocBin itself: invalid UTF-8 in a doc's user data was
+    an error naming neither, a malformed stored context a traceback."""
+    docs = [spacy.blank("en", vocab=vocab)(f"post {i}") for i in range(3)]
+    docs[1]._.visual_context = VisualContext(captions=["XYZW"])
+    doc_bin = DocBin(docs=docs, store_user_data=True)
+    doc_bin.user_data[1] = doc_bin.user_data[1].replace(b"XYZW", b"\xed\xa0\xbdW")
+    doc_bin.to_disk(tmp_path / "utf8.spacy")
+    docs[1]._.visual_context.captions.append(5)  # stored malformed, read back wrapped
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "context.spacy")
+    (tmp_path / "cut.spacy").write_bytes((tmp_path / "context.spacy").read_bytes()[:60])
+    for name, error in (("utf8", "doc 1: cannot be decoded (UnicodeDecodeError: 'utf-8' codec"),
+                        ("context", "Invalid Doc._.visual_context on doc 1 ('post 1')"),
+                        ("cut", "it is truncated or not a .spacy file")):
+        result = run("export", tmp_path / f"{name}.spacy", tmp_path / "out.txt")
+        assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exc_info
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+        assert f"{tmp_path / name}.spacy" in result.output and error in result.output
+    assert not (tmp_path / "out.txt").exists()

@@ -73,16 +73,20 @@ def test_an_old_knowledge_slot_fails_with_the_blocks_that_replace_it():
     assert nlp.pipe_names == ["ita_context", "ita_knowledge"]
 
 
-def test_a_key_in_the_old_base_url_is_masked_in_the_message():
+@pytest.mark.parametrize("url, masked", [
+    ("https://bob:sk-secret@llm.example/v1", "https://***@llm.example/v1"),
+    # a key in the query string was printed as it was
+    ("https://llm.example/v1?key=sk-secret&bob", "https://llm.example/v1?key=***&***"),
+])
+def test_a_key_in_the_old_base_url_is_masked_in_the_message(url, masked):
     """The message reaches logs; the new client refuses credentials in the URL."""
-    old = Config().from_str(OLD_CONFIG.format(url="https://bob:sk-secret@llm.example/v1",
-                                              model=MODEL, key_env=KEY_ENV))
+    old = Config().from_str(OLD_CONFIG.format(url=url, model=MODEL, key_env=KEY_ENV))
     with pytest.raises(ValueError) as excinfo:
         spacy.util.load_model_from_config(old, auto_fill=True)
     assert "sk-secret" not in str(excinfo.value) and "bob" not in str(excinfo.value)
     blocks = Config().from_str(str(excinfo.value).split("\n\n", 1)[1])
     model = blocks["components"]["ita_knowledge"]["model"]
-    assert model["base_url"] == "https://***@llm.example/v1"
+    assert model["base_url"] == masked
 
 
 def test_a_saved_pipeline_without_knowledge_still_loads(tmp_path):
