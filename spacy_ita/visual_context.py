@@ -17,9 +17,9 @@ FIELDS = ("captions", "object_tags", "ocr_text", "knowledge")
 # ita_ner's default: knowledge first, since a context too long for the encoder is cut at its end.
 DEFAULT_ORDER = ("knowledge", "captions", "object_tags", "ocr_text")
 _MSGPACK_KEY = "__spacy_ita_visual_context__"
-# Half of a UTF-16 pair (a cut emoji in a JSON file): not text, and the
-# tokenizers cannot encode it.
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A lone half of a UTF-16 pair (`"\ud83d"` in JSON, an emoji cut in two): not text,
+# so no UTF-8 encoder (a cache's, an output writer's, a tokenizer's) takes it.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class VisualContext:
                         f"VisualContext.{name}[{i}] must be a string, "
                         f"got {type(item).__name__}: {item!r:.80}"
                     )
-                if _SURROGATE_RE.search(item):
+                if SURROGATE.search(item):
                     raise ValueError(
                         f"VisualContext.{name}[{i}] contains a lone surrogate (half of a "
                         f"UTF-16 pair, e.g. a cut emoji), which is not text: {item!r:.80}"

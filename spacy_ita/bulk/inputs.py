@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlparse
 
+from ..visual_context import SURROGATE
+
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # The columns `apply` writes itself; input columns of these names are not carried.
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
@@ -284,10 +286,7 @@ def image_location(value: Any, base: Path) -> Any:
 # dict, or empty with the reason in `error`; `warning` says what was repaired.
 Records = Iterator[Tuple[int, str, Dict[str, Any], Optional[str], Optional[str]]]
 
-# A lone half of a surrogate pair: not a character, so no UTF-8 encoder (the
-# output writers', the tokenizers') takes it. JSON escapes ("\ud83d", a tweet
-# cut in the middle of an emoji) and surrogateescape decoding produce them.
-SURROGATE = re.compile("[\ud800-\udfff]")
+# How JSON escapes a lone surrogate (`SURROGATE`, a tweet cut in an emoji): `\ud83d`.
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 REPLACEMENT = "\ufffd"
 

@@ -48,26 +48,18 @@ class Mention:
 
 
 def parse_mentions(text: str) -> List[Mention]:
-    """The mentions in one knowledge text, in order, without repeats.
-
-    Text in the compact form (one line of `X (type)` or `X` joined by ` ; `,
-    not starting with a `Named entities:` header) has one mention a piece: a
-    header, `Reasoning:` or a typed `None` in it is a name or part of one. (A
-    leading number is still taken for a list's: nothing tells it from one, and
-    PGIM's `1. X (type), 2. Y (type)` gives the mention `2. Y`.) Else the text
-    after an optional header and before an optional `Reasoning:` is split at
-    `;` (not an HTML entity's) and line breaks; in each piece, typed items
-    `X (type)` are read wherever they stand, and a piece without any, or a
-    numbered item after the last, is one untyped mention if it is short (a
-    long one is prose, not a mention).
-    """
+    """The mentions in one stored knowledge text, in order, without repeats: the
+    compact form one mention a piece, any other text as a model's answer."""
     compact = _compact_mentions(text)
-    return list(dict.fromkeys(_answer_mentions(text) if compact is None else compact))
+    return list(dict.fromkeys(parse_text_answer(text) if compact is None else compact))
 
 
+# The compact form is one line of `X (type)` or `X` joined by ` ; `, not starting with
+# a `Named entities:` header. A header, `Reasoning:` or a typed `None` in a piece is a
+# name or part of one, as stored. A leading number is still taken for a list's: nothing
+# tells it from one, and PGIM's `1. X (type), 2. Y (type)` gives the mention `2. Y`.
 def _compact_mentions(text: str) -> Optional[List[Mention]]:
-    """The mentions of text in the compact form (see `parse_mentions`), or None
-    if it is not in that form."""
+    """The mentions of text in the compact form, or None if it is not in that form."""
     if "\n" in text or _HEADER.match(text):
         return None
     items = [_COMPACT_ITEM.fullmatch(piece) for piece in text.split(" ; ")]
@@ -83,8 +75,13 @@ def _compact_mentions(text: str) -> Optional[List[Mention]]:
     return mentions
 
 
-def _answer_mentions(text: str) -> List[Mention]:
-    """The mentions of an answer in any other shape (see `parse_mentions`)."""
+# The text after an optional header and before an optional `Reasoning:` is split at `;`
+# (not an HTML entity's) and line breaks. In each piece, typed items `X (type)` are read
+# wherever they stand; a piece without any, or a numbered item after the last, is one
+# untyped mention if it is short (a long one is prose, not a mention).
+def parse_text_answer(text: str) -> List[Mention]:
+    """The mentions of a model's answer in text, `Named entities: 1. X (type)
+    2. Y (type) Reasoning: ...` or `X (type) ; Y`, in order, repeats kept."""
     header = _HEADER.search(text)
     body = text[header.end():] if header else text
     body = _REASONING.split(body, maxsplit=1)[0]

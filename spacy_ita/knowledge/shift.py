@@ -25,7 +25,7 @@ from spacy.training import Example
 
 from ..visual_context import get_visual_context
 from .mentions import Mention, align_mentions, matched_mentions, parse_mentions, render_mentions
-from .task import DEFAULT_LABELS, entities_json, parse_answer
+from .task import DEFAULT_LABELS, compact_text, entities_json, parse_answer
 
 # Words of a free-form type that name each label, after the extractor's label
 # descriptions (spacy_ita.knowledge.task.LABEL_DESCRIPTIONS) plus common synonyms.
@@ -120,7 +120,7 @@ def spurious_mention(example: Example, blocked: Set[int], rng: random.Random) ->
         for end in range(start + 1, min(len(words), start + MAX_SPURIOUS_TOKENS) + 1):
             if not wordlike[end - 1]:
                 break
-            (mention,) = as_stored([Mention(example.predicted[start:end].text)])  # `(via` is `via`
+            mention = Mention(compact_text(example.predicted[start:end].text))  # `(via` is `via`
             covered = aligned_tokens(words, [mention])
             if covered and not covered & blocked:
                 candidates.append(mention)

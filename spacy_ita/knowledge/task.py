@@ -18,8 +18,8 @@ import spacy
 from spacy.util import registry
 
 from ..corpus.readers import CorpusError, MultimodalCorpus
-from ..visual_context import get_visual_context
-from .mentions import Mention, parse_mentions, render_mentions
+from ..visual_context import SURROGATE, get_visual_context
+from .mentions import Mention, parse_text_answer, render_mentions
 
 NAME = "spacy-ita.mentions_task.v1"
 # Short descriptions of common NER labels; other labels need one in `labels`.
@@ -50,17 +50,17 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.DOTALL)
 # Characters that would break the compact form `X (type) ; Y`.
 _NOT_IN_MENTIONS = re.compile(r"[();\s]+")
-# Half of a UTF-16 pair (`"\ud83d"` in JSON, a cut emoji): not text; no cache or
-# tokenizer takes it.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _TEXT_KEYS = ("text", "mention", "name", "entity")
 _TYPE_KEYS = ("type", "label", "category")
 _LIST_KEYS = ("entities", "mentions", "named_entities")
-# Where JSON starts in an answer: an object, or a list of objects, lists or
-# strings (not the `[1]` of prose).
+# An answer that starts as JSON: an object, or a list of objects, lists or strings
+# (not the `[1]` or `[Obama]` of text).
 _JSON_START = re.compile(r'\{|\[\s*[\[{"\]]')
-# What the text form never has and JSON (or a Python dict) has: a brace, a quoted list key.
-_JSON_SIGN = re.compile("[{}]|[\"'](?:%s)[\"']" % "|".join(_LIST_KEYS))
+# JSON after prose: an object with a quoted key (JSON's or a Python dict's), alone or
+# opening a list (not the `{post}` or `:-}` of text); a list of pairs (not the `[]` or
+# `["#vote"]` of text).
+_OBJECT_START = re.compile(r"""(?:\[\s*)?\{\s*["']""")
+_PAIRS_START = re.compile(r"\[\s*\[")
 
 Messages = List[Dict[str, Any]]
 Example = Tuple[str, Dict[str, List[str]], str]  # text, image context, answer
@@ -116,37 +116,53 @@ def entities_json(mentions: Sequence[Mention]) -> str:
 
 
 def parse_answer(answer: str, labels: Sequence[str] = (), text_form: bool = True) -> List[Mention]:
-    """The mentions in a model's answer: JSON (bare, in a code fence, after
-    some prose or before some; `{"entities": [...]}` or a bare list of
-    `{"text", "type"}` objects, `[text, type]` pairs or `"X (type)"` strings),
-    else, with `text_form`, the text form `X (type) ; Y (type)`. A type matching
-    a label but for case is spelled as the label; brackets and `;` become
-    spaces, so the compact form stays readable, and half an emoji becomes
-    U+FFFD. Raises AnswerError when the answer looks like JSON (a `{`, a `[`
-    opening a list, a quoted list key) but is not JSON entities, or when it is
-    the text form and `text_form` is false."""
+    """The mentions in a model's answer: JSON (bare, in a code fence, after some
+    prose or before some; `{"entities": [...]}` or a bare list of `{"text", "type"}`
+    objects, `[text, type]` pairs or `"X (type)"` strings), else, with `text_form`,
+    the text form (`parse_text_answer`). A type matching a label but for case is
+    spelled as the label; texts and types are made `compact_text`. Raises
+    AnswerError when JSON that starts the answer, or an object after prose, is not
+    entities, or when the answer is the text form and `text_form` is false."""
     fenced = _FENCE.search(answer)
     text = (fenced.group(1) if fenced else answer).strip()
-    start = _JSON_START.search(text)
-    if start is None and not _JSON_SIGN.search(text):
+    mentions = _json_answer(text)
+    if mentions is None:
         if not text_form:
             raise AnswerError("not JSON, and a text form cut short may miss entities")
-        mentions = parse_mentions(text)
-    else:
-        try:  # the text after the JSON is a remark, left out
-            data, _ = json.JSONDecoder().raw_decode(text, start.start() if start else 0)
-        except (ValueError, RecursionError) as err:  # also too deep, or over the int digit limit
-            raise AnswerError(f"invalid JSON: {err}") from None
-        mentions = _json_mentions(data)
+        mentions = parse_text_answer(text)
     by_lower = {label.lower(): label for label in labels}
-    cleaned = [Mention(_compact(m.text), by_lower.get(m.type.lower(), _compact(m.type)))
+    cleaned = [Mention(compact_text(m.text), by_lower.get(m.type.lower(), compact_text(m.type)))
                for m in mentions]
     return list(dict.fromkeys(m for m in cleaned if m.text))
 
 
-def _compact(text: str) -> str:
+def compact_text(text: str) -> str:
     """`text` as it can stand in the compact form: no brackets, `;` or lone surrogates."""
-    return _SURROGATE.sub("\ufffd", _NOT_IN_MENTIONS.sub(" ", text)).strip()
+    return SURROGATE.sub("\ufffd", _NOT_IN_MENTIONS.sub(" ", text)).strip()
+
+
+def _json_answer(text: str) -> Optional[List[Mention]]:
+    """The mentions of the JSON in an answer, or None if it has none. JSON that starts
+    the answer, or an object after prose, must be entities; a list of pairs after
+    prose is taken only if it is entities, since text may have one (`[[1]]`)."""
+    if _JSON_START.match(text):
+        return _json_mentions(_decode(text, 0))
+    found = _OBJECT_START.search(text)
+    pairs = _PAIRS_START.search(text)
+    if pairs and (found is None or pairs.start() < found.start()):
+        try:
+            return _json_mentions(_decode(text, pairs.start()))
+        except AnswerError:
+            pass  # brackets of the text
+    return None if found is None else _json_mentions(_decode(text, found.start()))
+
+
+def _decode(text: str, start: int) -> Any:
+    """The JSON value at `start` in `text`; what follows it (a remark) is left out."""
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except (ValueError, RecursionError) as err:  # also too deep, or over the int digit limit
+        raise AnswerError(f"invalid JSON: {err}") from None
 
 
 def _json_mentions(data: Any) -> List[Mention]:
@@ -161,7 +177,7 @@ def _json_mentions(data: Any) -> List[Mention]:
     mentions = []
     for item in data:
         if isinstance(item, str):
-            mentions += parse_mentions(item)
+            mentions += parse_text_answer(item)
         elif isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
             mentions.append(Mention(*item))
         elif isinstance(item, dict):

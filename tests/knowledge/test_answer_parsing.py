@@ -14,8 +14,11 @@ from test_llm_knowledge import (api_key, first_word_is_a_person, llm_nlp,  # noq
                                 no_hang, run_posts)  # (api_key, no_hang: autouse)
 
 import spacy_ita  # noqa: F401  (Doc extensions)
+from spacy_ita import visual_context
+from spacy_ita.bulk import inputs
 from spacy_ita.context.cache import ContextCache
 from spacy_ita.corpus.readers import CorpusError
+from spacy_ita.knowledge import task
 from spacy_ita.knowledge.mentions import Mention
 from spacy_ita.knowledge.task import AnswerError, make_mentions_task, parse_answer
 
@@ -43,13 +46,72 @@ def test_json_is_read_up_to_its_end_and_half_an_emoji_is_repaired(answer, expect
     (CUT, "invalid JSON: Unterminated string"),
     ('```json\n{"entities": [{"text": "Alice", "type": "PER"}, {"te', "invalid JSON"),
     ("Here: {'entities': [{'text': 'Alice', 'type': 'PER'}]}", "invalid JSON: Expecting property"),
-    ("The post names Alice (PER) and Bob (PER). }", "invalid JSON"),
+    ('The post names: {"entities": [{"text": "Alice" "type": "PER"}]}',
+     "invalid JSON: Expecting ',' delimiter"),
+    ('Here: [{"text": "Alice", "type": "PER"}, {"te', "invalid JSON: Unterminated string"),
     (DEEP, "invalid JSON: maximum recursion depth exceeded"),
     (DIGITS, "invalid JSON: Exceeds the limit"),
-], ids=["cut_after_prose", "cut_in_a_fence", "python_dict", "prose_and_a_brace", "deep", "digits"])
+], ids=["cut_after_prose", "cut_in_a_fence", "python_dict", "prose_then_broken_json",
+        "a_list_cut_after_prose", "deep", "digits"])
 def test_an_answer_that_looks_like_json_but_does_not_decode_is_an_answer_error(answer, message):
     with pytest.raises(AnswerError, match=re.escape(message)):
         parse_answer(answer)
+
+
+# Text answers with brackets, braces or a quoted key that are not JSON. Each was
+# read as its bracket alone, or was an error asked again every run.
+TEXT_ANSWERS = {
+    "quoted_list": ('Named entities: 1. Obama (PER) 2. Chicago (LOC)\n'
+                    'Reasoning: the tags ["#vote"] too.', ["Obama (PER) ; Chicago (LOC)"]),
+    "empty_list": ("Named entities: 1. Obama (PER)\nReasoning: no image tags [] to use.",
+                   ["Obama (PER)"]),
+    "list_as_a_name": ('Obama (PER) ; Chicago (LOC) ; [ "a" ] (OTHER)',
+                       ['Obama (PER) ; Chicago (LOC) ; [ "a" ] (OTHER)']),
+    "nested_list": ("Obama (PER). Reasoning: see [[1]]", ["Obama (PER)"]),
+    "braces": ("Named entities: 1. Obama (PER) 2. Chicago (LOC)\n"
+               "Reasoning: the {post} names both.", ["Obama (PER) ; Chicago (LOC)"]),
+    "braces_in_a_name": ("Barack Obama (PER) ; {Chicago} (LOC)",
+                         ["Barack Obama (PER) ; {Chicago} (LOC)"]),
+    "a_smiley": ("Named entities: 1. Obama (PER) 2. Smile :-} (OTHER)",
+                 ["Obama (PER) ; Smile :-} (OTHER)"]),
+    "quoted_key": ("Named entities: 1. Obama (PER) Reasoning: the 'entities' key", ["Obama (PER)"]),
+}
+
+
+@pytest.mark.parametrize("answer,knowledge", TEXT_ANSWERS.values(), ids=TEXT_ANSWERS.keys())
+def test_brackets_and_braces_of_a_text_answer_are_text(answer, knowledge):
+    assert make_mentions_task().parse(answer) == knowledge
+
+
+def test_a_text_answer_with_brackets_is_cached_and_not_asked_again(tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    answers = {name: Reply(answer) for name, (answer, _) in TEXT_ANSWERS.items()}
+    with FakeLLM(lambda request: answers[post_text(request)]) as server:
+        for _ in range(2):
+            docs = run_posts(llm_nlp(server, cache_path=cache), list(TEXT_ANSWERS))
+            assert [doc._.visual_context.knowledge for doc in docs] == [
+                knowledge for _, knowledge in TEXT_ANSWERS.values()]
+            assert [doc._.knowledge_error for doc in docs] == [None] * len(TEXT_ANSWERS)
+        assert len(server.requests) == len(TEXT_ANSWERS)
+
+
+@pytest.mark.parametrize("answer,expected", [
+    ("Here are the named entities: Obama (PER) ; Chicago (LOC)",
+     [Mention("Obama", "PER"), Mention("Chicago", "LOC")]),
+    ("Obama. Reasoning: he is famous", [Mention("Obama")]),
+    ("Obama (PER) ; Chicago (LOC) ; Reasoning: both appear",
+     [Mention("Obama", "PER"), Mention("Chicago", "LOC")]),
+    ('{"entities": ["Obama (PER)", "Chicago. Reasoning: a city"]}',
+     [Mention("Obama", "PER"), Mention("Chicago")]),
+], ids=["header_after_prose", "reasoning", "reasoning_as_a_piece", "reasoning_in_a_json_string"])
+def test_an_answer_is_read_as_an_answer_not_as_stored_knowledge(answer, expected):
+    """The compact form's reader keeps a header or `Reasoning:` as part of a name,
+    as the extractor stores it; a model's answer drops them."""
+    assert parse_answer(answer, ["PER", "LOC"]) == expected
+
+
+def test_one_pattern_finds_lone_surrogates_in_answers_input_rows_and_contexts():
+    assert task.SURROGATE is inputs.SURROGATE is visual_context.SURROGATE
 
 
 def test_an_answer_cut_at_max_tokens_is_read_only_as_json():
