@@ -11,7 +11,7 @@ import typer
 from spacy.tokens import Doc, DocBin
 
 from ..corpus.mner import EOS_TOKEN, detect_format, format_mner, read_mner
-from ..corpus.readers import MultimodalCorpus
+from ..corpus.readers import CorpusError, MultimodalCorpus
 from ..files import replace_file
 from ..visual_context import FIELDS
 from . import app
@@ -196,7 +196,10 @@ def export_cli(
         posts = list(format_mner(docs, inline_field=field))
         output.parent.mkdir(parents=True, exist_ok=True)
         replace_file(output, "".join(posts))
-    except (ValueError, OSError, ImportError) as err:
+    except (CorpusError, OSError, ImportError) as err:
         typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(code=1)
+    except ValueError as err:  # a doc the MNER format cannot hold: "Doc 3 has no tokens"
+        typer.echo(f"Error: {input_path}: {err}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"Wrote {len(posts)} posts to {output} ({file_format.value} format)")

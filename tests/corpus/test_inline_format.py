@@ -220,3 +220,13 @@ def test_export_names_the_file_and_the_doc_it_cannot_read(tmp_path, vocab):
         assert result.output.startswith("Error: ") and result.output.count("\n") == 1
         assert f"{tmp_path / name}.spacy" in result.output and error in result.output
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_export_names_the_file_of_a_doc_the_format_cannot_hold(tmp_path, vocab):
+    """A doc without tokens was "Error: Doc 1 has no tokens", naming no file."""
+    docs = [spacy.blank("en", vocab=vocab)(text) for text in ("post 0", "", "post 2")]
+    DocBin(docs=docs).to_disk(tmp_path / "empty.spacy")
+    result = run("export", tmp_path / "empty.spacy", tmp_path / "out.txt")
+    assert result.exit_code == 1, result.exc_info
+    assert result.output == f"Error: {tmp_path / 'empty.spacy'}: Doc 1 has no tokens\n"
+    assert not (tmp_path / "out.txt").exists()
