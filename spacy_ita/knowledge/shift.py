@@ -83,15 +83,11 @@ def label_for_type(kind: str, labels: Sequence[str] = DEFAULT_LABELS) -> str:
     return catch_all
 
 
-def as_stored(mentions: Sequence[Mention]) -> List[Mention]:
-    """The mentions as the LM extractor would store its JSON answer (`parse_answer`:
-    brackets and `;`, which would break the compact form, made spaces; repeats merged)."""
-    return parse_answer(entities_json(mentions), DEFAULT_LABELS)
-
-
 def rename_types(mentions: Sequence[Mention]) -> List[Mention]:
-    """The mentions typed with the label set, as the LM extractor would store them."""
-    return as_stored([Mention(m.text, label_for_type(m.type)) for m in mentions])
+    """The mentions typed with the label set, as the LM extractor would store its
+    JSON answer (`parse_answer`: cleaned texts, repeats merged)."""
+    answer = entities_json([Mention(m.text, label_for_type(m.type)) for m in mentions])
+    return parse_answer(answer, DEFAULT_LABELS)
 
 
 def knowledge_mentions(example: Example) -> Optional[List[Mention]]:
