@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Tuple, Union
@@ -63,53 +64,46 @@ def replace_json(path: Union[str, Path], data) -> None:
     replace_file(path, srsly.json_dumps(data, indent=2) + "\n")
 
 
+_NEW, _OLD = "new", "old"  # inside a holder of `replace_directory`
+
+
 def replace_directory(target: Union[str, Path], write: Callable[[Path], None]) -> None:
     """Let `write` fill a fresh folder next to `target`, then swap it in whole:
     whoever opens `target`, even after a kill mid-save, finds the old folder or
-    the new one, never a half-written mix."""
+    the new one, never a half-written mix. The work happens in a holder folder
+    `.NAME.tmp-<random>` created exclusively, so nothing already beside
+    `target` is ever written over or removed."""
     target = Path(target)
-    fresh = _sibling(target, "tmp")
-    _remove(fresh)
+    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    fresh = holder / _NEW
     try:
         write(fresh)
         _sync_tree(fresh)
         if not target.exists():
             os.rename(fresh, target)
-        elif _exchange(fresh, target):  # `fresh` now holds the old folder
-            _remove(fresh)
-        else:
-            old = _sibling(target, "old")
-            os.rename(target, old)
+        elif not _exchange(fresh, target):  # when exchanged, `fresh` holds the old folder
+            os.rename(target, holder / _OLD)
             os.rename(fresh, target)
-            _remove(old)
         _sync_dir(target.parent)
     finally:
-        _remove(fresh)
+        shutil.rmtree(holder)
 
 
 def recover_directory(target: Union[str, Path]) -> None:
     """Undo what a kill inside `replace_directory` left: put back a folder
-    moved aside when there is no new one in its place, and drop the leftovers."""
+    moved aside when there is no new one in its place, and drop the holders.
+    A folder of a holder's name that holds anything else is not ours: kept."""
     target = Path(target)
     if not target.parent.exists():
         return
-    for kind in ("old", "tmp"):
-        for leftover in sorted(target.parent.glob(f".{target.name}.{kind}-*")):
-            if kind == "old" and not target.exists():
-                os.rename(leftover, target)
-            else:
-                _remove(leftover)
-
-
-def _sibling(target: Path, kind: str) -> Path:
-    return target.with_name(f".{target.name}.{kind}-{os.getpid()}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    for holder in sorted(target.parent.glob(f".{target.name}.tmp-*")):
+        if not holder.is_dir() or holder.is_symlink():
+            continue
+        if not {path.name for path in holder.iterdir()} <= {_NEW, _OLD}:
+            continue
+        if (holder / _OLD).is_dir() and not target.exists():
+            os.rename(holder / _OLD, target)
+        shutil.rmtree(holder)
 
 
 def _sync_tree(folder: Path) -> None:

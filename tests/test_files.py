@@ -79,18 +79,34 @@ def test_replace_directory_keeps_the_old_folder_when_writing_fails(tmp_path):
 
 
 @pytest.mark.parametrize("left, kept", [
-    ({".model-best.old-123": "old", ".model-best.tmp-123": "new, half"}, "old"),
-    ({"model-best": "whole", ".model-best.tmp-9": "half", ".model-best.old-9": "older"}, "whole"),
+    ({".model-best.tmp-a1/old": "old", ".model-best.tmp-a1/new": "new, half"}, "old"),
+    ({"model-best": "whole", ".model-best.tmp-b2/new": "half", ".model-best.tmp-c3/old": "older"},
+     "whole"),
 ], ids=["moved-aside", "beside-a-whole-folder"])
 def test_recover_directory_keeps_the_one_whole_folder(tmp_path, left, kept):
     """A kill between the two renames of the fallback leaves the old folder
-    under its temporary name and no target: it is put back. Leftovers beside
-    a whole folder are dropped."""
+    in its holder and no target: it is put back. Holders beside a whole
+    folder are dropped."""
     for name, text in left.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         write_folder(text)(tmp_path / name)
     recover_directory(tmp_path / "model-best")
     assert (tmp_path / "model-best" / "file").read_text() == kept
     assert [path.name for path in tmp_path.iterdir()] == ["model-best"]
+
+
+def test_replace_and_recover_directory_leave_a_folder_of_a_like_name_alone(tmp_path):
+    """A user's `.model-best.tmp-<pid>` (the temporary name of old) is
+    neither written into nor removed, by the swap or by the recovery."""
+    target = tmp_path / "model-best"
+    mine = tmp_path / f".model-best.tmp-{os.getpid()}"
+    write_folder("mine")(mine)
+    replace_directory(target, write_folder("new"))
+    replace_directory(target, write_folder("newer"))
+    recover_directory(target)
+    assert (mine / "file").read_text() == "mine"
+    assert (target / "file").read_text() == "newer"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [mine.name, "model-best"]
 
 
 def test_recover_directory_of_a_missing_folder_does_nothing(tmp_path):
