@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 from confection import Config
 
 from ..context.registry import extractors
+from .client import ENV_NAME
 from .task import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
 
 LEGACY_NAME = "spacy-ita.llm_knowledge.v1"
@@ -82,6 +83,8 @@ def moved_message(slot: Any, component: str, context_settings: Dict[str, Any]) -
     task = {key: value for key, value in slot.settings.items() if key in TASK_SETTINGS}
     model = {key: value for key, value in slot.settings.items() if key not in TASK_SETTINGS}
     model["base_url"] = _masked(model["base_url"])
+    if model["api_key_env"] is not None and not ENV_NAME.match(model["api_key_env"]):
+        model["api_key_env"] = "***"  # a key pasted in place of the variable's name
     block = {"factory": "ita_knowledge", "on_error": context_settings["on_error"],
              "cache_path": context_settings["cache_path"],
              "max_side": context_settings["max_side"],

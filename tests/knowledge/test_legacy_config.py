@@ -89,6 +89,17 @@ def test_a_key_in_the_old_base_url_is_masked_in_the_message(url, masked):
     assert model["base_url"] == masked
 
 
+def test_a_key_in_the_old_api_key_env_is_masked_in_the_message():
+    """A key pasted where the variable's NAME goes was quoted in the message."""
+    old = Config().from_str(OLD_CONFIG.format(url="https://llm.example/v1", model=MODEL,
+                                              key_env="sk-secret-123"))
+    with pytest.raises(ValueError) as excinfo:
+        spacy.util.load_model_from_config(old, auto_fill=True)
+    assert "sk-secret" not in str(excinfo.value)
+    blocks = Config().from_str(str(excinfo.value).split("\n\n", 1)[1])
+    assert blocks["components"]["ita_knowledge"]["model"]["api_key_env"] == "***"
+
+
 def test_a_saved_pipeline_without_knowledge_still_loads(tmp_path):
     """Every ita_context saved before has `knowledge = null`."""
     config = Config().from_str(OLD_CONFIG.format(url="http://x", model=MODEL, key_env=KEY_ENV))
