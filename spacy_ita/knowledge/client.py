@@ -7,6 +7,7 @@ when the client is made: it is never a setting, so it never reaches a config,
 the cache, a saved pipeline or a log. Each instance owns its client (made and
 checked once per process, on first use), so two components never share one.
 """
+import json
 import logging
 import os
 import random
@@ -17,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 from spacy.util import registry
@@ -36,9 +37,13 @@ MAX_LIST_BYTES = 16 << 20
 RETRYABLE_STATUSES = (401, 403, 404, 408, 409, 429)
 # The most characters of a message that quotes an endpoint (an error, an answer, model ids).
 MAX_MESSAGE_CHARS = 300
+# The most characters of a body that a message quotes when it is not what the API answers.
+MAX_BODY_START_CHARS = 100
 # Where a request carries its watchdog, cap and refusal to each response it gets.
 _BOUNDS = "spacy_ita.bounds"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What an Authorization header carries as a key: printable ASCII, no spaces.
+KEY_CHARS = re.compile(r"[!-~]+")
 
 
 @dataclass
@@ -65,6 +70,25 @@ class _CallCapReached(Exception):
 class AnswerRefused(Exception):
     """An HTTP answer refused before it is parsed: over the byte cap (by its
     Content-Length, or as soon as that much of it was read), or compressed."""
+
+
+class NotAnAnswer(Exception):
+    """A 200 answer that is not what the API answers (an HTML page, cut JSON, a
+    list without choices); the message is its content type and its start, key-free."""
+
+
+def _is_model_list(body: Any) -> bool:
+    """Whether `body` is an OpenAI model list: {"data": [{"id": "...", ...}, ...]}."""
+    data = body.get("data") if isinstance(body, dict) else None
+    return isinstance(data, list) and all(
+        isinstance(model, dict) and isinstance(model.get("id"), str) for model in data)
+
+
+def _is_chat_completion(body: Any) -> bool:
+    """Whether `body` is a chat completion: {"choices": [{"message": {...}, ...}, ...]}."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    return (isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)
+            and isinstance(choices[0].get("message"), dict))
 
 
 def _openai():
@@ -216,7 +240,7 @@ class OpenAICompatible:
         if "@" in urlsplit(base_url).netloc:  # user:key@host would reach configs and the cache
             raise ValueError(f"{NAME}: base_url must not hold credentials (user:key@host); "
                              "put the key in an environment variable named by api_key_env")
-        if api_key_env is not None and not _ENV_NAME.match(api_key_env):
+        if api_key_env is not None and not ENV_NAME.match(api_key_env):
             # Not echoed: a key pasted here by mistake must not reach a log.
             raise ValueError(f"{NAME}: api_key_env is the NAME of the environment variable "
                              "that holds the key (letters, digits, _), not the key itself")
@@ -275,15 +299,48 @@ class OpenAICompatible:
                 f"{NAME}: the environment variable {self.api_key_env} (api_key_env) is not "
                 "set or empty; export the API key in it, or set api_key_env to null for a "
                 "server that needs no key")
+        if not KEY_CHARS.fullmatch(key):  # not echoed: the HTTP library would quote it whole
+            raise SetupError(
+                f"{NAME}: the environment variable {self.api_key_env} (api_key_env) holds "
+                "spaces, line breaks or other characters that an HTTP header cannot carry; "
+                "it must hold one key of printable ASCII (a key file of several lines?)")
         return key
 
-    def scrub(self, text: str) -> str:
-        """`text` fit for a one-line message: the API key masked, should a server
-        echo it, runs of whitespace (line breaks) made one space, then cut to
-        MAX_MESSAGE_CHARS; masked first, so that no cut leaves part of the key."""
+    def _key_forms(self) -> List[str]:
+        """The API key as a server or an HTTP library may quote it: as it is and
+        escaped by repr() (of the text or its bytes) or JSON, longest first;
+        none for no key or one under 4 characters, which would mask ordinary text."""
         key = os.environ.get(self.api_key_env or "", "").strip()
-        masked = text.replace(key, "***") if len(key) >= 4 else text
-        return " ".join(masked.split())[:MAX_MESSAGE_CHARS]
+        if len(key) < 4:
+            return []
+        return sorted({key, repr(key)[1:-1], repr(key.encode("utf-8"))[2:-1],
+                       json.dumps(key)[1:-1]}, key=len, reverse=True)
+
+    def echoes_key(self, text: str) -> bool:
+        """Whether `text` holds the API key, in any form `scrub` masks."""
+        return any(form in text for form in self._key_forms())
+
+    def scrub(self, text: str) -> str:
+        """`text` fit for a one-line message: the API key masked (in each of its
+        quoted forms), should a server echo it, runs of whitespace (line breaks)
+        made one space, then cut to MAX_MESSAGE_CHARS; masked first, so that no
+        cut leaves part of the key."""
+        for form in self._key_forms():
+            text = text.replace(form, "***")
+        return " ".join(text.split())[:MAX_MESSAGE_CHARS]
+
+    def _json(self, raw: Any, fits: Callable[[Any], bool]) -> Any:
+        """The JSON body of `raw` (openai's raw response) when `fits` says it has
+        the API's shape; else NotAnAnswer quoting its content type and start."""
+        try:
+            body = json.loads(raw.content)
+            if fits(body):
+                return body
+        except (ValueError, RecursionError):  # not JSON, cut, nested too deep, a huge number
+            pass
+        content_type = raw.headers.get("content-type", "no content type")
+        start = self.scrub(raw.content.decode("utf-8", "replace"))[:MAX_BODY_START_CHARS]
+        raise NotAnAnswer(self.scrub(f"({content_type}): {start!r}"))
 
     def load(self) -> Any:
         """This instance's client, made and checked once per process: a missing
@@ -307,7 +364,10 @@ class OpenAICompatible:
         openai = _openai()
         where = f"{NAME}: {self.base_url}"
         try:
-            served = [model.id for model in self._with_retries(client.models.list, count=False)]
+            raw = self._with_retries(client.models.with_raw_response.list, count=False)
+            served = [model["id"] for model in self._json(raw, _is_model_list)["data"]]
+        except NotAnAnswer as err:
+            raise SetupError(f"{where}/models did not answer an OpenAI model list {err}") from None
         except openai.APIConnectionError as err:
             raise SetupError(f"{where} cannot be reached ({self._reason(err)}); is the server "
                                "running and the URL right?") from None
@@ -389,23 +449,25 @@ class OpenAICompatible:
     # -- posts ----------------------------------------------------------------------
 
     def _create(self, client: Any, messages: List[Dict[str, Any]]) -> Any:
-        """One chat completion; JSON mode is dropped for the rest of the run if
-        the server refuses it (HTTP 400) and the same request works without."""
+        """One chat completion, as openai's raw response; JSON mode is dropped
+        for the rest of the run if the server refuses it (HTTP 400) and the
+        same request works without."""
         openai = _openai()
         options: Dict[str, Any] = {"model": self.model, "messages": messages,
                                    "temperature": self.temperature}
         if self.max_tokens is not None:
             options["max_tokens"] = self.max_tokens
+        create = client.chat.completions.with_raw_response.create
         json_mode = self.json_mode and not self.json_refused
         if json_mode:
             options["response_format"] = {"type": "json_object"}
         try:
-            return self._with_retries(lambda: client.chat.completions.create(**options))
+            return self._with_retries(lambda: create(**options))
         except openai.BadRequestError:
             if not json_mode:
                 raise
         del options["response_format"]
-        response = self._with_retries(lambda: client.chat.completions.create(**options))
+        response = self._with_retries(lambda: create(**options))
         if not self.json_refused:
             self.json_refused = True
             logger.warning("%s: %s refused response_format json_object; asking without it",
@@ -413,11 +475,14 @@ class OpenAICompatible:
         return response
 
     def ask(self, client: Any, messages: List[Dict[str, Any]]) -> Union[Completion, CallFailure]:
-        """The answer to one post's messages, or why there is none."""
+        """The answer to one post's messages, or why there is none. An answer
+        that is not a chat completion (a gateway's error page) may pass."""
         openai = _openai()
         try:
-            choice = self._create(client, messages).choices[0]
-            return Completion(choice.message.content, choice.finish_reason)
+            choice = self._json(self._create(client, messages), _is_chat_completion)["choices"][0]
+            return Completion(choice["message"].get("content"), choice.get("finish_reason"))
+        except NotAnAnswer as err:
+            return CallFailure(f"the answer is not a chat completion {err}", retryable=True)
         except _CallCapReached:
             return CallFailure(f"max_calls ({self.max_calls}) reached: no more calls "
                                "in this run", retryable=True)
@@ -425,7 +490,7 @@ class OpenAICompatible:
             return CallFailure(self._reason(err), retryable=self._may_pass(err))
         except AnswerRefused as err:
             return CallFailure(self._reason(err))
-        except Exception as err:  # an answer that is not a chat completion, say
+        except Exception as err:  # this post's failure, not the batch's
             return CallFailure(self.scrub(f"{type(err).__name__}: {err}"))
 
     def __call__(self, prompts: List[List[Dict[str, Any]]]

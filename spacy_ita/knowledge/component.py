@@ -186,7 +186,9 @@ class ItaKnowledge(Pipe):
     def _take(self, question: _Question, answer: Any) -> None:
         """The knowledge in one answer, or the reason (key-free) why there is none.
         Any error reading the answer is this question's, not the batch's: the
-        knowledge is checked here, before it is cached or written."""
+        knowledge is checked here, before it is cached or written. An answer
+        that repeats the API key (an endpoint or proxy echoing the Authorization
+        header) is not used, so that the key never becomes knowledge."""
         question.image = None
         if isinstance(answer, CallFailure):
             question.error, question.retryable = answer.reason, answer.retryable
@@ -194,6 +196,9 @@ class ItaKnowledge(Pipe):
         try:
             knowledge = self.task.parse(answer.text, answer.finish_reason)
             VisualContext(knowledge=knowledge)  # raises unless a list of texts
+            if self.model.echoes_key(answer.text):
+                raise AnswerError("the answer repeats the API key (an endpoint or proxy that "
+                                  "echoes the Authorization header?); it is not used")
         except AnswerError as err:
             question.error = self.model.scrub(str(err))
         except Exception as err:  # a task's bug, or knowledge that is not text
