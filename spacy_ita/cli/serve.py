@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ..context.config import OCREngine
-from ..serve.batching import MAX_WAIT
+from ..serve.batching import DEFAULT_MAX_QUEUED_BYTES, MAX_WAIT
 from .options import PIPELINE_OPTIONS, pipeline_settings
 from . import app
 
@@ -60,6 +60,13 @@ def serve_cli(
     max_image_pixels: Optional[int] = typer.Option(
         None, "--max-image-pixels", min=1, metavar="N",
         help="Images with more pixels are refused (default: ita_context's 50 million)."),
+    max_request_pixels: int = typer.Option(
+        100_000_000, "--max-request-pixels", min=1, metavar="N",
+        help="Pixels one request's images may have together, read from their headers before "
+        "any is decoded (each post's image counts, repeats too); posts past it get an error "
+        "and are tagged without their image. The default takes some 120 photos of 1200x675 "
+        "and holds the tagging worker a few seconds at most: a small PNG of one colour "
+        "decodes to millions of pixels."),
     fetch_timeout: float = typer.Option(10.0, "--fetch-timeout", metavar="SECONDS",
                                         help="Seconds to download one image URL."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, metavar="N",
@@ -75,6 +82,12 @@ def serve_cli(
         f"most {MAX_WAIT_MS:,})."),
     queue_size: int = typer.Option(256, "--queue-size", min=1, metavar="N",
                                    help="Requests waiting at most; more get 503."),
+    max_queued_bytes: int = typer.Option(
+        DEFAULT_MAX_QUEUED_BYTES, "--max-queued-bytes", min=1, metavar="N",
+        help="Bytes of images, texts and contexts the requests waiting for the tagging worker "
+        "(and those it runs) may hold together; more get 503 with Retry-After. A request "
+        "over it alone is taken once none other is held. The default, 256 MiB, holds 8 requests "
+        "with the most image bytes --max-body-bytes and --max-download-bytes let in."),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log a line per request (about 10 % of the posts/s "
         "under load from 8 clients; the API key is never logged)."),
@@ -116,10 +129,10 @@ def serve_cli(
             api_key=api_key, model_name=model, max_body_bytes=max_body_bytes,
             max_posts=max_posts, max_text_chars=max_text_chars,
             max_context_chars=max_context_chars, max_image_bytes=max_image_bytes,
-            max_download_bytes=max_download_bytes,
+            max_download_bytes=max_download_bytes, max_request_pixels=max_request_pixels,
             fetch_timeout=fetch_timeout, allow_private_urls=allow_private_urls,
             batch_size=batch_size, batch_wait=batch_wait_ms / 1000, batch_gap=batch_gap_ms / 1000,
-            queue_size=queue_size,
+            queue_size=queue_size, max_queued_bytes=max_queued_bytes,
             **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}))
         server_app = create_app(nlp, settings)
     except (ValueError, *ENVIRONMENT_ERRORS) as err:

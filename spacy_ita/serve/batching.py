@@ -1,8 +1,9 @@
 """Concurrent requests batched into `nlp.pipe` calls.
 
 A single worker thread runs the pipeline: it takes the requests waiting in a
-bounded queue until it holds `max_posts` posts (a request is never split, so
-one with more runs whole), waits for more once it holds one (at
+queue, bounded in requests and in the bytes their images and texts hold (with
+those of the batch running), until it holds `max_posts` posts (a request is
+never split, so one with more runs whole), waits for more once it holds one (at
 most `max_wait` seconds in all, no longer than `max_gap` for the next, and
 not at all once it holds as many posts as the recent batches: clients answered
 together come back together, and waiting for those that do not come left
@@ -31,12 +32,14 @@ from ..visual_context import VisualContext, get_visual_context
 Result = Dict[str, Any]
 RunBatch = Callable[[List[Post], List[bool]], List[Result]]
 MAX_WAIT = 60.0  # seconds, for max_wait and max_gap: every client in a batch waits as long
+# 8 requests of the most image bytes the default body and download limits let in (32 MiB).
+DEFAULT_MAX_QUEUED_BYTES = 256 * 2**20
 _STOP = object()  # the worker's signal to finish
 logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """More requests are waiting than the queue holds: the server is overloaded."""
+    """More requests, or more bytes, are waiting than the queue holds: the server is overloaded."""
 
 
 class BatchFailed(RuntimeError):
@@ -49,13 +52,17 @@ class _Job:
     text_view: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    size: int  # the bytes its posts hold (held_bytes)
 
 
 class Batcher:
-    """Runs `run` over batches of the posts that `submit` hands it, in one worker thread."""
+    """Runs `run` over batches of the posts that `submit` hands it, in one worker
+    thread. The requests it holds, waiting or running, hold `max_queued_bytes`
+    at most (held_bytes), unless one alone holds more: it is taken when no other is held."""
 
     def __init__(self, run: RunBatch, max_posts: int = 32, max_wait: float = 0.005,
-                 queue_size: int = 256, max_gap: float = 0.001):
+                 queue_size: int = 256, max_gap: float = 0.001,
+                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES):
         if not (max_posts >= 1 and queue_size >= 1 and 0 <= max_wait <= MAX_WAIT
                 and 0 <= max_gap <= MAX_WAIT):  # NaN fails every comparison
             raise ValueError(f"max_posts and queue_size must be at least 1, max_wait and "
@@ -65,6 +72,9 @@ class Batcher:
         self.max_posts = max_posts
         self.max_wait = max_wait
         self.max_gap = max_gap
+        self.max_queued_bytes = max_queued_bytes
+        self._bytes_held = 0
+        self._bytes_lock = threading.Lock()  # not _lock: stop holds that while the worker ends
         self._recent_posts: Deque[int] = deque([max_posts], maxlen=4)  # posts of the last batches
         self._queue: "queue.Queue[Any]" = queue.Queue(queue_size)
         self._thread: Optional[threading.Thread] = None
@@ -88,16 +98,34 @@ class Batcher:
 
     async def submit(self, posts: List[Post], text_view: bool) -> List[Result]:
         """The results of `posts`, in order, once a batch has run them; QueueFull
-        when the queue has no room."""
+        when the queue has no room for them."""
         if self._thread is None:  # no lifespan started it: an app mounted inside another
             self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(posts, text_view, loop, loop.create_future())
+        job = _Job(posts, text_view, loop, loop.create_future(), held_bytes(posts))
+        self._hold(job.size)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
+            self._release([job])
             raise QueueFull(f"{self._queue.maxsize} requests are already waiting") from None
         return await job.future
+
+    def _hold(self, size: int) -> None:
+        """Count `size` more bytes held; QueueFull, counting none, when they do not fit."""
+        with self._bytes_lock:
+            held = self._bytes_held
+            fits = held == 0 or held + size <= self.max_queued_bytes
+            if fits:
+                self._bytes_held += size
+        if not fits:
+            raise QueueFull(f"the requests waiting or running hold {held:,} bytes of images and "
+                            f"text, and this one's {size:,} would go over the limit of "
+                            f"{self.max_queued_bytes:,} (--max-queued-bytes)")
+
+    def _release(self, jobs: List[_Job]) -> None:
+        with self._bytes_lock:
+            self._bytes_held -= sum(job.size for job in jobs)
 
     def _work(self) -> None:
         stopping = False
@@ -112,6 +140,7 @@ class Batcher:
                 for job in jobs:
                     _notify(job, BatchFailed(f"the server failed on this request's batch: "
                                              f"{type(err).__name__}: {err}"))
+            self._release(jobs)
 
     def _collect(self, jobs: List[_Job]) -> bool:
         """Put the next batch's jobs in `jobs` (at least one, unless stopping),
@@ -149,6 +178,14 @@ class Batcher:
             end = start + len(job.posts)
             _notify(job, results[start:end])
             start = end
+
+
+def held_bytes(posts: List[Post]) -> int:
+    """What `posts` hold that their client chose the size of: their image bytes
+    (an unfetched URL: its characters), and the characters of their texts and contexts."""
+    return sum(len(post.image or "") + len(post.text)
+               + sum(sum(map(len, items)) for items in (post.visual_context or {}).values())
+               for post in posts)
 
 
 def _notify(job: _Job, outcome: Any) -> None:
