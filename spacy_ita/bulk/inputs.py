@@ -5,14 +5,20 @@ its place, (file relative to the input root, row index), so that a resumed run
 can skip the rows already in the output. A row that cannot be used (bad JSON,
 no text) still becomes a Post, with its error: it is written, never dropped.
 Text that is not valid Unicode (bytes that are not UTF-8, half of a surrogate
-pair) is repaired to U+FFFD, with a warning in the row that says where.
+pair) is repaired to U+FFFD, with a warning in the row that says where. OUTPUT
+and its parts are never read as input, and a text column that no input file
+has is refused before the run.
 """
 import codecs
 import csv
 import glob
+import io
+import itertools
 import json
+import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -20,6 +26,7 @@ from urllib.parse import unquote, urlparse
 
 from ..visual_context import SURROGATE
 
+logger = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # The columns `apply` writes itself; input columns of these names are not carried.
 RESULT_COLUMNS = ("input_file", "input_row", "entities", "visual_context", "view",
@@ -31,6 +38,8 @@ CSV_FIELD_LIMIT = 1 << 24
 # A JSON row whose lists and objects nest deeper is an error row: Ray cannot
 # pickle one much deeper (about 500 levels) and would stop the whole run.
 MAX_JSON_DEPTH = 100
+# The rows of each input file `check_text_column` looks at.
+CHECKED_ROWS = 100
 
 
 @dataclass
@@ -141,6 +150,27 @@ def find_inputs(spec: str) -> List[InputFile]:
             for p in paths]
 
 
+def without_output(inputs: Sequence[InputFile], output: Path) -> List[InputFile]:
+    """`inputs` without OUTPUT and the files in its parts folder, OUTPUT.parts/
+    (by real path: a link to OUTPUT is OUTPUT), which INPUT's folder or glob
+    may hold; a warning says so. Read as input, a rerun would read back the
+    rows it writes (a JSONL OUTPUT, appended to while it is read, for ever),
+    so INPUT with nothing else is refused. The other files apply writes
+    beside OUTPUT, the lock `.OUTPUT.lock` and temporaries `.NAME.tmp-*`, end
+    in no input suffix: find_inputs never lists them."""
+    target = os.path.realpath(output)
+    parts = Path(os.path.realpath(output.with_name(output.name + ".parts")))
+    own = [item for item in inputs if os.path.realpath(item.path) == target
+           or parts in Path(os.path.realpath(item.path)).parents]
+    if len(own) == len(inputs):
+        raise ValueError(f"INPUT holds nothing but OUTPUT {output} and its parts, which apply "
+                         "writes: it would read back its own rows. Choose another OUTPUT.")
+    if own:
+        logger.warning("%d input file(s) are OUTPUT %s or its parts, which apply writes: not "
+                       "read as input (the first: %s)", len(own), output, own[0].path)
+    return [item for item in inputs if item not in own]
+
+
 def input_root(spec: str) -> Path:
     """The folder INPUT names: itself, a file's folder, or a glob's folder before
     its first wildcard. `input_file` names are relative to it, and it is the
@@ -171,9 +201,11 @@ def _glob_root(pattern: str) -> Path:
 
 def count_rows(item: InputFile) -> int:
     """Rows of a file, as its reader reads them (a CSV file is parsed: a field
-    may hold line breaks, and lines may end in a lone CR)."""
+    may hold line breaks; CSV and JSONL lines may end in a lone CR; a Parquet
+    file whose footer cannot be read is its one error row)."""
     if item.format == "parquet":
-        return _parquet(item.path).metadata.num_rows
+        with _parquet(item.path) as (parquet, _):
+            return 1 if parquet is None else parquet.metadata.num_rows  # 1: its error row
     if item.format == "csv":
         return sum(1 for _ in _csv_rows(item.path))
     with open(item.path, "rb") as file:
@@ -201,6 +233,26 @@ def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputF
             count_rows(item)]
 
 
+def check_text_column(inputs: Sequence[InputFile], columns: Columns) -> None:
+    """Refuse a text column that no readable row of the input files' first
+    CHECKED_ROWS has: a mistake in the setup (the text is in `body`), not in
+    the posts, which would write every post as a final error row that the
+    corrected rerun skips as done. Rows without it in files that have it
+    stay error rows, and so do unreadable rows; no readable row: no refusal."""
+    first = None  # the first file with a readable row, and that row's columns
+    for item in inputs:
+        for _, _, record, error, _ in itertools.islice(READERS[item.format](item.path),
+                                                       CHECKED_ROWS):
+            if error is None and columns.text in record:
+                return
+            if error is None and first is None:
+                first = item, ", ".join(map(repr, record)) or "no columns"
+    if first is not None:
+        raise ValueError(f"no input file has the text column {columns.text!r} in its first "
+                         f"rows: {shown_path(first[0].path)} has {first[1]}. Name the column "
+                         "that holds the text (--text-column, or Columns(text=...)).")
+
+
 def read_posts(inputs: Sequence[InputFile], columns: Columns,
                done: Optional[DoneRows] = None) -> Iterator[Post]:
     """The posts of all input files, in order, without those already done."""
@@ -212,14 +264,10 @@ def read_posts(inputs: Sequence[InputFile], columns: Columns,
 def read_file_posts(item: InputFile, columns: Columns,
                     bitmap: Optional[bytearray] = None) -> Iterator[Post]:
     """The posts of one file, skipping the rows whose bit is set in `bitmap`."""
-    reader = {"jsonl": jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
     keep = columns.keep
     if keep is None and item.format == "parquet":
-        schema = _parquet(item.path).schema_arrow
-        binary = require_pyarrow().types.is_binary, require_pyarrow().types.is_large_binary
-        keep = [field.name for field in schema if field.name not in RESULT_COLUMNS
-                and not any(is_binary(field.type) for is_binary in binary)]
-    for row, where, record, error, warning in reader[item.format](item.path):
+        keep = _parquet_carried(item.path)
+    for row, where, record, error, warning in READERS[item.format](item.path):
         if has_row(bitmap, row):
             continue
         yield make_post(item, row, where, record, error, columns, keep, warning)
@@ -367,12 +415,21 @@ def jsonl_records(path: Path) -> Records:
 
 def _json_lines(file: IO[bytes]) -> Iterator[Tuple[int, bytes]]:
     """(line number, bytes) of the lines of a JSONL file that hold something,
-    a BOM before the first taken off."""
-    for number, data in enumerate(file, start=1):
-        if number == 1 and data.startswith(codecs.BOM_UTF8):
-            data = data[len(codecs.BOM_UTF8):]
-        if data.strip():
-            yield number, data
+    a BOM before the first taken off. A line ends in LF, CRLF or a lone CR
+    (valid JSON escapes a CR in a string, so a raw one ends the line), each
+    one line end for the line numbers."""
+    # Latin-1 maps each byte to a character and back: the text layer only
+    # finds the line ends, reading in chunks however long a line is.
+    lines = io.TextIOWrapper(file, "latin-1", newline="")
+    try:
+        for number, line in enumerate(lines, start=1):
+            data = line.encode("latin-1")
+            if number == 1 and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8):]
+            if data.strip():
+                yield number, data
+    finally:
+        lines.detach()  # `file` is the caller's to close
 
 
 def nesting_depth(value: Any) -> int:
@@ -390,10 +447,11 @@ def nesting_depth(value: Any) -> int:
 
 def _csv_records(path: Path) -> Records:
     """The rows of a CSV file with a header (see _csv_rows), bytes that are
-    not UTF-8 mended with a warning; a header it cannot read is one error row
+    not UTF-8 mended with a warning, and a warning in each row when the
+    header repeats a column name; a header it cannot read is one error row
     for the file."""
     shown = shown_path(path)
-    for row, (line, record, error) in enumerate(_csv_rows(path)):
+    for row, (line, record, error, note) in enumerate(_csv_rows(path)):
         if record is None:
             yield 0, f"{shown}, line {line} (the header)", {}, error, None
             return
@@ -403,23 +461,31 @@ def _csv_records(path: Path) -> Records:
                              f"{', '.join(names)}")
         if None in record:
             error = f"{len(record[None])} more field(s) than the header has"
-        yield row, where, record, error, warning or None
+        yield row, where, record, error, join_warnings(note, warning)
 
 
-def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[Dict[str, Any]], Optional[str]]]:
-    """(line number, record, error) per row, as the csv module reads the file:
-    a row it cannot read (a field over CSV_FIELD_LIMIT) is an error with an
-    empty record, and the next row starts on the line after it; a header it
-    cannot read is the one row, its record None."""
+def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[Dict[str, Any]], Optional[str],
+                                            Optional[str]]]:
+    """(line number, record, error, note) per row, as the csv module reads
+    the file: a row it cannot read (a field over CSV_FIELD_LIMIT) is an error
+    with an empty record, and the next row starts on the line after it; a
+    header it cannot read is the one row, its record None. A column name the
+    header repeats is renamed as pandas renames it (`id`, `text`, `id` are
+    read as `id`, `text`, `id.1`), rather than the last one's value kept
+    alone; `note` says so (None when no name is repeated)."""
     # surrogateescape keeps each byte that is not UTF-8 as a lone surrogate,
     # so that the row that has one can say so.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
         reader = csv.DictReader(file)
         try:
-            _read_csv(lambda: reader.fieldnames)
+            header = _read_csv(lambda: reader.fieldnames) or []  # []: an empty file
         except csv.Error as err:
-            yield reader.reader.line_num, None, f"cannot be read as CSV: {err}"
+            yield reader.reader.line_num, None, f"cannot be read as CSV: {err}", None
             return
+        reader.fieldnames = unique_names(header)
+        renamed = [f"column {number} {old!r} is read as {new!r}" for number, (old, new)
+                   in enumerate(zip(header, reader.fieldnames), start=1) if old != new]
+        note = f"the header repeats a column name: {', '.join(renamed)}" if renamed else None
         while True:
             try:
                 record, error = _read_csv(lambda: next(reader)), None
@@ -427,7 +493,21 @@ def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[Dict[str, Any]], Optio
                 return
             except csv.Error as err:
                 record, error = {}, f"cannot be read as CSV: {err}"
-            yield reader.reader.line_num, record, error
+            yield reader.reader.line_num, record, error, note
+
+
+def unique_names(names: Sequence[str]) -> List[str]:
+    """`names` with each repeat renamed as pandas.read_csv renames it: the
+    name, a dot and the first number that gives a name not yet taken nor in
+    `names` (`id`, `id`, `id.1`, `id` become `id`, `id.2`, `id.1`, `id.3`)."""
+    unique: List[str] = []
+    for name in names:
+        new, number = name, 0
+        while new in unique or (new != name and new in names):
+            number += 1
+            new = f"{name}.{number}"
+        unique.append(new)
+    return unique
 
 
 def _read_csv(read: Callable[[], Any]) -> Any:
@@ -451,20 +531,71 @@ def require_pyarrow():
     return pyarrow
 
 
-def _parquet(path: Path):
-    return require_pyarrow().parquet.ParquetFile(path)
+@contextmanager
+def _parquet(path: Path) -> Iterator[Tuple[Any, Optional[str]]]:
+    """A Parquet file open for reading, or None and why its footer cannot be
+    read (0 bytes, as a crashed writer leaves; cut short; not Parquet). A file
+    that cannot be opened at all (gone, no permission) raises, as a JSONL or
+    CSV one does."""
+    pa = require_pyarrow()
+    with open(path, "rb") as file:
+        try:
+            parquet, error = pa.parquet.ParquetFile(file), None
+        except (pa.ArrowException, OSError) as err:
+            parquet, error = None, f"cannot be read as Parquet ({type(err).__name__}: {err})"
+        yield parquet, error
+
+
+def _parquet_carried(path: Path) -> Optional[List[str]]:
+    """The columns of a Parquet file carried by default: all but binary ones
+    (embedded images) and those apply writes; None for a file that cannot be
+    read (its error row carries nothing)."""
+    binary = require_pyarrow().types.is_binary, require_pyarrow().types.is_large_binary
+    with _parquet(path) as (parquet, _):
+        if parquet is None:
+            return None
+        return [field.name for field in parquet.schema_arrow if field.name not in RESULT_COLUMNS
+                and not any(is_binary(field.type) for is_binary in binary)]
 
 
 def _parquet_records(path: Path) -> Records:
-    row, shown = 0, shown_path(path)
-    for batch in _parquet(path).iter_batches(batch_size=PARQUET_READ_ROWS):
+    """(row, where, record, error, warning) per row of a Parquet file, as many
+    as count_rows counts, so that what cannot be read still has its rows and a
+    run goes on with the other files. A file whose footer cannot be read is
+    one error row (`--retry-errors` reads it again once it is whole). A
+    damaged page in a row group makes the rows of that group from the batch
+    that holds it on error rows (the rows read before it are kept), and the
+    next row group is read."""
+    pa = require_pyarrow()
+    shown = shown_path(path)
+    with _parquet(path) as (parquet, error):
+        if parquet is None:
+            yield 0, shown, {}, (f"{error}; none of its rows was read (--retry-errors "
+                                 "reads it again once it is whole)"), None
+            return
+        row = 0
+        for group in range(parquet.num_row_groups):
+            end = row + parquet.metadata.row_group(group).num_rows
+            try:
+                for record, warning in _row_group_records(parquet, group):
+                    yield row, f"{shown}, row {row + 1}", record, None, warning
+                    row += 1
+            except (pa.ArrowException, OSError) as err:
+                damage = (f"cannot be read: the file is damaged in row group {group}, rows "
+                          f"{row + 1} to {end} ({type(err).__name__}: {err})")
+                for lost in range(row, end):
+                    yield lost, f"{shown}, row {lost + 1}", {}, damage, None
+            row = end
+
+
+def _row_group_records(parquet, group: int) -> Iterator[Tuple[Dict[str, Any], Optional[str]]]:
+    """(record, warning) per row of one row group of a Parquet file."""
+    for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS, row_groups=[group]):
         try:
             records, warnings = batch.to_pylist(), [None] * batch.num_rows
         except UnicodeDecodeError:  # a writer that did not check its strings
             records, warnings = _records_repaired(batch)
-        for record, warning in zip(records, warnings):
-            yield row, f"{shown}, row {row + 1}", record, None, warning
-            row += 1
+        yield from zip(records, warnings)
 
 
 def _records_repaired(batch) -> Tuple[List[Dict[str, Any]], List[Optional[str]]]:
@@ -497,3 +628,8 @@ def _nested_cell(column, index: int) -> Tuple[Any, Optional[str]]:
         return column[index].as_py(), None
     except UnicodeDecodeError:
         return None, "holds text that is not UTF-8; left out (null)"
+
+
+# The reader of each input format (see Records).
+READERS: Dict[str, Callable[[Path], Records]] = {
+    "jsonl": jsonl_records, "csv": _csv_records, "parquet": _parquet_records}

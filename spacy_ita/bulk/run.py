@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from .annotate import PipelineSettings, PipelineSpec
 from .fetch import Fetcher
-from .inputs import (Columns, DoneRows, InputFile, Post, count_rows, find_inputs, input_root,
-                     read_posts)
+from .inputs import (Columns, DoneRows, InputFile, Post, check_text_column, count_rows,
+                     find_inputs, input_root, read_posts, without_output)
 from .local import LocalSettings, run_local
 from .outputs import InFlight, OutputLock, open_writer
 from .ray_engine import RaySettings, run_ray
@@ -91,8 +91,10 @@ def apply(
     `retryable`. Rows already in OUTPUT are skipped, so a killed run resumes
     where it stopped, but rows marked `retryable` are done again (`writing`:
     `OutputSettings`); an OUTPUT that apply did not write is refused, never
-    changed. Before the first row the context's cache, LM key and endpoint are
-    checked.
+    changed. OUTPUT and its parts are not read as input where INPUT's folder
+    or glob holds them (INPUT that is OUTPUT is refused). Before the first
+    row the text column (in the input files' first rows), the context's
+    cache, LM key and endpoint are checked.
 
     `engine`: "local", "ray", or their settings (`LocalSettings` for worker
     processes and threads, `RaySettings` for actor pools); each worker takes
@@ -107,7 +109,7 @@ def apply(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
-    inputs = find_inputs(str(input))
+    inputs = without_output(find_inputs(str(input)), Path(output))
     columns = columns or Columns()
     writing = writing or OutputSettings()
     spec = PipelineSpec(str(model), pipeline or PipelineSettings())
@@ -115,7 +117,9 @@ def apply(
     fetcher = replace(images, image_root=_image_root(input, images.image_root))
     # Held from before the preflight, so that a second run on OUTPUT is refused at once.
     with OutputLock(Path(output)) as lock:
-        spec.preflight()  # before OUTPUT is touched: a wrong setup writes nothing
+        # Before OUTPUT is touched: a wrong setup writes nothing.
+        check_text_column(inputs, columns)
+        spec.preflight()
         writer = open_writer(Path(output), writing.overwrite, writing.rows_per_part)
         if writing.overwrite:
             lock.crashed = InFlight()  # what a run died on was in the OUTPUT now replaced

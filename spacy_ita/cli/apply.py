@@ -136,5 +136,7 @@ def _report(summary: ApplySummary, output: Path) -> None:
                    "command to redo just those (add --retry-errors to redo every row with "
                    "an error).")
     if summary.all_failed:
-        typer.echo("Error: every row failed; see the error columns of OUTPUT.", err=True)
+        typer.echo("Error: every row failed; see the error columns of OUTPUT. A rerun redoes "
+                   "only the rows marked retryable: once the cause is fixed, add --retry-errors "
+                   "to redo every row with an error.", err=True)
         raise typer.Exit(code=1)
