@@ -18,9 +18,12 @@ is written exactly once however often the run is killed and restarted.
   takes out every row with an error.
 - Parquet cannot be appended to, so the rows go into part files in
   `OUTPUT.parts/` (each written to a temporary name, synced, then renamed), at
-  most `rows_per_part` rows or `part_seconds` of work each; at the end the parts
-  are merged into OUTPUT, one part in memory at a time. A last part that
-  cannot be read is removed, and its rows redone.
+  most `rows_per_part` rows or `part_seconds` of work each; at the end OUTPUT
+  (left as it is till then) and the parts are merged, a batch in memory at a
+  time, into a file that replaces OUTPUT. A last part that cannot be read is
+  removed, and its rows redone. A carried column's type is the first its
+  values give, widened where later values need (a first `[]` leaves a list
+  of anything).
 - One run at a time writes OUTPUT: `OutputLock` holds an flock on
   `.OUTPUT.lock` beside it for the whole run, and a second run is refused.
 - A row that cannot be written (lone surrogates: half an emoji) has them
@@ -281,38 +284,35 @@ class ParquetWriter:
         self._remove_parts()
 
     def done_rows(self) -> DoneRows:
-        """The rows in OUTPUT and its parts. A finished OUTPUT becomes the first
-        part, so that new input rows can be added to it; a last part that
-        cannot be read (cut short by a crash) is removed, its rows redone."""
+        """The rows in OUTPUT and its parts; OUTPUT stays where it is, as it
+        is, until `finish` merges new parts into it. A part whose rows are all
+        there already was merged into OUTPUT by a run killed before it removed
+        the parts: it is removed. A last part that cannot be read (cut short
+        by a crash) is removed, its rows redone."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self.path.exists():
-            # Parts beside OUTPUT: killed while removing them after the merge,
-            # so OUTPUT holds every row.
-            self._remove_parts()
-            self._make_parts_folder()
-            os.replace(self.path, self.parts / _part_name(0))
         done = DoneRows()
         parts = self._part_files()
-        for part in parts:
+        for path in ([self.path] if self.path.exists() else []) + parts:
             try:
-                table = pq.read_table(part, columns=["input_file", "input_row"])
-                self._learn_types(pq.read_schema(part))
+                table = pq.read_table(path, columns=["input_file", "input_row"])
+                self._learn_types(pq.read_schema(path))
             except (pa.ArrowException, OSError) as err:
-                self._drop_damaged(part, part == parts[-1], err)
+                self._drop_damaged(path, path in parts[-1:], err)
                 continue
-            for file_name, row in zip(table["input_file"].to_pylist(),
-                                      table["input_row"].to_pylist()):
-                done.add(file_name, row)
+            keys = zip(table["input_file"].to_pylist(), table["input_row"].to_pylist())
+            added = [done.add(file_name, row) for file_name, row in keys]
+            if path != self.path and not any(added):
+                path.unlink()
         return done
 
     def _drop_damaged(self, part: Path, last: bool, err: Exception) -> None:
-        """Remove the last part when it cannot be read; refuse any other."""
+        """Remove the last part when it cannot be read; refuse OUTPUT or any other part."""
         if not last:
-            raise ValueError(f"{part} cannot be read ({err}), and it is not the last part, "
-                             "so no crash of apply explains it. Delete it and rerun to redo "
-                             "its rows.")
+            what = "it is OUTPUT" if part == self.path else "it is not the last part"
+            raise ValueError(f"{part} cannot be read ({err}), and {what}, so no crash of apply "
+                             "explains it. Delete it and rerun to redo its rows.")
         part.unlink()
         warnings.warn(f"{part} could not be read ({err}): a crash cut it short. It is "
                       "removed, and its rows are done again.", stacklevel=2)
@@ -372,13 +372,19 @@ class ParquetWriter:
         return rows
 
     def _learn_types(self, schema) -> None:
-        """Fix the type of each carried column that has none yet (nor only nulls)."""
+        """Take the type `schema` gives each carried column as its type in this
+        output when the column has none yet, or when it widens the one it has
+        (see `_widened`): a first `[]` fixes nothing but that it is a list."""
         import pyarrow as pa
 
         fixed = result_schema()
         for field in schema:
-            if field.name not in fixed and not pa.types.is_null(field.type):
-                self.types.setdefault(field.name, field.type)
+            if field.name in fixed or pa.types.is_null(field.type):
+                continue
+            known = self.types.get(field.name)
+            widened = field.type if known is None else _widened(known, field.type)
+            if widened is not None:
+                self.types[field.name] = widened
 
     def flush(self) -> None:
         import pyarrow.parquet as pq
@@ -386,7 +392,8 @@ class ParquetWriter:
         if self.buffer:
             self._make_parts_folder()
             existing = self._part_files()
-            number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+            # From 1: in the merge, OUTPUT comes first (earlier versions moved it to part 0).
+            number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 1
             with replacing(self.parts / _part_name(number)) as tmp:
                 pq.write_table(rows_to_table(self.buffer, self.types), tmp)
             self.buffer = []
@@ -397,28 +404,34 @@ class ParquetWriter:
         self.flush()
 
     def finish(self) -> None:
-        """Write what is buffered, then merge the parts into OUTPUT."""
+        """Write what is buffered; then, if there are parts, merge OUTPUT and
+        them, a batch in memory at a time, into a temporary file that replaces
+        OUTPUT, and remove the parts. A kill before the swap leaves OUTPUT as
+        it was, and the parts; one after it, parts that `done_rows` finds merged."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.flush()
         parts = self._part_files()
         if not parts:
+            self._remove_parts()  # a marker alone: the parts were found merged, or damaged
             return
-        schemas = [pq.read_schema(part) for part in parts]
+        files = ([self.path] if self.path.exists() else []) + parts
         try:
-            schema = pa.unify_schemas(schemas, promote_options="permissive")
+            schema = _unified([pq.read_schema(path) for path in files])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ValueError(f"the parts in {self.parts} disagree on a column's type: {err}. "
+            raise ValueError(f"{self.path} and its parts disagree on a column's type: {err}. "
                              "Keep such columns out (--keep) or write JSONL.") from None
         with replacing(self.path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
-                table = pq.read_table(part)
-                for name in schema.names:
-                    if name not in table.column_names:
-                        table = table.append_column(name, pa.nulls(len(table),
-                                                                   schema.field(name).type))
-                writer.write_table(table.select(schema.names).cast(schema))
+            for path in files:
+                with pq.ParquetFile(path) as source:
+                    for batch in source.iter_batches():
+                        table = pa.Table.from_batches([batch])
+                        for name in schema.names:
+                            if name not in table.column_names:
+                                table = table.append_column(name, pa.nulls(
+                                    len(table), schema.field(name).type))
+                        writer.write_table(table.select(schema.names).cast(schema))
         self._remove_parts()
 
     def drop_redone(self, retry_errors: bool = False) -> int:
@@ -503,8 +516,8 @@ def result_schema() -> Dict[str, Any]:
 
 def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
     """An Arrow table of output rows: result columns with fixed types, carried
-    columns with `types` (which their values must fit) or else the types their
-    values have."""
+    columns with the types their values have, each within its type in
+    `types`, if any (see `_column_type`)."""
     import pyarrow as pa
 
     fixed = result_schema()
@@ -514,11 +527,8 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
     arrays = {}
     for name in names:
         values = [row.get(name) for row in rows]
-        type_ = fixed.get(name) or (types or {}).get(name)
         try:
-            if name not in fixed and not _fits(values, type_):
-                raise pa.ArrowTypeError(f"values that are not all of type {type_}" if type_
-                                        else "values Parquet cannot hold as one column")
+            type_ = fixed.get(name) or _column_type(values, (types or {}).get(name))
             arrays[name] = pa.array(values, type=type_)
         except (pa.ArrowException, OverflowError) as err:
             raise ValueError(f"column {name!r} cannot be written to Parquet: {err}") from None
@@ -527,19 +537,26 @@ def rows_to_table(rows: List[Row], types: Optional[Dict[str, Any]] = None):
 
 def fit_types(rows: List[Row], types: Dict[str, Any]) -> List[Row]:
     """`rows` with each carried cell that Parquet cannot hold, or that does not
-    fit its column's type (in `types`, else that of the column's first value
-    Parquet can hold), left out (null), with a warning: Parquet holds one type
-    a column, JSONL would keep the value."""
+    fit its column's type (in `types`, else that of the column's first values
+    Parquet can hold, widened as later values need, see `_column_type`), left
+    out (null), with a warning: Parquet holds one type a column, JSONL would
+    keep the value."""
+    import pyarrow as pa
+
     fixed = result_schema()
     names = dict.fromkeys(name for row in rows for name in row if name not in fixed)
     for name in names:
-        values = [row.get(name) for row in rows]
-        target = types.get(name) or _first_type(values)
-        if _fits(values, target):
+        target = types.get(name)
+        try:
+            _column_type([row.get(name) for row in rows], target)
             continue
+        except pa.ArrowTypeError:
+            pass
         for row in rows:
             value = row.get(name)
-            if not _fits([value], target):
+            try:
+                target = _column_type([value], target)
+            except pa.ArrowTypeError:
                 row[name] = None
                 row["warning"] = join_warnings(row.get("warning"), (
                     f"column {name!r}: {_misfit(value, target)}; left out (null)"))
@@ -555,31 +572,68 @@ def _misfit(value: Any, target) -> str:
             f"({target})")
 
 
-def _first_type(values: List[Any]):
-    """The Arrow type of the first value Parquet can hold (null when none is)."""
-    import pyarrow as pa
-
-    for value in values:
-        if value is not None and _fits([value], None):
-            return pa.array([value]).type
-    return pa.null()
-
-
-def _fits(values: List[Any], type_) -> bool:
-    """Whether `values` convert to Arrow type `type_` (None: to any one type)
-    that Parquet can hold, as they are: their own type may only widen into
-    it, so that no float is cut to an int and no struct field is dropped."""
+def _column_type(values: List[Any], known=None):
+    """The Arrow type of a carried column for `values`: their own when the
+    column has none yet (`known` None), else `known` or a widening of it that
+    holds them as they are (see `_widened`). ArrowTypeError when there is
+    none, or Parquet cannot hold it (an empty object `{}`)."""
     import pyarrow as pa
 
     try:
         own = pa.array(values).type
-        if type_ is None:
-            return not _has_empty_struct(own)
-        schemas = [pa.schema([("value", type_)]), pa.schema([("value", own)])]
-        merged = pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowException, OverflowError, ValueError, TypeError):
-        return False
-    return merged.field("value").type == type_ and not _has_empty_struct(type_)
+    except (pa.ArrowException, OverflowError, ValueError, TypeError) as err:
+        raise pa.ArrowTypeError(f"values Parquet cannot hold as one column ({err})") from None
+    type_ = own if known is None else _widened(known, own)
+    if type_ is None:
+        raise pa.ArrowTypeError(f"values that are not all of type {known}")
+    if _has_empty_struct(type_):
+        raise pa.ArrowTypeError("values Parquet cannot hold (an empty object {})")
+    return type_
+
+
+def _widened(known, own):
+    """The type that holds values of types `known` and `own` as they are,
+    merged as `_unified` merges the parts (no struct field is dropped):
+    `known`, or `known` filled in where it left room (see `_widens`); None
+    when there is none (an int column takes no 5.5: as floats, its large
+    ints would change)."""
+    import pyarrow as pa
+
+    try:
+        merged = _unified([pa.schema([("value", known)]), pa.schema([("value", own)])])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    merged = merged.field("value").type
+    return merged if _widens(known, merged) else None
+
+
+def _widens(narrow, wide) -> bool:
+    """Whether Arrow type `wide` holds every value of `narrow` as it is: the
+    same type, or one where `narrow` has a null (the `[]` or `{"lang": null}`
+    of a first batch), fewer decimal digits on either side of the point, or
+    fewer struct fields."""
+    import pyarrow as pa
+
+    if narrow == wide or pa.types.is_null(narrow):
+        return True
+    if pa.types.is_decimal(narrow) and pa.types.is_decimal(wide):
+        return (wide.scale >= narrow.scale
+                and wide.precision - wide.scale >= narrow.precision - narrow.scale)
+    if (pa.types.is_list(narrow) and pa.types.is_list(wide)) or (
+            pa.types.is_large_list(narrow) and pa.types.is_large_list(wide)):
+        return _widens(narrow.value_type, wide.value_type)
+    if pa.types.is_struct(narrow) and pa.types.is_struct(wide):
+        return all(wide.get_field_index(field.name) >= 0
+                   and _widens(field.type, wide.field(field.name).type) for field in narrow)
+    return False
+
+
+def _unified(schemas):
+    """One schema for Arrow `schemas`, each column's types merged as Arrow's
+    permissive promotion does; ArrowInvalid or ArrowTypeError when they cannot be."""
+    import pyarrow as pa
+
+    return pa.unify_schemas(schemas, promote_options="permissive")
 
 
 def _parquet_problem(value: Any) -> Optional[str]:
@@ -648,9 +702,10 @@ class OutputLock:
     """An exclusive lock on OUTPUT for one run, so that a second run on the
     same OUTPUT is refused at once instead of writing every post again: an
     flock on `.OUTPUT.lock` beside it (neither in OUTPUT nor in its parts
-    folder), made by the run and removed when it ends. One left by a killed
-    run is taken over, as the kernel dropped its lock. (No lock where the
-    platform has no flock.)
+    folder), made by the run and removed when it ends, with the folders made
+    for it if the run left them empty. One left by a killed run is taken
+    over, as the kernel dropped its lock. (No lock where the platform has no
+    flock.)
 
     The lock file also notes the posts in flight (`record`): a run that dies
     while tagging them (a crash in native code, out of memory) leaves the
@@ -661,6 +716,7 @@ class OutputLock:
         self.path = output.with_name(f".{output.name}.lock")
         self.descriptor: Optional[int] = None
         self.crashed = InFlight()
+        self.made: List[Path] = []  # the folders made for the lock file, deepest first
 
     def record(self, in_flight: InFlight) -> None:
         """Note the posts tagged from now on, in one write: a kill leaves the
@@ -674,6 +730,8 @@ class OutputLock:
     def __enter__(self) -> "OutputLock":
         if fcntl is None:
             return self
+        self.made = [folder for folder in (self.path.parent, *self.path.parent.parents)
+                     if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while self.descriptor is None:
             descriptor = self._open()
@@ -696,6 +754,11 @@ class OutputLock:
             self.path.unlink(missing_ok=True)  # while locked: no other run holds this file
             os.close(self.descriptor)
             self.descriptor = None
+        for folder in self.made:  # a run that wrote nothing leaves no folders behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: OUTPUT is in it
+                break
 
     def _open(self) -> int:
         try:
