@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from spacy.language import Language
 from spacy.tokens import Doc

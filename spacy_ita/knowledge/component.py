@@ -11,7 +11,7 @@ Failed knowledge gives an empty `knowledge` field and `Doc._.knowledge_error`;
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from spacy.language import Language
 from spacy.pipeline import Pipe

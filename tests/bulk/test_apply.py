@@ -5,7 +5,6 @@ behind an `ita_context` with a cheap colour extractor (tests/bulk/apply_code.py,
 imported by worker processes through `code`).
 """
 import json
-import os
 import shutil
 import sys
 import threading

@@ -14,42 +14,15 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-import spacy
 
-from spacy_ita.bulk import OutputSettings, PipelineSettings, apply
+from spacy_ita.bulk import OutputSettings
 from spacy_ita.bulk.inputs import Post
 from spacy_ita.bulk.outputs import PARTS_MARKER, JsonlWriter, ParquetWriter, open_writer
+from apply_files import read_rows, run, write_jsonl
 
 CUT_EMOJI = "\ud83d"  # the first half of 😀 (\ud83d\ude00), as a tweet cut by length ends
 
 
-@pytest.fixture(scope="module")
-def ruler(tmp_path_factory) -> str:
-    nlp = spacy.blank("en")
-    nlp.add_pipe("entity_ruler").add_patterns([{"label": "LOC", "pattern": "Boston"},
-                                               {"label": "PER", "pattern": "Kobe"}])
-    path = tmp_path_factory.mktemp("ruler") / "model"
-    nlp.to_disk(path)
-    return str(path)
-
-
-def run(model: str, source: Path, output: Path, **options):
-    return apply(model, source, output, pipeline=PipelineSettings(add_context=False),
-                 progress=False, **options)
-
-
-def write_jsonl(path: Path, records) -> Path:
-    """One JSON object a line; non-ASCII as \\u escapes, as json.dumps writes by default."""
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-def read_rows(path: Path):
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines()]
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:

@@ -7,7 +7,6 @@ keeps both columns, as pandas does.
 The pipeline is a blank English one with an entity ruler: the tests are about
 files, not about the model.
 """
-import json
 import logging
 import multiprocessing
 import re
@@ -15,28 +14,15 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-import spacy
 from typer.testing import CliRunner
 
-from spacy_ita.bulk import Columns, OutputSettings, PipelineSettings, apply, inputs
+from spacy_ita.bulk import Columns, OutputSettings, inputs
 from spacy_ita.bulk.inputs import Post, count_rows, find_inputs, read_posts
 from spacy_ita.bulk.outputs import open_writer
 from spacy_ita.cli import app
+from apply_files import read_rows, run, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def ruler(tmp_path_factory) -> str:
-    nlp = spacy.blank("en")
-    nlp.add_pipe("entity_ruler").add_patterns([{"label": "LOC", "pattern": "Boston"},
-                                               {"label": "PER", "pattern": "Kobe"}])
-    path = tmp_path_factory.mktemp("ruler") / "model"
-    nlp.to_disk(path)
-    return str(path)
-
-
-def run(model: str, source, output: Path, **options):
-    return apply(model, source, output, pipeline=PipelineSettings(add_context=False),
-                 progress=False, **options)
 
 
 def run_cli(model: str, source: Path, output: Path, *options: str):
@@ -56,19 +42,6 @@ def in_a_forked_child(*args, seconds: float = 60, **kwargs) -> Optional[int]:
         child.join()
         return None
     return child.exitcode
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-def read_rows(path: Path):
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines()]
 
 
 def where_from(rows):

@@ -8,7 +8,6 @@ The pipeline is a blank English one with an entity ruler: the tests are about
 files, not about the model.
 """
 import decimal
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,31 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import spacy
 
-from spacy_ita.bulk import OutputSettings, PipelineSettings, apply
+from spacy_ita.bulk import OutputSettings
 from spacy_ita.bulk.inputs import Post
 from spacy_ita.bulk.outputs import ParquetWriter, open_writer
+from apply_files import run, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def ruler(tmp_path_factory) -> str:
-    nlp = spacy.blank("en")
-    nlp.add_pipe("entity_ruler").add_patterns([{"label": "LOC", "pattern": "Boston"},
-                                               {"label": "PER", "pattern": "Kobe"}])
-    path = tmp_path_factory.mktemp("ruler") / "model"
-    nlp.to_disk(path)
-    return str(path)
-
-
-def run(model: str, source: Path, output: Path, **options):
-    return apply(model, source, output, pipeline=PipelineSettings(add_context=False),
-                 progress=False, **options)
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
 
 
 def posts(n: int):

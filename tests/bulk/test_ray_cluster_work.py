@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 from PIL import Image  # noqa: E402
 from helpers import trained_pipeline  # noqa: E402
 
-from spacy_ita.bulk import Fetcher, PipelineSettings, RaySettings, apply  # noqa: E402
+from spacy_ita.bulk import PipelineSettings, RaySettings, apply  # noqa: E402
 
 WHERE_CODE = str(Path(__file__).resolve().parents[2] / "bench" / "where_probe.py")
 TEXTS = ["Kobe scores again", "Sunny morning in Boston", "Google opens an office in Zurich",
