@@ -234,16 +234,21 @@ def unfinished_files(inputs: Sequence[InputFile], done: DoneRows) -> List[InputF
 
 
 def check_text_column(inputs: Sequence[InputFile], columns: Columns) -> None:
-    """Refuse a text column that no readable row of the input files' first
-    CHECKED_ROWS has: a mistake in the setup (the text is in `body`), not in
-    the posts, which would write every post as a final error row that the
-    corrected rerun skips as done. Rows without it in files that have it
-    stay error rows, and so do unreadable rows; no readable row: no refusal."""
+    """Refuse a text column that no input file has (in a Parquet file's
+    schema, or in a row among the first CHECKED_ROWS of the others, a CSV
+    row with too many fields included): a mistake in the setup (the text is
+    in `body`), not in the posts, which would write every post as a final
+    error row that the corrected rerun skips as done. Rows without it in
+    files that have it stay error rows; no readable row: no refusal."""
     first = None  # the first file with a readable row, and that row's columns
     for item in inputs:
+        if item.format == "parquet":
+            with _parquet(item.path) as (parquet, _):
+                if parquet is not None and columns.text in parquet.schema_arrow.names:
+                    return
         for _, _, record, error, _ in itertools.islice(READERS[item.format](item.path),
                                                        CHECKED_ROWS):
-            if error is None and columns.text in record:
+            if columns.text in record:
                 return
             if error is None and first is None:
                 first = item, ", ".join(map(repr, record)) or "no columns"
@@ -593,22 +598,29 @@ def _row_group_records(parquet, group: int) -> Iterator[Tuple[Dict[str, Any], Op
     for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS, row_groups=[group]):
         try:
             records, warnings = batch.to_pylist(), [None] * batch.num_rows
-        except UnicodeDecodeError:  # a writer that did not check its strings
+        except _cell_errors():  # a writer that did not check its strings or its dates
             records, warnings = _records_repaired(batch)
         yield from zip(records, warnings)
 
 
+def _cell_errors() -> Tuple[type, ...]:
+    """What turning a Parquet cell into a Python value may raise: text that is
+    not UTF-8 (a ValueError), a date past the year 9999, a type Arrow cannot convert."""
+    return ValueError, OverflowError, require_pyarrow().ArrowException
+
+
 def _records_repaired(batch) -> Tuple[List[Dict[str, Any]], List[Optional[str]]]:
-    """The rows of a Parquet batch whose strings are not all UTF-8: bad bytes
-    in a string column become U+FFFD, a nested cell with some is left out; per
-    row, a warning that says which column."""
+    """The rows of a Parquet batch with cells Python cannot hold as they are:
+    bad bytes in a string column become U+FFFD, any other such cell (nested
+    text that is not UTF-8, a date in the year 11476) is left out; per row, a
+    warning that says which column."""
     pa = require_pyarrow()
     columns, warnings = {}, [None] * batch.num_rows
     for name, column in zip(batch.schema.names, batch.columns):
         try:
             columns[name] = column.to_pylist()
             continue
-        except UnicodeDecodeError:
+        except _cell_errors():
             pass
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             values, problems = zip(*(decode_utf8(data) if data is not None else (None, None)
@@ -628,6 +640,8 @@ def _nested_cell(column, index: int) -> Tuple[Any, Optional[str]]:
         return column[index].as_py(), None
     except UnicodeDecodeError:
         return None, "holds text that is not UTF-8; left out (null)"
+    except _cell_errors() as err:
+        return None, f"cannot be read ({type(err).__name__}: {err}); left out (null)"
 
 
 # The reader of each input format (see Records).

@@ -188,6 +188,51 @@ def test_rows_without_the_text_column_in_files_that_have_it_stay_error_rows(rule
     assert (summary.n_written, summary.n_errors) == (4, 3)
 
 
+def test_a_csv_whose_header_has_the_text_column_is_not_refused(ruler, tmp_path):
+    """Its first rows may all be error rows (a field too many): the column is
+    there, and the later good row is tagged."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    write_jsonl(folder / "b.jsonl", [{"note": "a readme row"}])
+    (folder / "a.csv").write_text("id,text\n" + "1,x,extra\n" * 100 + "2,Kobe in Boston\n")
+    summary = run(ruler, folder, tmp_path / "out.jsonl")
+    assert (summary.n_written, summary.n_errors) == (102, 101)
+
+
+def test_a_parquet_file_whose_schema_has_the_text_column_is_not_refused(tmp_path, monkeypatch):
+    """Even when its first rows cannot be read (a damaged page)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["Kobe in Boston"]}), tmp_path / "a.parquet")
+    write_jsonl(tmp_path / "b.jsonl", [{"note": "a readme row"}])
+    monkeypatch.setitem(inputs.READERS, "parquet", lambda path: iter(
+        [(0, str(path), {}, "cannot be read: the file is damaged", None)]))
+    inputs.check_text_column(find_inputs(str(tmp_path)), Columns())
+
+
+def test_a_parquet_cell_python_cannot_hold_costs_only_that_cell(ruler, tmp_path):
+    """A timestamp in the year 11476 raised OverflowError out of the reader:
+    the run stopped before any row, the other files too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    when = pa.array([0, 300_000_000_000_000], type=pa.timestamp("ms"))
+    pq.write_table(pa.table({"text": ["Kobe in Boston", "Boston, later"], "when": when}),
+                   folder / "a.parquet")
+    write_jsonl(folder / "b.jsonl", [{"text": "Kobe"}])
+    out = tmp_path / "out.jsonl"
+    summary = run(ruler, folder, out)
+    assert (summary.n_written, summary.n_errors) == (3, 0)
+    rows = {(row["input_file"], row["input_row"]): row for row in read_rows(out)}
+    assert rows[("a.parquet", 0)]["when"] is not None
+    late = rows[("a.parquet", 1)]
+    assert late["when"] is None and len(late["entities"]) == 1
+    assert "column 'when': cannot be read (OverflowError" in late["warning"]
+
+
 def test_every_row_failing_says_how_to_redo_them(ruler, tmp_path):
     source = write_jsonl(tmp_path / "posts.jsonl", [{"text": None}, {"text": 42}])
     result = run_cli(ruler, source, tmp_path / "out.jsonl")
