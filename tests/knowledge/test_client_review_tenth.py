@@ -110,13 +110,18 @@ def test_scrub_masks_the_key_as_repr_and_json_quote_it(monkeypatch):
         assert client.echoes_key(text)
 
 
-def test_an_answer_that_repeats_the_key_is_neither_knowledge_nor_cached(tmp_path):
+@pytest.mark.parametrize("answer", [
+    entities((f"Bearer {KEY}", "PER")),
+    # JSON may escape any character: the answer's text does not show the key, its knowledge does
+    '{"entities": [{"text": "%s", "type": "PER"}]}' % "".join(f"\\u{ord(c):04x}" for c in KEY),
+], ids=["as-is", "json-escaped"])
+def test_an_answer_that_repeats_the_key_is_neither_knowledge_nor_cached(tmp_path, answer):
     """An endpoint or proxy that echoes the Authorization header inside a valid
     answer would put the key in the knowledge, the cache and every output; the
     answer is dropped instead, with a reason that does not quote it, and asked
     again on a rerun like any other unusable answer."""
     cache = tmp_path / "cache.sqlite"
-    with FakeLLM(lambda request: Reply(entities((f"Bearer {KEY}", "PER")))) as server:
+    with FakeLLM(lambda request: Reply(answer)) as server:
         for _ in range(2):
             nlp = llm_nlp(server, cache_path=cache)  # a run: its own client and check
             doc = nlp(make_doc(nlp, "Obama in Paris"))
