@@ -438,6 +438,7 @@ class ParquetWriter:
         """Take the rows to be redone (see `is_redone`) out of OUTPUT and its
         parts; their number. Each file that holds one is rewritten batch by
         batch to a temporary file, then renamed."""
+        self.done_rows()  # first drops parts merged already: their rows would count twice
         files = ([self.path] if self.path.exists() else []) + self._part_files()
         return sum(_drop_parquet_rows(path, retry_errors) for path in files)
 

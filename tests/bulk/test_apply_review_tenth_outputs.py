@@ -104,6 +104,33 @@ def test_a_kill_in_the_final_merge_loses_no_row_and_writes_none_twice(ruler, tmp
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.parquet", "posts.jsonl"]
 
 
+def test_a_row_redone_after_a_kill_past_the_swap_counts_once(tmp_path, monkeypatch):
+    """The parts a run killed after the swap leaves hold rows that OUTPUT holds
+    too: a retryable one among them was taken out of both, and counted twice."""
+    def row(number, retryable=False):
+        return {"input_file": "a.jsonl", "input_row": number, "entities": [],
+                "visual_context": None, "view": "text", "image_error": None, "warning": None,
+                "knowledge_error": None, "error": "LM down" if retryable else None,
+                "retryable": retryable}
+
+    out = tmp_path / "out.parquet"
+    writer = open_writer(out, False, rows_per_part=1)
+    writer.write([row(0), row(1)])
+    writer.finish()
+    writer = open_writer(out, False, rows_per_part=1)
+    writer.write([row(2, retryable=True)])
+    def killed(writer):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ParquetWriter, "_remove_parts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish()
+    monkeypatch.undo()
+    writer = open_writer(out, False, rows_per_part=1)
+    assert writer.drop_redone() == 1
+    assert writer.done_rows().count == 2  # rows 0 and 1; row 2 is to be redone
+
+
 # 2. A carried column's Parquet type widens as later values need.
 
 @pytest.mark.parametrize("rows_per_part", [100, 2], ids=["one part", "parts"])
