@@ -39,7 +39,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 try:
     import fcntl
@@ -437,10 +437,10 @@ class ParquetWriter:
     def drop_redone(self, retry_errors: bool = False) -> int:
         """Take the rows to be redone (see `is_redone`) out of OUTPUT and its
         parts; their number. Each file that holds one is rewritten batch by
-        batch to a temporary file, then renamed."""
-        self.done_rows()  # first drops parts merged already: their rows would count twice
+        batch to a temporary file, then renamed. A row counts once, also when a
+        run killed after its final swap left it in a part too."""
         files = ([self.path] if self.path.exists() else []) + self._part_files()
-        return sum(_drop_parquet_rows(path, retry_errors) for path in files)
+        return len(set().union(*(_drop_parquet_rows(path, retry_errors) for path in files)))
 
 
 def _check_own_parquet(path: Path) -> None:
@@ -472,28 +472,30 @@ def _check_own_parts(folder: Path) -> None:
         raise refusal(str(folder), f"holds what apply does not write there: {', '.join(strays)}")
 
 
-def _drop_parquet_rows(path: Path, retry_errors: bool) -> int:
-    """Rewrite one Parquet file without its rows to be redone; their number. A
-    file that cannot be read is left to `done_rows`, which redoes or refuses it."""
+def _drop_parquet_rows(path: Path, retry_errors: bool) -> Set[Tuple[Any, Any]]:
+    """Rewrite one Parquet file without its rows to be redone; their (input_file,
+    input_row). A file that cannot be read is left to `done_rows`, which redoes
+    or refuses it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         source = pq.ParquetFile(path)
     except (pa.ArrowException, OSError):
-        return 0
-    flags = [name for name in ("input_row", "retryable", *ERROR_COLUMNS)
+        return set()
+    flags = [name for name in ("input_file", "input_row", "retryable", *ERROR_COLUMNS)
              if name in source.schema_arrow.names]
     rows = source.read(columns=flags).to_pylist()
     keep = [not is_redone(row, retry_errors) for row in rows]
     if all(keep):
-        return 0
+        return set()
     start = 0
     with replacing(path) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
         for batch in source.iter_batches():
             writer.write_batch(batch.filter(pa.array(keep[start:start + len(batch)])))
             start += len(batch)
-    return keep.count(False)
+    return {(row.get("input_file"), row["input_row"])
+            for row, kept in zip(rows, keep) if not kept}
 
 
 def _part_name(number: int) -> str:

@@ -96,7 +96,7 @@ def read_image_source(image: Any, max_bytes: int = DEFAULT_MAX_BYTES,
             raise ImageError("image bytes are empty")
         return ImageSource(description, _hash_bytes(data), data=data)
     if _is_pil_image(image):
-        check_pixels(image, max_pixels, description)
+        _check_pixels(image, max_pixels, description)
         return ImageSource(description, _hash_pil_image(image, description), pil_image=image)
     raise ImageError(
         f"unsupported image value {description}: expected a path, bytes or a PIL image"
@@ -127,7 +127,7 @@ def decode_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(source.data))
-        check_pixels(image, max_pixels, source.description)
+        _check_pixels(image, max_pixels, source.description)
         if source.pil_image is None and getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # a caller's PIL image is read at the frame it shows (as hashed)
         if max_side and image.format == "JPEG":
@@ -196,7 +196,7 @@ def _high_bit_depth_to_rgb(image):
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-def check_pixels(image, max_pixels: int, description: str) -> None:
+def _check_pixels(image, max_pixels: int, description: str) -> None:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(

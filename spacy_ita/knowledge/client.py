@@ -316,9 +316,10 @@ class OpenAICompatible:
         return sorted({key, repr(key)[1:-1], repr(key.encode("utf-8"))[2:-1],
                        json.dumps(key)[1:-1]}, key=len, reverse=True)
 
-    def echoes_key(self, text: str) -> bool:
-        """Whether `text` holds the API key, in any form `scrub` masks."""
-        return any(form in text for form in self._key_forms())
+    def echoes_key(self, *texts: str) -> bool:
+        """Whether any of `texts` holds the API key, in any form `scrub` masks."""
+        forms = self._key_forms()
+        return any(form in text for text in texts for form in forms)
 
     def scrub(self, text: str) -> str:
         """`text` fit for a one-line message: the API key masked (in each of its

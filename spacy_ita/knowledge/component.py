@@ -196,7 +196,7 @@ class ItaKnowledge(Pipe):
         try:
             knowledge = self.task.parse(answer.text, answer.finish_reason)
             VisualContext(knowledge=knowledge)  # raises unless a list of texts
-            if any(map(self.model.echoes_key, [answer.text, *knowledge])):  # JSON may escape it
+            if self.model.echoes_key(answer.text, *knowledge):  # JSON may escape it in the text
                 raise AnswerError("the answer repeats the API key (an endpoint or proxy that "
                                   "echoes the Authorization header?); it is not used")
         except AnswerError as err:

@@ -27,7 +27,7 @@ from spacy.language import Language
 
 from ..bulk.fetch import Fetcher
 from ..bulk.inputs import Post
-from ..context.images import DEFAULT_MAX_PIXELS, ImageError, check_pixels
+from ..context.images import DEFAULT_MAX_PIXELS, ImageError
 from .batching import DEFAULT_MAX_QUEUED_BYTES, BatchFailed, Batcher, PostTagger, QueueFull
 from .schema import PostLimits, RequestError, parse_request
 
@@ -178,9 +178,10 @@ def take_pixels(post: Post, budget: RequestBudget, max_image_pixels: int) -> Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(post.image)) as header:
-                check_pixels(header, max_image_pixels, "")
                 width, height = header.size
     except Exception:  # the pipeline's decode_image fails on it alike and says why
+        return
+    if width * height > max_image_pixels:  # refused by the pipeline before decoding
         return
     try:
         budget.take(width * height, f"image {width}x{height}")
