@@ -504,13 +504,20 @@ def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[Dict[str, Any]], Optio
 def unique_names(names: Sequence[str]) -> List[str]:
     """`names` with each repeat renamed as pandas.read_csv renames it: the
     name, a dot and the first number that gives a name not yet taken nor in
-    `names` (`id`, `id`, `id.1`, `id` become `id`, `id.2`, `id.1`, `id.3`)."""
+    `names` (`id`, `id`, `id.1`, `id` become `id`, `id.2`, `id.1`, `id.3`).
+    Linear in the header's length: each name's search goes on from its last
+    number (a hostile header of 2,000 `a` took 16 s, 20,000 about four hours)."""
+    given, taken, last = set(names), set(), {}
     unique: List[str] = []
     for name in names:
-        new, number = name, 0
-        while new in unique or (new != name and new in names):
-            number += 1
-            new = f"{name}.{number}"
+        new = name
+        if new in taken:
+            number = last.get(name, 0)
+            while new in taken or new in given:
+                number += 1
+                new = f"{name}.{number}"
+            last[name] = number
+        taken.add(new)
         unique.append(new)
     return unique
 

@@ -270,3 +270,16 @@ def test_a_csv_header_that_repeats_a_name_keeps_every_column_as_pandas_does(rule
     assert summary.n_warnings == 1 and row["error"] is None
     assert (f"{source}, row 1 (line 2): the header repeats a column name: column 3 'id' is read "
             "as 'id.2', column 5 'id' is read as 'id.3'") == row["warning"]
+
+
+def test_a_header_of_many_repeated_names_is_renamed_in_linear_time():
+    """A header of 2,000 `a` took 16 s to rename (every name searched the list
+    of names so far, number after number), 20,000 about four hours; now milliseconds."""
+    child = multiprocessing.get_context("fork").Process(
+        target=inputs.unique_names, args=(["a"] * 20_000,))
+    child.start()
+    child.join(30)
+    finished = not child.is_alive()
+    child.kill()
+    assert finished and child.exitcode == 0
+    assert inputs.unique_names(["a"] * 4) == ["a", "a.1", "a.2", "a.3"]
