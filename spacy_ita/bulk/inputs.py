@@ -160,15 +160,17 @@ def without_output(inputs: Sequence[InputFile], output: Path) -> List[InputFile]
     in no input suffix: find_inputs never lists them."""
     target = os.path.realpath(output)
     parts = Path(os.path.realpath(output.with_name(output.name + ".parts")))
-    own = [item for item in inputs if os.path.realpath(item.path) == target
-           or parts in Path(os.path.realpath(item.path)).parents]
-    if len(own) == len(inputs):
+    own, others = [], []
+    for item in inputs:
+        real = os.path.realpath(item.path)
+        (own if real == target or parts in Path(real).parents else others).append(item)
+    if not others:
         raise ValueError(f"INPUT holds nothing but OUTPUT {output} and its parts, which apply "
                          "writes: it would read back its own rows. Choose another OUTPUT.")
     if own:
         logger.warning("%d input file(s) are OUTPUT %s or its parts, which apply writes: not "
                        "read as input (the first: %s)", len(own), output, own[0].path)
-    return [item for item in inputs if item not in own]
+    return others
 
 
 def input_root(spec: str) -> Path:
